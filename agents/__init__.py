@@ -1,0 +1,1 @@
+"""riverbed's Faust agents, one module per job (see each module's delivery guarantee)."""

@@ -1,0 +1,87 @@
+"""A riverbed worker: one Faust app with the batch ingest, the producer and the agents.
+
+Start it with :meth:`Worker.run` (or ``riverbed worker -c CONFIG``). It provisions its
+topics (idempotent) before any client touches them, then starts Faust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from agents.inference import InferenceProcessor, register_inference_agent
+from schemas import load_schema
+from streams.app import make_faust_app
+from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
+from streams.config import Settings
+from streams.ingest import BatchIngest
+from streams.models import OnlineModel
+from streams.output import BatchProducer
+from streams.telemetry import WorkerStats
+from streams.topics import ensure_topics, riverbed_topics
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Everything one worker process runs; built from :class:`Settings`."""
+
+    def __init__(
+        self, settings: Settings, web_port: int | None = None,
+        registry: SchemaRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = WorkerStats()
+        if registry is None and settings.broker.schema_registry_url:
+            registry = HttpSchemaRegistry(settings.broker.schema_registry_url)
+        event_schema = load_schema(settings.event.schema, settings.base_dir)
+        topics = settings.topics
+        self.models = [OnlineModel(spec) for spec in settings.models]
+        self.processor = InferenceProcessor(
+            settings, event_schema,
+            decoder=make_codec(event_schema, f"{topics.events}-value", registry),
+            prediction_encoder=make_codec(
+                load_schema("prediction"), f"{topics.predictions}-value", registry),
+            models=self.models, stats=self.stats,
+        )
+        self.app = make_faust_app(settings, self.stats, web_port)
+        self.batches = self.app.channel(maxsize=4)
+        self.output = BatchProducer(settings.broker.bootstrap_servers)
+        self.ingest = BatchIngest(settings, [topics.events], self.batches)
+        self.ingest.add_dependency(self.output)
+        self.app.service(self.ingest)
+        register_inference_agent(
+            self.app, self.batches, self.processor, self.output, self.ingest, settings
+        )
+
+    async def start(self) -> None:
+        """Provision topics, then start the Faust app and its services."""
+        await ensure_topics(self.settings.broker.bootstrap_servers, riverbed_topics(self.settings))
+        await self.app.start()
+
+    async def stop(self) -> None:
+        """Stop agents and services; commits offsets of finished batches."""
+        await self.app.stop()
+
+    async def run(self, stop: asyncio.Event | None = None) -> int:
+        """Run until ``stop`` is set, SIGINT/SIGTERM, or a crash; returns an exit code."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            ended = asyncio.ensure_future(self.app.wait_until_stopped())  # stopped or crashed
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([ended, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for fut in (ended, stopping):
+                fut.cancel()
+            reason: Any = self.app.crash_reason if self.app.crashed else None
+        finally:
+            await self.stop()
+        if reason is not None:
+            log.error("worker crashed: %r", reason)
+            return 1
+        return 0

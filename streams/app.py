@@ -1,0 +1,50 @@
+"""The Faust application object of a riverbed worker, configured from :class:`Settings`.
+
+Faust provides the worker's lifecycle (services, agents, timers), its web server
+(bound to ``worker.web_host``, 127.0.0.1 by default -- Faust's own default is
+0.0.0.0) and the ``/metrics`` + ``/riverbed/stats`` pages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from streams.config import Settings
+from streams.telemetry import WorkerStats, exposition
+
+
+def faust_broker_url(bootstrap_servers: str) -> str:
+    """``h1:9092,h2:9092`` -> Faust's ``kafka://h1:9092;kafka://h2:9092``."""
+    return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
+
+
+def make_faust_app(settings: Settings, stats: WorkerStats, web_port: int | None = None) -> Any:
+    """A Faust app for one worker process; serves stats at /metrics and /riverbed/stats."""
+    w = settings.worker
+    app = faust.App(
+        f"{w.group_id}.app",
+        broker=faust_broker_url(settings.broker.bootstrap_servers),
+        autodiscover=False,
+        store="memory://",
+        topic_partitions=1,
+        web_enabled=True,
+        web_bind=w.web_host,
+        web_host=w.web_host,
+        web_port=w.web_port if web_port is None else web_port,
+        broker_session_timeout=w.session_timeout_ms / 1000,
+        broker_heartbeat_interval=w.heartbeat_interval_ms / 1000,
+        producer_acks=-1,
+        table_standby_replicas=0,
+    )
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(exposition(stats), content_type="text/plain; version=0.0.4")
+
+    @app.page("/riverbed/stats")
+    async def stats_page(web: Any, request: Any) -> Any:
+        return web.json(stats.snapshot())
+
+    return app

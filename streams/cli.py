@@ -1,0 +1,199 @@
+"""The ``riverbed`` command line: broker, worker, produce, tail, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from streams.config import Settings, load_settings
+from streams.errors import RiverbedError
+
+app = typer.Typer(help="riverbed: online learning on Kafka streams.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+err = Console(stderr=True)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "riverbed.toml"
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="riverbed TOML config.")]
+BootstrapOption = Annotated[
+    str | None, typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers (overrides config).")
+]
+
+
+def _settings(config: Path, bootstrap: str | None = None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except RiverbedError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    return settings.with_bootstrap(bootstrap) if bootstrap else settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def broker(port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 9092) -> None:
+    """Run the embedded broker (Tansu, memory-only) on 127.0.0.1 until Ctrl-C."""
+    from streams.broker import EmbeddedBroker
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with EmbeddedBroker(port=port or None) as b:
+        err.print(f"embedded broker listening on [bold]{b.bootstrap_servers}[/bold] (pid {b.pid});"
+                  " memory-only, Ctrl-C stops it")
+        try:
+            while not stop.wait(0.5):
+                if b.process is None or b.process.poll() is not None:
+                    err.print("[red]broker exited[/red]")
+                    raise typer.Exit(1)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def worker(
+    config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
+    web_port: Annotated[int | None, typer.Option(help="Web/metrics port (127.0.0.1).")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "warning",
+) -> None:
+    """Run a worker: consume events, predict, learn, publish predictions."""
+    from agents.worker import Worker
+
+    _logging(log_level)
+    settings = _settings(config, bootstrap)
+    try:
+        code = asyncio.run(Worker(settings, web_port=web_port).run())
+    except RiverbedError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command("produce")
+def produce_cmd(
+    config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
+    dataset: Annotated[str, typer.Option(help="agrawal, agrawal-drift or phishing.")] = "agrawal",
+    events: Annotated[int, typer.Option("--events", "-n", help="Number of events.")] = 10_000,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0,
+    label_fraction: Annotated[float, typer.Option(help="Share of events sent with label.")] = 1.0,
+    bad_fraction: Annotated[float, typer.Option(help="Share of deliberately bad events.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Dataset seed.")] = 7,
+) -> None:
+    """Stream a River dataset into the events topic as Avro events."""
+    from streams.produce import produce
+    from streams.topics import ensure_topics, riverbed_topics
+
+    settings = _settings(config, bootstrap)
+
+    async def run() -> Any:
+        await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(settings))
+        with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=err) as bar:
+            task = bar.add_task("events", total=events)
+            return await produce(settings, dataset, events, rate, label_fraction=label_fraction,
+                                 bad_fraction=bad_fraction, seed=seed, keep_labels=False,
+                                 on_progress=lambda n: bar.advance(task, n))
+
+    report = asyncio.run(run())
+    err.print(f"sent {report.sent} events ({report.bad} bad) to {settings.topics.events} "
+              f"in {report.seconds:.2f}s ({report.sent / max(report.seconds, 1e-9):,.0f}/s)")
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to print.")],
+    config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = True,
+    idle_timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds.")] = 5.0,
+    max_records: Annotated[int, typer.Option("--max", help="Stop after N records (0 = no limit).")] = 0,
+) -> None:
+    """Print the decoded records of TOPIC as JSON lines."""
+    from streams.tail import tail as tail_topic
+
+    settings = _settings(config, bootstrap)
+
+    async def run() -> None:
+        n = 0
+        async for _, decoded in tail_topic(settings, topic, from_beginning, idle_timeout):
+            sys.stdout.write(json.dumps(decoded, default=str) + "\n")
+            n += 1
+            if max_records and n >= max_records:
+                return
+
+    try:
+        asyncio.run(run())
+    except RiverbedError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _demo_table(p: Any, note: str) -> Table:
+    table = Table(title="riverbed demo", show_header=True)
+    for column in ("events sent", "predictions", "events/s", "accuracy", "model_seq",
+                   "learned", "dead letters"):
+        table.add_column(column, justify="right")
+    elapsed = max((p.last_output or p.started) - p.started, 1e-9)
+    table.add_row(f"{p.events:,}", f"{p.predictions:,}", f"{p.predictions / elapsed:,.0f}",
+                  f"{p.accuracy:.3f}", f"{p.model_seq:,}", f"{p.learned:,}", f"{p.dead_letters:,}")
+    if note:
+        table.caption = note
+    return table
+
+
+@app.command()
+def demo(
+    config: ConfigOption = DEFAULT_CONFIG,
+    events: Annotated[int, typer.Option("--events", "-n", help="Events to stream.")] = 20_000,
+    dataset: Annotated[str, typer.Option(help="agrawal, agrawal-drift or phishing.")] = "agrawal",
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0,
+    bad_fraction: Annotated[float, typer.Option(help="Share of deliberately bad events.")] = 0.01,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300,
+) -> None:
+    """Embedded broker + worker + producer, with live progress and a summary."""
+    from streams.demo import run_demo
+
+    settings = _settings(config)
+    console = Console(stderr=True)
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        def tick(progress: Any, note: str) -> None:
+            live.update(_demo_table(progress, note))
+        try:
+            progress = asyncio.run(run_demo(settings, config, events, dataset, rate,
+                                            bad_fraction, tick, timeout))
+        except RiverbedError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+    summary = progress.summary()
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        for key, value in summary.items():
+            sys.stdout.write(f"{key:>14}: {value}\n")
+    ok = summary["predictions"] == summary["valid_events"] * len(settings.models)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""One frozen settings object, loaded from a TOML file plus environment overrides.
+
+Layout of the file (every key optional except ``[[models]]``)::
+
+    [broker]   bootstrap_servers, schema_registry_url
+    [topics]   events, predictions, dead_letters, labels, training, history,
+               snapshots, metrics, partitions, replication_factor
+    [event]    schema, id_field, key_field, timestamp_field, label_field
+    [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes
+    [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
+               session_timeout_ms, heartbeat_interval_ms, commit_interval_s
+    [[models]] name, task, pipeline, seed, features
+
+Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
+``RIVERBED_BROKER__BOOTSTRAP_SERVERS=kafka:9092`` or ``RIVERBED_TOPICS__PARTITIONS=8``.
+Any invalid value raises :class:`~streams.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from streams.errors import ConfigError
+
+ENV_PREFIX = "RIVERBED_"
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerSettings:
+    """Where Kafka and the (optional) Confluent schema registry are."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    #: Confluent-compatible registry; when set, payloads use Confluent framing.
+    schema_registry_url: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSettings:
+    """Names and partitioning of every topic riverbed reads or writes."""
+
+    events: str = "riverbed.events"
+    predictions: str = "riverbed.predictions"
+    dead_letters: str = "riverbed.dead-letters"
+    labels: str = "riverbed.labels"
+    training: str = "riverbed.training"
+    history: str = "riverbed.history"
+    snapshots: str = "riverbed.snapshots"
+    metrics: str = "riverbed.metrics"
+    #: Partitions of the events topic (and predictions, labels: co-partitioned).
+    partitions: int = 4
+    replication_factor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EventSettings:
+    """The event schema and which of its fields are metadata rather than features."""
+
+    #: A shipped schema name (``agrawal_event``) or a path to an ``.avsc`` file.
+    schema: str = "agrawal_event"
+    id_field: str = "event_id"
+    key_field: str = "key"
+    timestamp_field: str = "timestamp"
+    label_field: str = "label"
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitSettings:
+    """Validation limits applied to every event before any model sees it."""
+
+    max_features: int = 256
+    max_abs_value: float = 1e12
+    max_batch_records: int = 2000
+    max_event_bytes: int = 1_048_576
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """Consumer group, web server and fetch behaviour of a worker."""
+
+    group_id: str = "riverbed"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    #: ``throughput`` (bigger fetches) or ``low-latency`` (short fetch wait).
+    profile: Literal["throughput", "low-latency"] = "throughput"
+    fetch_max_wait_ms: int | None = None
+    session_timeout_ms: int = 3000
+    heartbeat_interval_ms: int = 300
+    commit_interval_s: float = 1.0
+
+    @property
+    def effective_fetch_max_wait_ms(self) -> int:
+        """The fetch wait: explicit setting, else the profile's default."""
+        if self.fetch_max_wait_ms is not None:
+            return self.fetch_max_wait_ms
+        return 5 if self.profile == "low-latency" else 100
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """One online model: a River pipeline given as data, resolved by explicit lookup."""
+
+    name: str
+    task: Literal["classification", "regression"] = "classification"
+    #: e.g. ``({"preprocessing.StandardScaler": {}}, {"linear_model.LogisticRegression": {}})``
+    pipeline: tuple[Mapping[str, Any], ...] = ()
+    seed: int = 42
+    #: Allowlist of feature names; ``None`` means every non-metadata field.
+    features: tuple[str, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a riverbed process needs; build it with :func:`load_settings`."""
+
+    broker: BrokerSettings = BrokerSettings()
+    topics: TopicSettings = TopicSettings()
+    event: EventSettings = EventSettings()
+    limits: LimitSettings = LimitSettings()
+    worker: WorkerSettings = WorkerSettings()
+    models: tuple[ModelSettings, ...] = ()
+    #: Directory of the config file; relative schema paths resolve against it.
+    base_dir: Path = Path(".")
+
+    def with_bootstrap(self, bootstrap_servers: str) -> Settings:
+        """A copy pointing at other brokers (used by the embedded demo and tests)."""
+        broker = dataclasses.replace(self.broker, bootstrap_servers=bootstrap_servers)
+        return dataclasses.replace(self, broker=broker)
+
+
+_SECTIONS: dict[str, type] = {
+    "broker": BrokerSettings,
+    "topics": TopicSettings,
+    "event": EventSettings,
+    "limits": LimitSettings,
+    "worker": WorkerSettings,
+}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``path`` (TOML), apply ``RIVERBED_*`` overrides from ``env``, validate."""
+    raw: dict[str, Any] = {}
+    base_dir = Path(".")
+    if path is not None:
+        file = Path(path)
+        try:
+            raw = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError("path", f"config file {str(file)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("path", f"{file} is not valid TOML: {exc}") from None
+        base_dir = file.resolve().parent
+    return settings_from_dict(raw, env=os.environ if env is None else env, base_dir=base_dir)
+
+
+def settings_from_dict(
+    raw: Mapping[str, Any], env: Mapping[str, str] | None = None, base_dir: Path = Path(".")
+) -> Settings:
+    """Build and validate :class:`Settings` from parsed TOML data and env overrides."""
+    unknown = set(raw) - set(_SECTIONS) - {"models"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown section")
+    sections = {name: dict(raw.get(name, {})) for name in _SECTIONS}
+    for key, value in (env or {}).items():
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            section, _, field = key[len(ENV_PREFIX) :].lower().partition("__")
+            if section not in sections:
+                raise ConfigError(key, f"unknown section {section!r}")
+            sections[section][field] = value
+    built = {name: _build(cls, sections[name], name) for name, cls in _SECTIONS.items()}
+    models = tuple(_build_model(m, i) for i, m in enumerate(raw.get("models", [])))
+    if not models:
+        raise ConfigError("models", "declare at least one [[models]] entry")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError("models.name", f"model names must be unique, got {names}")
+    settings = Settings(models=models, base_dir=base_dir, **built)
+    _check_ranges(settings)
+    return settings
+
+
+def _build_model(raw: Mapping[str, Any], index: int) -> ModelSettings:
+    where = f"models[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, "must be a table")
+    model = _build(ModelSettings, dict(raw), where)
+    if not model.name or not model.name.replace("-", "_").replace(".", "_").isidentifier():
+        raise ConfigError(f"{where}.name", f"{model.name!r} must be a simple identifier")
+    if not model.pipeline:
+        raise ConfigError(f"{where}.pipeline", "must list at least one estimator")
+    for step in model.pipeline:
+        if not isinstance(step, Mapping) or len(step) != 1:
+            raise ConfigError(f"{where}.pipeline", f"each step is a one-key table, got {step!r}")
+    return model
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for name in values:
+        if name not in fields:
+            raise ConfigError(f"{where}.{name}", "unknown setting")
+    kwargs = {n: _coerce(v, hints[n], f"{where}.{n}") for n, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(where, str(exc)) from None
+
+
+def _coerce(value: Any, hint: Any, field: str) -> Any:  # noqa: C901 - one branch per type
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], field)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(field, f"must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(field, f"must be a list, got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(field, f"must be a boolean, got {value!r}")
+        return value
+    if hint in (int, float):
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(field, f"must be a number, got {value!r}") from None
+        if isinstance(value, bool) or (hint is int and isinstance(value, float)):
+            raise ConfigError(field, f"must be an integer, got {value!r}")
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(field, f"must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _check_ranges(s: Settings) -> None:
+    positive = {
+        "topics.partitions": s.topics.partitions,
+        "topics.replication_factor": s.topics.replication_factor,
+        "limits.max_features": s.limits.max_features,
+        "limits.max_abs_value": s.limits.max_abs_value,
+        "limits.max_batch_records": s.limits.max_batch_records,
+        "limits.max_event_bytes": s.limits.max_event_bytes,
+        "worker.session_timeout_ms": s.worker.session_timeout_ms,
+        "worker.heartbeat_interval_ms": s.worker.heartbeat_interval_ms,
+        "worker.commit_interval_s": s.worker.commit_interval_s,
+    }
+    for field, value in positive.items():
+        if not value > 0:
+            raise ConfigError(field, f"must be > 0, got {value!r}")
+    if not 0 <= s.worker.web_port <= 65535:
+        raise ConfigError("worker.web_port", f"must be a TCP port, got {s.worker.web_port}")
+    if ":" not in s.broker.bootstrap_servers:
+        raise ConfigError("broker.bootstrap_servers", "must be host:port[,host:port]")

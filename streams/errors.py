@@ -1,0 +1,63 @@
+"""The one exception hierarchy of riverbed.
+
+Every error a user can act on derives from :class:`RiverbedError`. Errors that
+describe a single bad *event* (decode, validation) carry a short machine-readable
+``reason`` that becomes the dead-letter reason code and the metrics label.
+"""
+
+from __future__ import annotations
+
+
+class RiverbedError(Exception):
+    """Root of every riverbed error. ``retriable`` says whether trying again may help."""
+
+    retriable: bool = False
+
+
+class ConfigError(RiverbedError):
+    """The configuration is invalid; ``field`` names the offending setting."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"invalid config {field}: {message}")
+        self.field = field
+
+
+class BrokerError(RiverbedError):
+    """The embedded broker could not be found, started or stopped."""
+
+
+class TopicError(RiverbedError):
+    """A topic could not be created, or exists with the wrong partition count."""
+
+
+class ModelSpecError(RiverbedError):
+    """A model spec names something outside River, or something that is not an estimator."""
+
+
+class EventError(RiverbedError):
+    """One event cannot be processed; it goes to the dead-letter topic with ``reason``."""
+
+    reason: str = "invalid_event"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class DecodeError(EventError):
+    """The bytes are not a valid Avro record of the expected schema."""
+
+    reason = "decode_error"
+
+
+class ValidationError(EventError):
+    """The record decoded but its features or label must not reach a model."""
+
+    reason = "invalid_features"
+
+
+class SchemaRegistryError(RiverbedError):
+    """The schema registry could not be reached or does not know a schema id."""
+
+    retriable = True

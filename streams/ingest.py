@@ -1,0 +1,158 @@
+"""Batch ingest: consume a topic with aiokafka ``getmany`` and hand whole batches to an agent.
+
+A :class:`BatchIngest` is a mode Service started with the Faust app. Each fetched batch
+becomes ONE item on an in-memory Faust channel, so Faust's per-item cost (tasks,
+futures, acks) is paid per batch rather than per event. The agent calls
+:meth:`BatchIngest.done` once everything a batch produced is acknowledged; offsets are
+committed only up to batches that are done (periodically, on revoke and on stop).
+
+Delivery guarantee: at-least-once. A crash or rebalance re-delivers batches that
+were not done; a batch from a partition revoked while in flight is finished but not
+committed (the new owner processes it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.consumer.consumer import RoundRobinPartitionAssignor  # noqa: F401 - documented
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, KafkaError
+from mode import Service
+
+from streams.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Batch:
+    """Records fetched in one ``getmany``, in partition order, and where to resume."""
+
+    records: list[Any]
+    next_offsets: dict[TopicPartition, int]
+    generation: int
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ingest: BatchIngest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.ingest.commit_done(only=set(revoked))
+        self.ingest.generation += 1
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class BatchIngest(Service):
+    """Consumes ``topics`` in ``settings.worker.group_id`` and feeds ``channel`` with batches."""
+
+    def __init__(
+        self, settings: Settings, topics: Sequence[str], channel: Any, **kwargs: Any
+    ) -> None:
+        self.settings = settings
+        self.topic_names = list(topics)
+        self.channel = channel
+        self.consumer: AIOKafkaConsumer | None = None
+        self.generation = 0
+        self._done: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self.batches_fetched = 0
+        super().__init__(**kwargs)
+
+    def _make_consumer(self) -> AIOKafkaConsumer:
+        w, limits = self.settings.worker, self.settings.limits
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.broker.bootstrap_servers,
+            group_id=w.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=w.effective_fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=w.session_timeout_ms,
+            heartbeat_interval_ms=w.heartbeat_interval_ms,
+            max_poll_records=limits.max_batch_records,
+            # range keeps equal partition numbers of co-partitioned topics together
+            partition_assignment_strategy=(RangePartitionAssignor,),
+        )
+
+    async def on_start(self) -> None:
+        self.consumer = self._make_consumer()
+        await self.consumer.start()
+        self.consumer.subscribe(self.topic_names, listener=_Listener(self))
+
+    async def on_stop(self) -> None:
+        if self.consumer is not None:
+            await self.commit_done()
+            await self.consumer.stop()
+
+    @Service.task
+    async def _fetch_batches(self) -> None:
+        assert self.consumer is not None
+        max_records = self.settings.limits.max_batch_records
+        while not self.should_stop:
+            try:
+                fetched = await self.consumer.getmany(timeout_ms=500, max_records=max_records)
+            except KafkaError as exc:  # transient broker trouble: log and fetch again
+                log.warning("fetch failed: %r", exc)
+                await self.sleep(0.5)
+                continue
+            if not fetched:
+                continue
+            records: list[Any] = []
+            next_offsets = {}
+            for tp, part in fetched.items():
+                records.extend(part)
+                next_offsets[tp] = part[-1].offset + 1
+            self.batches_fetched += 1
+            await self.channel.put(Batch(records, next_offsets, self.generation))
+
+    @Service.task
+    async def _commit_periodically(self) -> None:
+        interval = self.settings.worker.commit_interval_s
+        while not self.should_stop:
+            await self.sleep(interval)
+            await self.commit_done()
+
+    def done(self, batch: Batch) -> None:
+        """Mark ``batch`` fully processed: its offsets may be committed."""
+        if batch.generation != self.generation:
+            return  # partitions were revoked meanwhile; the new owner redoes this batch
+        for tp, offset in batch.next_offsets.items():
+            if offset > self._done.get(tp, -1):
+                self._done[tp] = offset
+
+    async def commit_done(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit offsets of done batches (optionally only for ``only`` partitions)."""
+        if self.consumer is None:
+            return
+        pending = {
+            tp: off for tp, off in self._done.items()
+            if self._committed.get(tp) != off and (only is None or tp in only)
+        }
+        if not pending:
+            return
+        try:
+            await self.consumer.commit(pending)
+            self._committed.update(pending)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("commit failed (batches will be re-delivered): %r", exc)
+        if only is not None:
+            for tp in only:
+                self._done.pop(tp, None)
+                self._committed.pop(tp, None)
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Wait until the channel is drained (used by tests/benchmarks)."""
+        await asyncio.wait_for(self._drained(), timeout_s)
+
+    async def _drained(self) -> None:
+        while not self.channel.empty():
+            await asyncio.sleep(0.01)

@@ -1,0 +1,71 @@
+"""Read a topic from its start (or end) and yield decoded records as JSON-ready dicts.
+
+Partitions are assigned directly (no consumer group, nothing committed), so tailing
+never disturbs a deployment. The decoder is chosen by topic: events, predictions and
+labels are Avro; dead letters are printed as headers plus the original bytes (base64).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas import load_schema
+from streams.codec import SchemaRegistry, make_codec
+from streams.config import Settings
+from streams.deadletter import parse_headers
+from streams.errors import DecodeError, RiverbedError
+
+
+def decoder_for(
+    settings: Settings, topic: str, registry: SchemaRegistry | None = None
+) -> Callable[[Any], dict[str, Any]]:
+    """A function turning a consumed record of ``topic`` into a JSON-ready dict."""
+    t = settings.topics
+    schema_name = {t.events: settings.event.schema, t.predictions: "prediction",
+                   t.labels: "label"}.get(topic)
+    if topic == t.dead_letters:
+        def dead(record: Any) -> dict[str, Any]:
+            value = base64.b64encode(record.value or b"").decode()
+            return {**parse_headers(record.headers), "value_base64": value}
+        return dead
+    if schema_name is None:
+        raise RiverbedError(f"riverbed does not know the schema of topic {topic!r}")
+    codec = make_codec(load_schema(schema_name, settings.base_dir), f"{topic}-value", registry)
+
+    def decode(record: Any) -> dict[str, Any]:
+        try:
+            return codec.decode(record.value or b"")
+        except DecodeError as exc:
+            return {"_error": exc.reason, "_detail": str(exc), "_offset": record.offset}
+    return decode
+
+
+async def tail(
+    settings: Settings, topic: str, from_beginning: bool = True, idle_timeout_s: float = 5.0,
+    registry: SchemaRegistry | None = None,
+) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
+    """Yield ``(record, decoded)`` until no record arrived for ``idle_timeout_s``."""
+    decode = decoder_for(settings, topic, registry)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker.bootstrap_servers, enable_auto_commit=False,
+        group_id=None, fetch_max_wait_ms=100,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    try:
+        partitions = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        numbers = partitions.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in sorted(numbers)])
+        while True:
+            fetched = await consumer.getmany(timeout_ms=int(idle_timeout_s * 1000))
+            if not fetched:
+                return
+            for records in fetched.values():
+                for record in records:
+                    yield record, decode(record)
+    finally:
+        await consumer.stop()
