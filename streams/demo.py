@@ -47,6 +47,8 @@ class DemoProgress:
     model_seq: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
     last_output: float = 0.0
+    broker_pid: int | None = None
+    worker_pid: int | None = None
 
     @property
     def accuracy(self) -> float:
@@ -62,6 +64,7 @@ class DemoProgress:
             "dead_letters": self.dead_letters, "learned": self.learned,
             "accuracy": round(self.accuracy, 6), "model_seq": self.model_seq,
             "events_per_s": round(self.events / elapsed, 1), "seconds": round(elapsed, 3),
+            "broker_pid": self.broker_pid, "worker_pid": self.worker_pid,
         }
 
 
@@ -158,10 +161,12 @@ async def run_demo(
     """Run the whole demo; returns the final progress. Always cleans up."""
     progress = DemoProgress()
     with EmbeddedBroker() as broker:
+        progress.broker_pid = broker.pid
         on_tick(progress, f"embedded broker on {broker.bootstrap_servers} (pid {broker.pid})")
         settings = settings.with_bootstrap(broker.bootstrap_servers)
         await ensure_topics(broker.bootstrap_servers, riverbed_topics(settings))
         worker = WorkerProcess(config_path, broker.bootstrap_servers, free_port())
+        progress.worker_pid = worker.process.pid
         try:
             await worker.wait_ready(60)
             on_tick(progress, f"worker ready (pid {worker.process.pid})")

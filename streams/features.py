@@ -57,7 +57,7 @@ class FeatureExtractor:
             name, avro_type = field["name"], _base_type(field["type"])
             if name in metadata or (allow is not None and name not in allow):
                 continue
-            if avro_type in _NUMERIC:
+            if isinstance(avro_type, str) and avro_type in _NUMERIC:
                 scalars.append(name)
             elif isinstance(avro_type, dict) and avro_type.get("type") == "map":
                 maps.append(name)

@@ -13,19 +13,18 @@ committed (the new owner processes it again).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.consumer.consumer import RoundRobinPartitionAssignor  # noqa: F401 - documented
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from streams.config import Settings
+from streams.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self.ingest.commit_done(only=set(revoked))
-        self.ingest.generation += 1
+        self.ingest.offsets.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
@@ -61,9 +60,7 @@ class BatchIngest(Service):
         self.topic_names = list(topics)
         self.channel = channel
         self.consumer: AIOKafkaConsumer | None = None
-        self.generation = 0
-        self._done: dict[TopicPartition, int] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.batches_fetched = 0
         super().__init__(**kwargs)
 
@@ -112,7 +109,7 @@ class BatchIngest(Service):
                 records.extend(part)
                 next_offsets[tp] = part[-1].offset + 1
             self.batches_fetched += 1
-            await self.channel.put(Batch(records, next_offsets, self.generation))
+            await self.channel.put(Batch(records, next_offsets, self.offsets.generation))
 
     @Service.task
     async def _commit_periodically(self) -> None:
@@ -123,36 +120,18 @@ class BatchIngest(Service):
 
     def done(self, batch: Batch) -> None:
         """Mark ``batch`` fully processed: its offsets may be committed."""
-        if batch.generation != self.generation:
-            return  # partitions were revoked meanwhile; the new owner redoes this batch
-        for tp, offset in batch.next_offsets.items():
-            if offset > self._done.get(tp, -1):
-                self._done[tp] = offset
+        self.offsets.done(batch.next_offsets, batch.generation)
 
     async def commit_done(self, only: set[TopicPartition] | None = None) -> None:
         """Commit offsets of done batches (optionally only for ``only`` partitions)."""
         if self.consumer is None:
             return
-        pending = {
-            tp: off for tp, off in self._done.items()
-            if self._committed.get(tp) != off and (only is None or tp in only)
-        }
+        pending = self.offsets.to_commit(only)
         if not pending:
             return
         try:
             await self.consumer.commit(pending)
-            self._committed.update(pending)
+            self.offsets.committed(pending)
         except (CommitFailedError, KafkaError) as exc:
             log.warning("commit failed (batches will be re-delivered): %r", exc)
-        if only is not None:
-            for tp in only:
-                self._done.pop(tp, None)
-                self._committed.pop(tp, None)
 
-    async def wait_idle(self, timeout_s: float) -> None:
-        """Wait until the channel is drained (used by tests/benchmarks)."""
-        await asyncio.wait_for(self._drained(), timeout_s)
-
-    async def _drained(self) -> None:
-        while not self.channel.empty():
-            await asyncio.sleep(0.01)

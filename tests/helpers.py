@@ -1,0 +1,74 @@
+"""Helpers for integration tests: run a worker in-process, collect a topic's records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents.worker import Worker
+from streams.broker import free_port
+from streams.config import Settings
+from streams.output import BatchProducer
+from streams.topics import ensure_topics, riverbed_topics
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """A started worker, stopped on exit."""
+    worker = Worker(settings, web_port=free_port())
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+async def provision(settings: Settings) -> None:
+    await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(settings))
+
+
+async def send_raw(settings: Settings, records: Sequence[tuple[bytes | None, bytes | None]],
+                   partition: int = 0) -> None:
+    """Send ``(key, value)`` records, in order, to one events partition; wait for acks."""
+    producer = BatchProducer(settings.broker.bootstrap_servers)
+    await producer.start()
+    try:
+        futures = [await producer.producer.send(  # type: ignore[union-attr]
+            settings.topics.events, value=v, key=k, partition=partition) for k, v in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def collect(settings: Settings, topic: str, partitions: int, expected: int,
+                  timeout_s: float = 60.0, settle_s: float = 0.0) -> list[Any]:
+    """Records of ``topic`` from the start until ``expected`` arrived (deadline ``timeout_s``).
+
+    With ``settle_s``, keep reading that long after reaching ``expected`` so that extra
+    (unexpected) records would be seen too.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
+                                group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout_s
+        settle_until = None
+        while time.monotonic() < deadline:
+            fetched = await consumer.getmany(timeout_ms=100)
+            for part in fetched.values():
+                records.extend(part)
+            if len(records) >= expected and settle_until is None:
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+    finally:
+        await consumer.stop()
+    return records

@@ -1,0 +1,61 @@
+"""One frozen settings object from TOML + environment; errors name the field."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from streams.config import load_settings, settings_from_dict
+from streams.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = {"name": "m", "pipeline": [{"linear_model.LogisticRegression": {}}]}
+
+
+def test_example_config_loads() -> None:
+    settings = load_settings(ROOT / "config" / "riverbed.toml", env={})
+    assert settings.models[0].name == "agrawal-lr"
+    assert settings.worker.web_host == "127.0.0.1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.worker.web_port = 1  # type: ignore[misc]
+
+
+def test_environment_overrides() -> None:
+    env = {"RIVERBED_BROKER__BOOTSTRAP_SERVERS": "kafka:9092", "RIVERBED_TOPICS__PARTITIONS": "8",
+           "RIVERBED_WORKER__PROFILE": "low-latency", "OTHER": "x"}
+    settings = settings_from_dict({"models": [MODEL]}, env=env)
+    assert settings.broker.bootstrap_servers == "kafka:9092"
+    assert settings.topics.partitions == 8
+    assert settings.worker.effective_fetch_max_wait_ms == 5
+
+
+@pytest.mark.parametrize("raw,env,field", [
+    ({"topics": {"partitions": 0}, "models": [MODEL]}, {}, "topics.partitions"),
+    ({"topics": {"partitions": "many"}, "models": [MODEL]}, {}, "topics.partitions"),
+    ({"worker": {"profile": "fast"}, "models": [MODEL]}, {}, "worker.profile"),
+    ({"worker": {"nope": 1}, "models": [MODEL]}, {}, "worker.nope"),
+    ({"models": [MODEL]}, {"RIVERBED_LIMITS__MAX_FEATURES": "x"}, "limits.max_features"),
+    ({"models": [MODEL]}, {"RIVERBED_NOPE__X": "1"}, "RIVERBED_NOPE__X"),
+    ({}, {}, "models"),
+    ({"models": [MODEL, MODEL]}, {}, "models.name"),
+    ({"models": [{"name": "m", "pipeline": []}]}, {}, "models[0].pipeline"),
+    ({"models": [{"name": "a b", "pipeline": MODEL["pipeline"]}]}, {}, "models[0].name"),
+    ({"broker": {"bootstrap_servers": "nohost"}, "models": [MODEL]}, {}, "broker.bootstrap_servers"),
+    ({"extra": {}, "models": [MODEL]}, {}, "extra"),
+])
+def test_invalid_config_names_the_field(raw: dict, env: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(raw, env=env)
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(tmp_path / "missing.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[broker\n")
+    with pytest.raises(ConfigError):
+        load_settings(bad, env={})
