@@ -7,6 +7,8 @@ Layout of the file (every key optional except ``[[models]]``)::
                snapshots, metrics, partitions, replication_factor
     [event]    schema, id_field, key_field, timestamp_field, label_field
     [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes
+    [history]  enabled, snapshot_every_steps, snapshot_every_s, snapshot_key,
+               snapshot_key_file, id_window, probe_size
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
                session_timeout_ms, heartbeat_interval_ms, commit_interval_s
     [[models]] name, task, pipeline, seed, features
@@ -103,6 +105,28 @@ class WorkerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class HistorySettings:
+    """The event-sourced model history: snapshot cadence and signing key."""
+
+    enabled: bool = True
+    snapshot_every_steps: int = 10_000
+    snapshot_every_s: float = 60.0
+    #: Hex HMAC key for snapshots; prefer the env var RIVERBED_HISTORY__SNAPSHOT_KEY.
+    snapshot_key: str | None = None
+    #: Used when no key is given: created (0600) on first use. ``~`` is expanded.
+    snapshot_key_file: str = "~/.riverbed/snapshot.key"
+    #: Applied event ids remembered for deduplication.
+    id_window: int = 200_000
+    #: Feature dicts in the probe set used for fingerprints.
+    probe_size: int = 16
+
+    def __repr__(self) -> str:  # never print the key
+        return (f"HistorySettings(enabled={self.enabled}, snapshot_every_steps="
+                f"{self.snapshot_every_steps}, snapshot_every_s={self.snapshot_every_s}, "
+                f"snapshot_key={'<set>' if self.snapshot_key else None})")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSettings:
     """One online model: a River pipeline given as data, resolved by explicit lookup."""
 
@@ -124,6 +148,7 @@ class Settings:
     event: EventSettings = EventSettings()
     limits: LimitSettings = LimitSettings()
     worker: WorkerSettings = WorkerSettings()
+    history: HistorySettings = HistorySettings()
     models: tuple[ModelSettings, ...] = ()
     #: Directory of the config file; relative schema paths resolve against it.
     base_dir: Path = Path(".")
@@ -140,6 +165,7 @@ _SECTIONS: dict[str, type] = {
     "event": EventSettings,
     "limits": LimitSettings,
     "worker": WorkerSettings,
+    "history": HistorySettings,
 }
 
 
@@ -265,6 +291,10 @@ def _check_ranges(s: Settings) -> None:
         "worker.session_timeout_ms": s.worker.session_timeout_ms,
         "worker.heartbeat_interval_ms": s.worker.heartbeat_interval_ms,
         "worker.commit_interval_s": s.worker.commit_interval_s,
+        "history.snapshot_every_steps": s.history.snapshot_every_steps,
+        "history.snapshot_every_s": s.history.snapshot_every_s,
+        "history.id_window": s.history.id_window,
+        "history.probe_size": s.history.probe_size,
     }
     for field, value in positive.items():
         if not value > 0:

@@ -82,10 +82,14 @@ class FeatureExtractor:
         m = self.max_abs
         for name in self.scalar_fields:
             value = record[name]
-            if value.__class__ is float or value.__class__ is int:
+            if value.__class__ is float:
                 if not -m <= value <= m:
                     _reject(name, value, m)
                 x[name] = value
+            elif value.__class__ is int:  # floats, so live learning == replay from history
+                if not -m <= value <= m:
+                    _reject(name, value, m)
+                x[name] = float(value)
             elif value is not None:
                 x[name] = _coerce_slow(name, value, m)
         for field in self.map_fields:
@@ -103,6 +107,8 @@ class FeatureExtractor:
 def _coerce_slow(name: str, value: Any, limit: float) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
+    if isinstance(value, int) and -limit <= value <= limit:
+        return float(value)
     if value is None:
         raise ValidationError(f"feature {name!r} is null inside a map", reason="non_numeric_feature")
     if not isinstance(value, int | float):

@@ -1,0 +1,289 @@
+"""The event-sourced model history and its fold. Pure: no Kafka, no Faust, no River.
+
+A model's state is ``fold(history)``. :class:`HistoryFold` is a state machine over
+history events; for each event it updates the bookkeeping (seq, epoch, lineage, input
+offsets, the window of applied event ids, counters) and returns an *effect* the caller
+applies to the actual model: :class:`Learn` (apply these examples in order) or
+:class:`Load` (replace the model by this verified snapshot payload). Keeping the model
+out of the fold makes the fold cheap to reason about and to property-test.
+
+Fold rules (DESIGN section 4):
+
+* ``Claimed`` with an epoch above the current one becomes the current epoch; any other
+  Claimed is stale and counted.
+* ``Learned`` applies only if its epoch is the current epoch and ``seq_from == seq + 1``.
+  Otherwise it is a zombie (stale epoch), a duplicate (already covered) or a gap, and is
+  ignored and counted. This fences a learner that lost ownership.
+* Snapshot chunks assemble into a snapshot. A ``checkpoint`` snapshot is accepted when
+  written in the current epoch and lineage at the current seq; a ``rollback`` snapshot
+  when written in the current epoch. Snapshots never change state.
+* ``Restored`` in the current epoch, naming an accepted rollback snapshot, loads that
+  snapshot: ``seq = to_seq``, ``lineage + 1``. Input offsets and the event-id window are
+  kept, so examples discarded by the rollback are not learned again on redelivery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+#: How many applied event ids the dedup window remembers.
+DEFAULT_ID_WINDOW = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One learn step: features and label of one event."""
+
+    event_id: str
+    x: Mapping[str, float]
+    y: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Created:
+    spec: str
+    spec_hash: str
+    river_version: str
+    probe: tuple[Mapping[str, float], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Claimed:
+    owner: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Learned:
+    seq_from: int
+    seq_to: int
+    offsets: Mapping[str, int]
+    examples: tuple[Example, ...]
+    fingerprint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotChunk:
+    snapshot_id: str
+    purpose: str  # "checkpoint" | "rollback"
+    seq: int
+    lineage: int
+    index: int
+    count: int
+    data: bytes
+    sha256: str
+    hmac: str
+    fingerprint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    to_seq: int
+    snapshot_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotated:
+    seq: int
+    kind: str
+    note: str
+
+
+Body = Created | Claimed | Learned | SnapshotChunk | Restored | Annotated
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEvent:
+    """One record of the history topic (``offset`` is its log position, -1 if unknown)."""
+
+    model: str
+    epoch: int
+    time: int
+    body: Body
+    offset: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """An assembled snapshot (payload not yet verified: see ``streams.snapshots``)."""
+
+    snapshot_id: str
+    purpose: str
+    epoch: int
+    seq: int
+    lineage: int
+    payload: bytes
+    sha256: str
+    hmac: str
+    fingerprint: str
+    offset: int  # log offset of the first chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class Learn:
+    """Effect: apply these examples to the model, in order."""
+
+    examples: tuple[Example, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """Effect: replace the model with this snapshot (verify before unpickling!)."""
+
+    snapshot: Snapshot
+
+
+Effect = Learn | Load
+
+
+@dataclasses.dataclass
+class FoldCounters:
+    """What the fold ignored, by why."""
+
+    stale_claims: int = 0
+    stale_writes: int = 0
+    duplicate_writes: int = 0
+    gap_writes: int = 0
+    rejected_snapshots: int = 0
+    rejected_restores: int = 0
+
+
+class HistoryFold:
+    """Fold state of one model's history. Feed events with :meth:`apply`, in log order."""
+
+    def __init__(self, model: str, id_window: int = DEFAULT_ID_WINDOW) -> None:
+        self.model = model
+        self.seq = 0
+        self.epoch = 0
+        self.lineage = 0
+        self.offsets: dict[str, int] = {}
+        self.id_window = id_window
+        self.recent_ids: OrderedDict[str, None] = OrderedDict()
+        self.created: Created | None = None
+        self.fingerprint: str | None = None
+        self.counters = FoldCounters()
+        self.snapshots: list[Snapshot] = []  # accepted, in log order (payloads dropped but last)
+        self._chunks: dict[str, list[tuple[HistoryEvent, SnapshotChunk]]] = {}
+        self._rollback: Snapshot | None = None
+
+    # -- state that survives in snapshots -------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """The bookkeeping a snapshot must carry so folding can resume from it."""
+        return {"seq": self.seq, "epoch": self.epoch, "lineage": self.lineage,
+                "offsets": dict(self.offsets), "recent_ids": list(self.recent_ids),
+                "fingerprint": self.fingerprint}
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`export_state` output (e.g. a verified snapshot)."""
+        self.seq, self.epoch = int(state["seq"]), int(state["epoch"])
+        self.lineage = int(state["lineage"])
+        self.offsets = dict(state["offsets"])
+        self.recent_ids = OrderedDict.fromkeys(state["recent_ids"])
+        self.fingerprint = state.get("fingerprint")
+
+    def signature(self) -> tuple[Any, ...]:
+        """Everything that defines the folded state (for comparisons in tests)."""
+        return (self.seq, self.epoch, self.lineage, tuple(sorted(self.offsets.items())),
+                tuple(self.recent_ids), self.fingerprint)
+
+    # -- the fold ---------------------------------------------------------------------------
+    def seen(self, event_id: str) -> bool:
+        """Was ``event_id`` applied recently (inside the dedup window)?"""
+        return event_id in self.recent_ids
+
+    def applied_offset(self, source: str) -> int:
+        """Next offset of input ``source`` ('topic:partition') not yet covered (0 if none)."""
+        return self.offsets.get(source, 0)
+
+    def apply(self, event: HistoryEvent) -> Effect | None:
+        """Fold one event; returns what the caller must do to the model, if anything."""
+        if event.model != self.model:
+            return None
+        body = event.body
+        if isinstance(body, Learned):
+            return self._learned(event, body)
+        if isinstance(body, Claimed):
+            if event.epoch > self.epoch:
+                self.epoch = event.epoch
+            else:
+                self.counters.stale_claims += 1
+        elif isinstance(body, Created):
+            if self.created is None:
+                self.created = body
+        elif isinstance(body, SnapshotChunk):
+            self._chunk(event, body)
+        elif isinstance(body, Restored):
+            return self._restored(event, body)
+        return None
+
+    def _learned(self, event: HistoryEvent, body: Learned) -> Effect | None:
+        if event.epoch != self.epoch:
+            self.counters.stale_writes += 1
+            return None
+        if body.seq_from != self.seq + 1:
+            if body.seq_from <= self.seq:
+                self.counters.duplicate_writes += 1
+            else:
+                self.counters.gap_writes += 1
+            return None
+        self.seq = body.seq_to
+        for source, offset in body.offsets.items():
+            if offset > self.offsets.get(source, 0):
+                self.offsets[source] = offset
+        for example in body.examples:
+            self.recent_ids[example.event_id] = None
+        while len(self.recent_ids) > self.id_window:
+            self.recent_ids.popitem(last=False)
+        self.fingerprint = body.fingerprint
+        return Learn(body.examples) if body.examples else None
+
+    def _chunk(self, event: HistoryEvent, chunk: SnapshotChunk) -> None:
+        parts = self._chunks.setdefault(chunk.snapshot_id, [])
+        parts.append((event, chunk))
+        if len(parts) < chunk.count:
+            return
+        del self._chunks[chunk.snapshot_id]
+        ordered = sorted(parts, key=lambda p: p[1].index)
+        if [c.index for _, c in ordered] != list(range(chunk.count)) or any(
+            e.epoch != event.epoch for e, _ in ordered
+        ):
+            self.counters.rejected_snapshots += 1
+            return
+        snapshot = Snapshot(chunk.snapshot_id, chunk.purpose, event.epoch, chunk.seq,
+                            chunk.lineage, b"".join(c.data for _, c in ordered), chunk.sha256,
+                            chunk.hmac, chunk.fingerprint, ordered[0][0].offset)
+        current = event.epoch == self.epoch
+        if chunk.purpose == "rollback" and current:
+            self._rollback = snapshot
+        elif (chunk.purpose == "checkpoint" and current and chunk.seq == self.seq
+              and chunk.lineage == self.lineage):
+            self.snapshots.append(snapshot)
+        else:
+            self.counters.rejected_snapshots += 1
+
+    def _restored(self, event: HistoryEvent, body: Restored) -> Effect | None:
+        snapshot = self._rollback
+        if (event.epoch != self.epoch or snapshot is None
+                or snapshot.snapshot_id != body.snapshot_id or snapshot.seq != body.to_seq):
+            self.counters.rejected_restores += 1
+            return None
+        self._rollback = None
+        self.seq = body.to_seq
+        self.lineage += 1
+        self.fingerprint = snapshot.fingerprint
+        return Load(snapshot)
+
+
+def fold(model: str, events: Iterable[HistoryEvent]) -> tuple[HistoryFold, list[Effect]]:
+    """Fold ``events`` from genesis; returns the fold and every effect in order."""
+    state = HistoryFold(model)
+    effects = [e for e in (state.apply(ev) for ev in events) if e is not None]
+    return state, effects
+
+
+def examples_of(effects: Sequence[Effect]) -> list[Example]:
+    """All examples of ``Learn`` effects, in order (ignores loads)."""
+    return [x for e in effects if isinstance(e, Learn) for x in e.examples]
