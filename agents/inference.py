@@ -25,6 +25,7 @@ from streams.config import Settings
 from streams.deadletter import DeadLetter
 from streams.errors import EventError, ValidationError
 from streams.features import FeatureExtractor, validate_label
+from streams.history import Example
 from streams.models import OnlineModel
 from streams.telemetry import WorkerStats
 
@@ -48,6 +49,8 @@ class BatchOutput:
     )
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
     events: int = 0
+    #: History events to append after the outputs are acknowledged, per learner.
+    history: list[tuple[Any, list[Any]]] = dataclasses.field(default_factory=list)
 
 
 class InferenceProcessor:
@@ -65,6 +68,7 @@ class InferenceProcessor:
         prediction_encoder: Encoder,
         models: Sequence[OnlineModel],
         stats: WorkerStats | None = None,
+        learners: Sequence[Any] | None = None,
     ) -> None:
         self.event = settings.event
         self.max_bytes = settings.limits.max_event_bytes
@@ -76,17 +80,25 @@ class InferenceProcessor:
             for m in self.models
         ]
         self.stats = stats if stats is not None else WorkerStats()
+        self.learners = list(learners) if learners is not None else [None] * len(self.models)
 
     def process(self, records: Iterable[InputRecord]) -> BatchOutput:
-        """Process ``records`` in order; returns what must be published."""
+        """Process ``records`` in order; returns what must be published and recorded."""
         out = BatchOutput()
-        pairs = list(zip(self.models, self.extractors, strict=True))
+        lanes = [_Lane(m, e, lr) for m, e, lr in
+                 zip(self.models, self.extractors, self.learners, strict=True)]
         id_field, key_field = self.event.id_field, self.event.key_field
         ts_field, label_field = self.event.timestamp_field, self.event.label_field
         decode, encode = self.decoder.decode, self.encoder.encode
         now_ms = int(time.time() * 1000)
+        offsets: dict[str, int] = {}
         for record in records:
             out.events += 1
+            source = f"{record.topic}:{record.partition}"
+            offsets[source] = record.offset + 1
+            active = [lane for lane in lanes if not lane.covered(source, record.offset)]
+            if not active:
+                continue  # the history covers it: predicted and learned before a restart
             model_name: str | None = None
             try:
                 value = record.value
@@ -100,23 +112,25 @@ class InferenceProcessor:
                     raise ValidationError("empty event id", reason="missing_event_id")
                 label = event.get(label_field)
                 inputs = []
-                for model, extractor in pairs:
-                    model_name = model.name
-                    x = extractor.extract(event)
-                    y = None if label is None else validate_label(label, model.task)
-                    inputs.append((model, x, y))
+                for lane in active:
+                    model_name = lane.model.name
+                    x = lane.extractor.extract(event)
+                    y = None if label is None else validate_label(label, lane.model.task)
+                    inputs.append((lane, x, y))
                 model_name = None
                 outputs = []
-                for model, x, y in inputs:
+                for lane, x, y in inputs:
+                    model = lane.model
                     model_name = model.name
                     seq = model.seq
                     prediction, proba = model.predict(x)
                     if y is not None:
-                        model.learn(x, y)
+                        lane.learn(event_id, x, y)
                     outputs.append(encode({
                         "event_id": event_id, "key": event[key_field], "model": model.name,
-                        "model_seq": seq, "prediction": prediction, "probabilities": proba,
-                        "event_time": event[ts_field], "prediction_time": now_ms,
+                        "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
+                        "probabilities": proba, "event_time": event[ts_field],
+                        "prediction_time": now_ms,
                     }))
                 out.predictions[record.partition].extend((record.key, o) for o in outputs)
             except EventError as exc:
@@ -125,24 +139,58 @@ class InferenceProcessor:
                 reason = "model_error" if model_name else "internal_error"
                 detail = f"{type(exc).__name__}: {exc}"
                 out.dead_letters.append(_dead(record, reason, detail, model_name))
-        self._count(out)
+        for lane in lanes:
+            if lane.learner is not None and offsets:
+                out.history.append((lane.learner, lane.history_events(offsets)))
+        self._count(out, lanes)
         return out
 
-    def _count(self, out: BatchOutput) -> None:
+    def _count(self, out: BatchOutput, lanes: list[_Lane]) -> None:
         stats = self.stats
         stats.events += out.events
         stats.batches += 1
         for dead in out.dead_letters:
             stats.dead_letters[dead.reason] += 1
-        for model in self.models:
-            stats.learned[model.name] += model.seq - stats.model_seq.get(model.name, 0)
-            stats.model_seq[model.name] = model.seq
+        for lane in lanes:
+            stats.learned[lane.model.name] += lane.model.seq - lane.seq_before
+            stats.model_seq[lane.model.name] = lane.model.seq
         predictions = sum(len(v) for v in out.predictions.values())
         if len(self.models) == 1:
             stats.predictions[self.models[0].name] += predictions
         else:
             for model in self.models:
                 stats.predictions[model.name] += predictions // len(self.models)
+
+
+class _Lane:
+    """One model's view of a batch: dedup against its history, examples learned."""
+
+    __slots__ = ("model", "extractor", "learner", "examples", "seq_before", "batch_ids", "xs")
+
+    def __init__(self, model: OnlineModel, extractor: FeatureExtractor, learner: Any) -> None:
+        self.model, self.extractor, self.learner = model, extractor, learner
+        self.examples: list[Example] = []
+        self.seq_before = model.seq
+        self.batch_ids: set[str] = set()
+
+    def covered(self, source: str, offset: int) -> bool:
+        return self.learner is not None and self.learner.should_skip(source, offset)
+
+    def learn(self, event_id: str, x: dict[str, float], y: Any) -> None:
+        if self.learner is not None:
+            if event_id in self.batch_ids or self.learner.fold.seen(event_id):
+                self.learner.skipped_duplicates += 1
+                return
+            self.batch_ids.add(event_id)
+            self.examples.append(Example(event_id, x, y))
+        self.model.learn(x, y)
+
+    def history_events(self, offsets: dict[str, int]) -> list[Any]:
+        events: list[Any] = self.learner.record_batch(
+            self.seq_before, self.examples, offsets, [e.x for e in self.examples])
+        if self.learner.snapshot_due():
+            events += self.learner.snapshot_events()
+        return events
 
 
 def _dead(record: InputRecord, reason: str, detail: str, model: str | None) -> DeadLetter:
@@ -167,7 +215,7 @@ def register_inference_agent(
     import asyncio
 
     topics = settings.topics
-    pending: asyncio.Queue[tuple[list[Any], Any]] = asyncio.Queue(maxsize=8)
+    pending: asyncio.Queue[tuple[list[Any], list[Any], Any]] = asyncio.Queue(maxsize=8)
 
     @app.agent(batches, name="riverbed.inference", concurrency=1)
     async def inference(stream: Any) -> None:
@@ -180,17 +228,21 @@ def register_inference_agent(
                 futures += await output.publish_dead_letters(
                     topics.dead_letters, result.dead_letters
                 )
-            await pending.put((futures, batch))
+            await pending.put((futures, result.history, batch))
 
     @app.task
     async def confirm_in_order() -> None:
+        # steps 2-4 of the learner's batch protocol (see agents/learner.py)
         while True:
-            futures, batch = await pending.get()
+            futures, history, batch = await pending.get()
             try:
-                await asyncio.gather(*futures)
+                await asyncio.gather(*futures)                          # 2. outputs acked
+                for learner, events in history:                         # 3. history appended
+                    offsets = await learner.history.append(events)
+                    await learner.publish_index(events, offsets)
             except Exception as exc:  # the broker refused our output: stop, do not commit
                 await app.crash(exc)
                 return
-            ingest.done(batch)
+            ingest.done(batch)                                          # 4. may commit
 
     return inference

@@ -12,11 +12,14 @@ import signal
 from typing import Any
 
 from agents.inference import InferenceProcessor, register_inference_agent
+from agents.learner import Learner
 from schemas import load_schema
 from streams.app import make_faust_app
 from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from streams.config import Settings
+from streams.history_log import HistoryLog, SnapshotIndex
 from streams.ingest import BatchIngest
+from streams.snapshots import snapshot_key
 from streams.models import OnlineModel
 from streams.output import BatchProducer
 from streams.telemetry import WorkerStats
@@ -39,31 +42,46 @@ class Worker:
         event_schema = load_schema(settings.event.schema, settings.base_dir)
         topics = settings.topics
         self.models = [OnlineModel(spec) for spec in settings.models]
+        self.output = BatchProducer(settings.broker.bootstrap_servers)
+        self.learners = self._learners() if settings.history.enabled else None
         self.processor = InferenceProcessor(
             settings, event_schema,
             decoder=make_codec(event_schema, f"{topics.events}-value", registry),
             prediction_encoder=make_codec(
                 load_schema("prediction"), f"{topics.predictions}-value", registry),
-            models=self.models, stats=self.stats,
+            models=self.models, stats=self.stats, learners=self.learners,
         )
         self.app = make_faust_app(settings, self.stats, web_port)
         self.batches = self.app.channel(maxsize=4)
-        self.output = BatchProducer(settings.broker.bootstrap_servers)
         self.ingest = BatchIngest(settings, [topics.events], self.batches)
-        self.ingest.add_dependency(self.output)
         self.app.service(self.ingest)
         register_inference_agent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings
         )
 
+    def _learners(self) -> list[Learner]:
+        s = self.settings
+        history = HistoryLog(s.broker.bootstrap_servers, s.topics.history, self.output)
+        index = SnapshotIndex(s.broker.bootstrap_servers, s.topics.snapshots, self.output)
+        key = snapshot_key(s)
+        h = s.history
+        return [Learner(m, history, index, key, snapshot_every_steps=h.snapshot_every_steps,
+                        snapshot_every_s=h.snapshot_every_s, id_window=h.id_window,
+                        probe_size=h.probe_size) for m in self.models]
+
     async def start(self) -> None:
-        """Provision topics, then start the Faust app and its services."""
+        """Provision topics, take over every model's history, then start Faust."""
         await ensure_topics(self.settings.broker.bootstrap_servers, riverbed_topics(self.settings))
+        await self.output.start()
+        for learner in self.learners or []:
+            await learner.takeover()
+            self.stats.model_seq[learner.model.name] = learner.model.seq
         await self.app.start()
 
     async def stop(self) -> None:
         """Stop agents and services; commits offsets of finished batches."""
         await self.app.stop()
+        await self.output.stop()
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         """Run until ``stop`` is set, SIGINT/SIGTERM, or a crash; returns an exit code."""

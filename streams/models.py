@@ -111,6 +111,7 @@ class OnlineModel:
         self.task = spec.task
         self.estimator = estimator if estimator is not None else build_estimator(spec)
         self.seq = 0
+        self.lineage = 0
         self.is_classifier = spec.task == "classification"
         self.river_version = river.__version__
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import pickle
@@ -88,4 +89,19 @@ def load_or_create_key(path: Path) -> bytes:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key.hex())
+    return key
+
+
+def snapshot_key(settings: Any) -> bytes:
+    """The HMAC key: ``history.snapshot_key`` (hex, e.g. from the environment), else the
+    key file (created on first use; riverbed logs its *path*, never the key)."""
+    if settings.history.snapshot_key:
+        return bytes.fromhex(settings.history.snapshot_key)
+    path = Path(settings.history.snapshot_key_file).expanduser()
+    existed = path.exists()
+    key = load_or_create_key(path)
+    if not existed:
+        logging.getLogger(__name__).warning(
+            "generated a development snapshot signing key at %s (set "
+            "RIVERBED_HISTORY__SNAPSHOT_KEY in production)", path)
     return key
