@@ -174,7 +174,10 @@ class _Lane:
         self.batch_ids: set[str] = set()
 
     def covered(self, source: str, offset: int) -> bool:
-        return self.learner is not None and self.learner.should_skip(source, offset)
+        if self.learner is not None and self.learner.should_skip(source, offset):
+            self.learner.skipped_replayed += 1
+            return True
+        return False
 
     def learn(self, event_id: str, x: dict[str, float], y: Any) -> None:
         if self.learner is not None:
@@ -240,6 +243,7 @@ def register_inference_agent(
                 for learner, events in history:                         # 3. history appended
                     offsets = await learner.history.append(events)
                     await learner.publish_index(events, offsets)
+                    learner.mark_durable(events)
             except Exception as exc:  # the broker refused our output: stop, do not commit
                 await app.crash(exc)
                 return

@@ -36,11 +36,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streams.history import (
-    Claimed, Created, Example, HistoryEvent, HistoryFold, Learn, Learned, Load,
-)
+from streams.history import Claimed, Created, Example, HistoryEvent, HistoryFold, Learned
 from streams.history_log import HistoryLog, SnapshotIndex
 from streams.models import OnlineModel
+from streams.replay import apply_effects
 from streams.snapshots import fingerprint, load_snapshot, make_chunks
 
 log = logging.getLogger(__name__)
@@ -52,17 +51,6 @@ def spec_json(model: OnlineModel) -> str:
     return json.dumps({"name": spec.name, "task": spec.task, "seed": spec.seed,
                        "pipeline": list(spec.pipeline), "features": spec.features},
                       sort_keys=True, default=list)
-
-
-def apply_effects(model: OnlineModel, effects: Sequence[Any], key: bytes) -> None:
-    """Apply fold effects to the live estimator (learn examples, load snapshots)."""
-    for effect in effects:
-        if isinstance(effect, Learn):
-            learn = model.estimator.learn_one  # type: ignore[attr-defined]
-            for example in effect.examples:
-                learn(dict(example.x), example.y)
-        elif isinstance(effect, Load):
-            model.estimator, _ = load_snapshot(effect.snapshot, key)
 
 
 class Learner:
@@ -85,6 +73,8 @@ class Learner:
         self._last_snapshot_time = time.monotonic()
         self.skipped_replayed = 0
         self.skipped_duplicates = 0
+        #: Highest seq whose Learned record the broker has acknowledged.
+        self.durable_seq = 0
 
     # -- takeover ------------------------------------------------------------------------
     async def takeover(self) -> None:
@@ -100,6 +90,7 @@ class Learner:
                 self.model.seq = self.fold.seq
                 self.model.lineage = self.fold.lineage
                 self._last_snapshot_seq = self.fold.seq
+                self.durable_seq = self.fold.seq
                 log.info("%s: claimed epoch %d at seq %d", self.model.name, epoch, self.fold.seq)
                 return
         raise RuntimeError(f"{self.model.name}: could not claim ownership (contended)")
@@ -165,6 +156,12 @@ class Learner:
         events.append(self._event(learned))
         self.fold.apply(events[-1])
         return events
+
+    def mark_durable(self, events: Sequence[HistoryEvent]) -> None:
+        """Step 3 done for ``events``: the broker holds them."""
+        for event in events:
+            if isinstance(event.body, Learned):
+                self.durable_seq = max(self.durable_seq, event.body.seq_to)
 
     def snapshot_due(self) -> bool:
         """Snapshot every N learn steps or T seconds (whichever first, if anything changed)."""

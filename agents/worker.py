@@ -19,7 +19,7 @@ from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from streams.config import Settings
 from streams.history_log import HistoryLog, SnapshotIndex
 from streams.ingest import BatchIngest
-from streams.snapshots import snapshot_key
+from streams.snapshots import fingerprint, snapshot_key
 from streams.models import OnlineModel
 from streams.output import BatchProducer
 from streams.telemetry import WorkerStats
@@ -58,6 +58,28 @@ class Worker:
         register_inference_agent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings
         )
+
+        @self.app.page("/riverbed/models")
+        async def models_page(web: Any, request: Any) -> Any:
+            return web.json(self.describe_models())
+
+    def describe_models(self) -> dict[str, Any]:
+        """Live seq, lineage, epoch and fingerprint of every model."""
+        described = {}
+        for i, model in enumerate(self.models):
+            learner = self.learners[i] if self.learners else None
+            created = learner.fold.created if learner else None
+            probe = created.probe if created else ()
+            described[model.name] = {
+                "seq": model.seq, "lineage": model.lineage,
+                "durable_seq": learner.durable_seq if learner else None,
+                "fold_counters": vars(learner.fold.counters) if learner else None,
+                "epoch": learner.epoch if learner else None,
+                "fingerprint": fingerprint(model.estimator, probe) if created else None,
+                "skipped_replayed": learner.skipped_replayed if learner else 0,
+                "skipped_duplicates": learner.skipped_duplicates if learner else 0,
+            }
+        return described
 
     def _learners(self) -> list[Learner]:
         s = self.settings

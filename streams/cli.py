@@ -189,6 +189,36 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def history(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """Show a model's history: seq, time, kind, snapshots, fingerprints."""
+    from streams.cli_history import history_command
+
+    history_command(_settings(config, bootstrap), model, as_json)
+
+
+@app.command("replay")
+def replay_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
+    to_seq: Annotated[int | None, typer.Option(help="Rebuild the state at this seq.")] = None,
+    to_time: Annotated[str | None, typer.Option(help="ISO time: the state at that time.")] = None,
+    from_genesis: Annotated[bool, typer.Option(help="Ignore snapshots.")] = False,
+    verify: Annotated[bool, typer.Option(help="Check every recorded fingerprint.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Write the rebuilt model (pickle).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Rebuild a past model version; with --verify exit 1 on any mismatch (2: tampered)."""
+    from streams.cli_history import replay_command
+
+    raise typer.Exit(replay_command(_settings(config, bootstrap), model, to_seq, to_time,
+                                    from_genesis, verify, output, as_json))
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

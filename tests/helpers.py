@@ -33,8 +33,8 @@ async def provision(settings: Settings) -> None:
 
 
 async def send_raw(settings: Settings, records: Sequence[tuple[bytes | None, bytes | None]],
-                   partition: int = 0) -> None:
-    """Send ``(key, value)`` records, in order, to one events partition; wait for acks."""
+                   partition: int | None = 0) -> None:
+    """Send ``(key, value)`` records in order (to one partition, or by key if None)."""
     producer = BatchProducer(settings.broker.bootstrap_servers)
     await producer.start()
     try:
