@@ -13,7 +13,8 @@ Fold rules (DESIGN section 4):
   Claimed is stale and counted.
 * ``Learned`` applies only if its epoch is the current epoch and ``seq_from == seq + 1``.
   Otherwise it is a zombie (stale epoch), a duplicate (already covered) or a gap, and is
-  ignored and counted. This fences a learner that lost ownership.
+  ignored and counted. This fences a learner that lost ownership. (A re-sent *empty*
+  ``Learned`` -- offsets only -- applies again harmlessly: no examples, same offsets.)
 * Snapshot chunks assemble into a snapshot. A ``checkpoint`` snapshot is accepted when
   written in the current epoch and lineage at the current seq; a ``rollback`` snapshot
   when written in the current epoch. Snapshots never change state.

@@ -21,7 +21,7 @@ from streams.history import (
 )
 from streams.history_log import HistoryLog, SnapshotIndex
 from streams.models import OnlineModel
-from streams.snapshots import fingerprint, load_snapshot
+from streams.snapshots import fingerprint, load_snapshot, verify_snapshot
 
 
 def apply_effects(model: OnlineModel, effects: Sequence[Any], key: bytes) -> None:
@@ -69,7 +69,7 @@ async def replay(
     events = await read_model_history(settings, model_name)
     start = 0
     if not from_genesis:
-        start = _start_from_snapshot(result, events, key, to_seq)
+        start = _start_from_snapshot(result, events, key, to_seq, verify)
     total = events[-1].body.seq_to if events and isinstance(events[-1].body, Learned) else 0
     for event in events[start:]:
         if to_time_ms is not None and event.time > to_time_ms:
@@ -91,9 +91,10 @@ async def replay(
 
 
 def _start_from_snapshot(result: ReplayResult, events: list[HistoryEvent], key: bytes,
-                         to_seq: int | None) -> int:
+                         to_seq: int | None, verify: bool) -> int:
     """Find the newest checkpoint snapshot at or before ``to_seq`` by folding bookkeeping
-    only (no learning), load it, and return the index of the event after it."""
+    only (no learning), load it, and return the index of the event after it. With
+    ``verify``, every snapshot on the way is integrity-checked too."""
     probe = HistoryFold(result.fold.model)
     best: tuple[int, Any, dict[str, Any]] | None = None
     seen = 0
@@ -103,6 +104,9 @@ def _start_from_snapshot(result: ReplayResult, events: list[HistoryEvent], key: 
             break
         if len(probe.snapshots) > seen:
             seen = len(probe.snapshots)
+            if verify:
+                verify_snapshot(probe.snapshots[-1], key)
+                result.snapshots_checked += 1
             best = (index, probe.snapshots[-1], probe.export_state())
             best[2]["created"] = probe.created
     if best is None:

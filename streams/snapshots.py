@@ -69,13 +69,18 @@ def make_chunks(
                           signature, model_fingerprint) for i, part in enumerate(parts)]
 
 
-def load_snapshot(snapshot: Snapshot, key: bytes) -> tuple[Any, dict[str, Any]]:
-    """Verify, then unpickle: ``(estimator, fold_state)``; SnapshotIntegrityError if tampered."""
+def verify_snapshot(snapshot: Snapshot, key: bytes) -> None:
+    """Raise SnapshotIntegrityError unless digest and HMAC match (nothing is unpickled)."""
     if hashlib.sha256(snapshot.payload).hexdigest() != snapshot.sha256:
         raise SnapshotIntegrityError(f"snapshot {snapshot.snapshot_id}: sha256 mismatch")
     if not hmac.compare_digest(sign(snapshot.payload, key), snapshot.hmac):
         raise SnapshotIntegrityError(
             f"snapshot {snapshot.snapshot_id}: HMAC mismatch (tampered, or another key)")
+
+
+def load_snapshot(snapshot: Snapshot, key: bytes) -> tuple[Any, dict[str, Any]]:
+    """Verify, then unpickle: ``(estimator, fold_state)``; SnapshotIntegrityError if tampered."""
+    verify_snapshot(snapshot, key)
     data = pickle.loads(snapshot.payload)  # noqa: S301 - verified above
     return data["model"], data["fold"]
 

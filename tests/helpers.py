@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -72,3 +74,17 @@ async def collect(settings: Settings, topic: str, partitions: int, expected: int
     finally:
         await consumer.stop()
     return records
+
+
+def worker_env(settings: Settings, key_hex: str) -> dict[str, str]:
+    """Environment that points a riverbed child process at ``settings``' broker and topics."""
+    env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": settings.broker.bootstrap_servers,
+           "RIVERBED_WORKER__GROUP_ID": settings.worker.group_id,
+           "RIVERBED_WORKER__FETCH_MAX_WAIT_MS": "20",
+           "RIVERBED_HISTORY__SNAPSHOT_EVERY_STEPS": "7000",
+           "RIVERBED_HISTORY__SNAPSHOT_KEY": key_hex}
+    for field in dataclasses.fields(settings.topics):
+        value = getattr(settings.topics, field.name)
+        if isinstance(value, str):
+            env[f"RIVERBED_TOPICS__{field.name.upper()}"] = value
+    return env

@@ -27,24 +27,11 @@ from streams.models import OnlineModel
 from streams.replay import apply_effects, read_model_history, replay
 from streams.snapshots import fingerprint
 from tests.conftest import CONFIG, ROOT
-from tests.helpers import provision, send_raw
+from tests.helpers import provision, send_raw, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EVENTS = 50_000
 DUPLICATES = 500
-
-
-def worker_env(settings: Settings, key_hex: str) -> dict[str, str]:
-    env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": settings.broker.bootstrap_servers,
-           "RIVERBED_WORKER__GROUP_ID": settings.worker.group_id,
-           "RIVERBED_WORKER__FETCH_MAX_WAIT_MS": "20",
-           "RIVERBED_HISTORY__SNAPSHOT_EVERY_STEPS": "7000",
-           "RIVERBED_HISTORY__SNAPSHOT_KEY": key_hex}
-    for field in dataclasses.fields(settings.topics):
-        value = getattr(settings.topics, field.name)
-        if isinstance(value, str):
-            env[f"RIVERBED_TOPICS__{field.name.upper()}"] = value
-    return env
 
 
 class WorkerChild:
@@ -108,7 +95,6 @@ async def test_sigkill_three_times_learns_each_labelled_event_exactly_once(
     history = await read_model_history(settings, "agrawal-lr")
     state, effects = fold("agrawal-lr", history)
     applied = [x.event_id for x in examples_of(effects)]
-    print("fold counters", state.counters, "live", live)
     assert state.epoch == 4 and live["epoch"] == 4          # 1 start + 3 restarts
     assert len(applied) == len(set(applied)) == EVENTS       # no event learned twice
     assert set(applied) == {e["event_id"] for e in stream}   # and none lost
