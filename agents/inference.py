@@ -206,7 +206,7 @@ def _dead(record: InputRecord, reason: str, detail: str, model: str | None) -> D
 
 def register_inference_agent(
     app: Any, batches: Any, processor: InferenceProcessor, output: Any, ingest: Any,
-    settings: Settings,
+    settings: Settings, before_batch: Any = None, guard: Any = None,
 ) -> Any:
     """Register the batch inference agent on ``app``, reading ``batches`` (a channel).
 
@@ -222,8 +222,14 @@ def register_inference_agent(
 
     @app.agent(batches, name="riverbed.inference", concurrency=1)
     async def inference(stream: Any) -> None:
+        lock = guard or asyncio.Lock()
         async for batch in stream:
-            result = processor.process(batch.records)
+            async with lock:  # models are not touched by anyone else meanwhile
+                if before_batch is not None:
+                    await before_batch()  # e.g. take over again after being fenced
+                if batch.generation != ingest.offsets.generation:
+                    continue  # fetched before a rewind/revoke: it will be fetched again
+                result = processor.process(batch.records)
             futures: list[Any] = []
             for partition, records in result.predictions.items():
                 futures += await output.publish(topics.predictions, partition, records)

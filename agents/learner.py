@@ -36,9 +36,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streams.history import Claimed, Created, Example, HistoryEvent, HistoryFold, Learned
+from streams.history import (
+    Claimed, Created, Example, HistoryEvent, HistoryFold, Learned, Restored,
+)
 from streams.history_log import HistoryLog, SnapshotIndex
-from streams.models import OnlineModel
+from streams.models import OnlineModel, build_estimator
 from streams.replay import apply_effects
 from streams.snapshots import fingerprint, load_snapshot, make_chunks
 
@@ -51,6 +53,27 @@ def spec_json(model: OnlineModel) -> str:
     return json.dumps({"name": spec.name, "task": spec.task, "seed": spec.seed,
                        "pipeline": list(spec.pipeline), "features": spec.features},
                       sort_keys=True, default=list)
+
+
+#: Owner name of rollback claims (the CLI); see Worker._follow_history.
+ROLLBACK_OWNER = "riverbed-rollback"
+
+
+def valid_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Snapshot index entries not written by a fenced learner.
+
+    Every takeover publishes an epoch marker; a snapshot entry whose epoch is below a
+    marker published before it comes from a zombie and is skipped. (A zombie snapshot
+    indexed in the short window between a new Claimed and its marker is not caught here;
+    see docs/design.md.)
+    """
+    highest, valid = 0, []
+    for entry in entries:
+        if entry.get("marker") == "claimed":
+            highest = max(highest, int(entry["epoch"]))
+        elif int(entry["epoch"]) >= highest:
+            valid.append(entry)
+    return valid
 
 
 class Learner:
@@ -75,12 +98,19 @@ class Learner:
         self.skipped_duplicates = 0
         #: Highest seq whose Learned record the broker has acknowledged.
         self.durable_seq = 0
+        #: Set by the history follower when a newer epoch claims this model.
+        self.fenced = False
+        #: Next history offset after our own Claimed (where a follower starts).
+        self.history_position = 0
 
     # -- takeover ------------------------------------------------------------------------
     async def takeover(self) -> None:
-        """Restore from the newest snapshot + tail, claim a new epoch, fold up to our claim."""
-        start = await self._restore_from_index()
-        position = await self._fold_range(start, None)
+        """Restore from the newest snapshot + tail, claim a new epoch, fold up to our claim.
+
+        Also used again after being fenced (a newer Claimed, e.g. by ``riverbed rollback``):
+        the state is rebuilt from the history, which then includes the newer owner's records.
+        """
+        position = await self.catch_up()
         for _ in range(10):
             epoch = self.fold.epoch + 1
             (offset,) = await self.history.append([self._event(Claimed(self.owner), epoch)])
@@ -91,13 +121,23 @@ class Learner:
                 self.model.lineage = self.fold.lineage
                 self._last_snapshot_seq = self.fold.seq
                 self.durable_seq = self.fold.seq
+                self.history_position = position
+                await self.index.publish(self.model.name, {"marker": "claimed", "epoch": epoch})
                 log.info("%s: claimed epoch %d at seq %d", self.model.name, epoch, self.fold.seq)
                 return
         raise RuntimeError(f"{self.model.name}: could not claim ownership (contended)")
 
+    async def catch_up(self) -> int:
+        """Rebuild state from scratch: newest valid snapshot, then the tail to high-water.
+        Returns the next history offset."""
+        self.fold = HistoryFold(self.model.name, self.fold.id_window)
+        self.model.estimator = build_estimator(self.model.spec)
+        self.fenced = False
+        start = await self._restore_from_index()
+        return await self._fold_range(start, None)
+
     async def _restore_from_index(self) -> int:
-        entries = await self.index.entries(self.model.name)
-        for entry in reversed(entries):
+        for entry in reversed(valid_entries(await self.index.entries(self.model.name))):
             events = [e async for e in self.history.read(entry["offset"],
                                                           entry["offset"] + entry["chunks"] - 1)]
             probe = HistoryFold(self.model.name)
@@ -196,3 +236,30 @@ class Learner:
     def _event(self, body: Any, epoch: int | None = None) -> HistoryEvent:
         return HistoryEvent(self.model.name, self.epoch if epoch is None else epoch,
                             int(time.time() * 1000), body)
+
+
+async def rollback(learner: Learner, target_estimator: Any, to_seq: int, reason: str) -> dict[str, Any]:
+    """Append a rollback: claim (fencing the live learner), snapshot of the state at
+    ``to_seq``, then ``Restored``. The live learner notices the newer epoch, takes over
+    again and continues from the restored state with ``lineage + 1``."""
+    await learner.catch_up()
+    learner.epoch = learner.fold.epoch + 1
+    if to_seq > learner.fold.seq:
+        raise ValueError(f"cannot roll forward: seq {to_seq} > current seq {learner.fold.seq}")
+    probe = learner.fold.created.probe if learner.fold.created else ()
+    target_fingerprint = fingerprint(target_estimator, probe)
+    chunks = make_chunks(target_estimator, learner.fold.export_state(), learner.key,
+                         purpose="rollback", seq=to_seq, lineage=learner.fold.lineage,
+                         model_fingerprint=target_fingerprint)
+    # one append: Claimed (fences the live learner), rollback snapshot, Restored. Followers
+    # of a "riverbed-rollback" claim wait for its Restored before taking over again.
+    events = [learner._event(Claimed(ROLLBACK_OWNER))]
+    events += [learner._event(c) for c in chunks]
+    events.append(learner._event(Restored(to_seq, chunks[0].snapshot_id, reason)))
+    offsets = await learner.history.append(events)
+    await learner.index.publish(learner.model.name, {"marker": "claimed", "epoch": learner.epoch})
+    for event in events:
+        learner.fold.apply(event)
+    return {"model": learner.model.name, "to_seq": to_seq, "epoch": learner.epoch,
+            "lineage": learner.fold.lineage, "fingerprint": target_fingerprint,
+            "restored_offset": offsets[-1]}

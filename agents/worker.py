@@ -7,12 +7,13 @@ topics (idempotent) before any client touches them, then starts Faust.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Any
 
 from agents.inference import InferenceProcessor, register_inference_agent
-from agents.learner import Learner
+from agents.learner import ROLLBACK_OWNER, Learner
 from schemas import load_schema
 from streams.app import make_faust_app
 from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
@@ -54,10 +55,13 @@ class Worker:
         self.app = make_faust_app(settings, self.stats, web_port)
         self.batches = self.app.channel(maxsize=4)
         self.ingest = BatchIngest(settings, [topics.events], self.batches)
+        self.model_lock = asyncio.Lock()
         self.app.service(self.ingest)
         register_inference_agent(
-            self.app, self.batches, self.processor, self.output, self.ingest, settings
+            self.app, self.batches, self.processor, self.output, self.ingest, settings,
+            before_batch=self.retake_if_fenced, guard=self.model_lock,
         )
+        self._follower: asyncio.Task[None] | None = None
 
         @self.app.page("/riverbed/models")
         async def models_page(web: Any, request: Any) -> Any:
@@ -98,10 +102,67 @@ class Worker:
         for learner in self.learners or []:
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
+        if self.learners:
+            self._follower = asyncio.create_task(self._follow_history())
         await self.app.start()
+
+    async def retake_if_fenced(self) -> None:
+        """If a newer epoch claimed a model (rollback, second worker), rebuild it from the
+        history and re-read the input from what the history covers."""
+        fenced = [lr for lr in self.learners or [] if lr.fenced]
+        if not fenced:
+            return
+        for learner in fenced:
+            log.warning("%s: fenced by a newer epoch; taking over again", learner.model.name)
+            await learner.takeover()
+            self.stats.model_seq[learner.model.name] = learner.model.seq
+        learners = self.learners or []
+
+        def position_of(tp: Any) -> int | None:
+            known = [lr.fold.offsets.get(f"{tp.topic}:{tp.partition}") for lr in learners]
+            return min((k for k in known if k is not None), default=None)
+
+        await self.ingest.rewind(position_of)
+
+    async def _follow_history(self) -> None:
+        """Watch the history for Claimed records of our models with a newer epoch."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from streams.history_codec import KIND_HEADER, decode_event
+
+        s = self.settings
+        tp = TopicPartition(s.topics.history, 0)
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.broker.bootstrap_servers, group_id=None,
+                                    enable_auto_commit=False, fetch_max_wait_ms=200)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, min(lr.history_position for lr in self.learners or []))
+            by_name = {lr.model.name: lr for lr in self.learners or []}
+            while True:
+                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    kind = dict(record.headers or ()).get(KIND_HEADER)
+                    if kind not in (b"Claimed", b"Restored"):
+                        continue
+                    event = decode_event(record.value, record.offset)
+                    learner = by_name.get(event.model)
+                    if learner is None or event.epoch <= learner.epoch:
+                        continue
+                    body: Any = event.body
+                    if kind == b"Claimed" and body.owner == ROLLBACK_OWNER:
+                        continue  # its Restored follows; take over once it is written
+                    learner.fenced = True
+                    async with self.model_lock:  # take over now, not at the next batch
+                        await self.retake_if_fenced()
+        finally:
+            await consumer.stop()
 
     async def stop(self) -> None:
         """Stop agents and services; commits offsets of finished batches."""
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
         await self.app.stop()
         await self.output.stop()
 

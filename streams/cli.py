@@ -219,6 +219,33 @@ def replay_cmd(
                                     from_genesis, verify, output, as_json))
 
 
+@app.command("rollback")
+def rollback_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    to_seq: Annotated[int, typer.Option(help="Restore the state at this seq.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history).")],
+    config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Roll a model back to seq N; the rollback is itself a history event."""
+    from streams.cli_history import rollback_command
+
+    raise typer.Exit(rollback_command(_settings(config, bootstrap), model, to_seq, reason,
+                                      as_json))
+
+
+@app.command()
+def score(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    seq: Annotated[int | None, typer.Option(help="Model version (default: latest).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
+) -> None:
+    """Score JSON-lines events from stdin with the model as of --seq."""
+    from streams.cli_history import score_command
+
+    raise typer.Exit(score_command(_settings(config, bootstrap), model, seq))
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -111,3 +111,78 @@ def replay_command(
         for k, v in summary.items():
             sys.stdout.write(f"{k:>22}: {v}\n")
     return 0 if summary["ok"] else 1
+
+
+def rollback_command(settings: Any, model: str, to_seq: int, reason: str, as_json: bool) -> int:
+    """Roll ``model`` back to ``to_seq`` (appends Claimed, a rollback snapshot, Restored)."""
+    from agents.learner import Learner, rollback
+    from streams.history_log import HistoryLog, SnapshotIndex
+    from streams.models import OnlineModel
+    from streams.output import BatchProducer
+
+    key = snapshot_key(settings)
+    spec = next((m for m in settings.models if m.name == model), None)
+    if spec is None:
+        err.print(f"[red]error:[/red] model {model!r} is not in the config")
+        return 2
+
+    async def run() -> dict[str, Any]:
+        target = await replay(settings, model, key, to_seq=to_seq)
+        if target.fold.seq != to_seq:
+            raise ValueError(f"history of {model} only reaches seq {target.fold.seq}")
+        producer = BatchProducer(settings.broker.bootstrap_servers)
+        await producer.start()
+        try:
+            h = settings.history
+            learner = Learner(
+                OnlineModel(spec),
+                HistoryLog(settings.broker.bootstrap_servers, settings.topics.history, producer),
+                SnapshotIndex(settings.broker.bootstrap_servers, settings.topics.snapshots,
+                              producer),
+                key, snapshot_every_steps=h.snapshot_every_steps,
+                snapshot_every_s=h.snapshot_every_s, id_window=h.id_window,
+                probe_size=h.probe_size, owner="riverbed-rollback")
+            return await rollback(learner, target.model.estimator, to_seq, reason)
+        finally:
+            await producer.stop()
+
+    try:
+        info = asyncio.run(run())
+    except (ValueError, SnapshotIntegrityError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    sys.stdout.write((json.dumps(info) if as_json else
+                      f"rolled {model} back to seq {to_seq} (lineage {info['lineage']}, "
+                      f"fingerprint {info['fingerprint'][:16]})") + "\n")
+    return 0
+
+
+def score_command(settings: Any, model: str, seq: int | None) -> int:
+    """Predict JSON-lines events from stdin with the model version at ``seq``."""
+    from schemas import load_schema
+    from streams.errors import ValidationError
+    from streams.features import FeatureExtractor
+
+    key = snapshot_key(settings)
+    result = asyncio.run(replay(settings, model, key, to_seq=seq))
+    if seq is not None and result.fold.seq != seq:
+        err.print(f"[red]error:[/red] history of {model} only reaches seq {result.fold.seq}")
+        return 1
+    spec = result.model.spec
+    extractor = FeatureExtractor(load_schema(settings.event.schema, settings.base_dir),
+                                 settings.event, spec, settings.limits)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        try:
+            x = extractor.extract(event)
+        except (ValidationError, KeyError) as exc:
+            sys.stdout.write(json.dumps({"event_id": event.get(settings.event.id_field),
+                                         "error": str(exc)}) + "\n")
+            continue
+        prediction, proba = result.model.predict(x)
+        sys.stdout.write(json.dumps({"event_id": event.get(settings.event.id_field),
+                                     "model": model, "model_seq": result.fold.seq,
+                                     "prediction": prediction, "probabilities": proba}) + "\n")
+    return 0

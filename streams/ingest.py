@@ -122,6 +122,21 @@ class BatchIngest(Service):
         """Mark ``batch`` fully processed: its offsets may be committed."""
         self.offsets.done(batch.next_offsets, batch.generation)
 
+    async def rewind(self, position_of: Any) -> None:
+        """Void in-flight batches and seek every assigned partition to ``position_of(tp)``
+        (an offset, or None to resume from the committed offset)."""
+        assert self.consumer is not None
+        assigned = set(self.consumer.assignment())
+        self.offsets.revoke(assigned)
+        for tp in assigned:
+            position = position_of(tp)
+            if position is None:
+                position = await self.consumer.committed(tp)
+            if position is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, position)
+
     async def commit_done(self, only: set[TopicPartition] | None = None) -> None:
         """Commit offsets of done batches (optionally only for ``only`` partitions)."""
         if self.consumer is None:
