@@ -1,9 +1,17 @@
-"""Avro encoding of history events (``schemas/history_event.avsc``)."""
+"""Avro encoding of history events (``schemas/history_event.avsc``).
+
+``Learned`` examples are stored column-wise -- event ids, feature names once per batch,
+one packed float64 block, labels -- so that encoding on the hot path and decoding during
+replay cost a few array operations per batch instead of an Avro map per example.
+"""
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import io
+import math
+import sys
 from typing import Any
 
 import fastavro
@@ -29,11 +37,50 @@ def kind_of(event: HistoryEvent) -> str:
     return type(event.body).__name__
 
 
+def _columns(examples: tuple[Example, ...]) -> dict[str, Any]:
+    """Examples as columns: ids, feature names, one float64 block, labels."""
+    names: dict[str, None] = {}
+    for example in examples:
+        if len(example.x) != len(names) or any(k not in names for k in example.x):
+            names.update(dict.fromkeys(example.x))
+    order = list(names)
+    values = array.array("d")
+    dense = all(len(e.x) == len(order) and list(e.x) == order for e in examples)
+    columns: list[list[int]] = []
+    if dense:
+        for example in examples:
+            values.extend(example.x.values())
+    else:
+        position = {n: i for i, n in enumerate(order)}
+        for example in examples:
+            values.extend(example.x.get(n, math.nan) for n in order)
+            columns.append([position[k] for k in example.x])
+    if sys.byteorder != "little":
+        values.byteswap()
+    return {"event_ids": [e.event_id for e in examples], "feature_names": order,
+            "values": values.tobytes(), "dense": dense, "columns": columns,
+            "labels": [e.y for e in examples]}
+
+
+def _examples(body: dict[str, Any]) -> tuple[Example, ...]:
+    names, ids, labels = body["feature_names"], body["event_ids"], body["labels"]
+    values = array.array("d")
+    values.frombytes(body["values"])
+    if sys.byteorder != "little":
+        values.byteswap()
+    width = len(names)
+    rows = (values[i * width : (i + 1) * width] for i in range(len(ids)))
+    if body["dense"]:
+        return tuple(Example(event_id, dict(zip(names, row)), y)
+                     for event_id, row, y in zip(ids, rows, labels))
+    return tuple(Example(event_id, {names[c]: row[c] for c in cols}, y)
+                 for event_id, row, cols, y in zip(ids, rows, body["columns"], labels))
+
+
 def _body_dict(body: Any) -> dict[str, Any]:
     if isinstance(body, Learned):
         return {"seq_from": body.seq_from, "seq_to": body.seq_to, "offsets": dict(body.offsets),
-                "examples": [{"event_id": e.event_id, "x": e.x, "y": e.y} for e in body.examples],
-                "fingerprint": body.fingerprint}
+                **_columns(body.examples), "fingerprint": body.fingerprint}
     if isinstance(body, Created):
         return {**dataclasses.asdict(body), "probe": [dict(p) for p in body.probe]}
     return dataclasses.asdict(body)
@@ -60,9 +107,8 @@ def decode_event(payload: bytes, offset: int = -1) -> HistoryEvent:
     name, body = raw["body"]
     cls = _TYPES[name]
     if cls is Learned:
-        examples = tuple(Example(e["event_id"], e["x"], e["y"]) for e in body["examples"])
-        value: Any = Learned(body["seq_from"], body["seq_to"], body["offsets"], examples,
-                             body["fingerprint"])
+        value: Any = Learned(body["seq_from"], body["seq_to"], body["offsets"],
+                             _examples(body), body["fingerprint"])
     elif cls is Created:
         value = Created(body["spec"], body["spec_hash"], body["river_version"],
                         tuple(body["probe"]))
