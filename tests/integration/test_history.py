@@ -89,6 +89,20 @@ async def test_replay_verifies_and_a_flipped_snapshot_byte_is_an_integrity_error
     middle = json.loads(_replay_cli(settings, "--to-seq", "2500").stdout.splitlines()[-1])
     assert middle["seq"] == 2500
 
+    # from every snapshot: replay starting at each one reproduces every later fingerprint
+    from streams.replay import replay
+    state, _ = fold(settings.models[0].name,
+                    await read_model_history(settings, settings.models[0].name))
+    snapshot_seqs = [s.seq for s in state.snapshots]
+    assert len(snapshot_seqs) >= 3
+    for seq in snapshot_seqs:
+        target = min(seq + 1000, report.valid)
+        rebuilt = await replay(settings, settings.models[0].name, KEY, to_seq=target,
+                               verify=True)
+        expected = max(s for s in snapshot_seqs if s <= target)  # newest at or before target
+        assert rebuilt.started_from.endswith(f"at seq {expected}")
+        assert rebuilt.mismatches == [] and rebuilt.fold.seq == target
+
     # copy the history into a fresh topic with one byte flipped inside a snapshot chunk
     events = await read_model_history(settings, settings.models[0].name)
     tampered_topic = settings.topics.history + ".tampered"
