@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from time import perf_counter
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streams.codec import Decoder, Encoder
 from streams.config import Settings
 from streams.deadletter import DeadLetter
 from streams.errors import EventError, ValidationError
 from streams.features import FeatureExtractor, validate_label
+from streams.evaluation import ModelMonitor
 from streams.history import Example
 from streams.models import OnlineModel
 from streams.telemetry import WorkerStats
+
+if TYPE_CHECKING:
+    from agents.labels import LabelJoin
 
 
 class InputRecord(Protocol):
@@ -49,15 +54,25 @@ class BatchOutput:
     )
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
     events: int = 0
+    labels: int = 0
+    #: event -> prediction latencies (ms) of this batch
+    latencies: list[int] = dataclasses.field(default_factory=list)
+    #: (model, seq) where the drift detector fired
+    drifts: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    #: encoded pending-store additions to persist before committing (agents/labels.py)
+    pending: bytes | None = None
+    predict_s: list[float] = dataclasses.field(default_factory=list)
+    learn_s: list[float] = dataclasses.field(default_factory=list)
     #: History events to append after the outputs are acknowledged, per learner.
     history: list[tuple[Any, list[Any]]] = dataclasses.field(default_factory=list)
 
 
 class InferenceProcessor:
-    """Turns a batch of raw event records into prediction and dead-letter records.
+    """Turns a batch of raw event (and label) records into outputs and history records.
 
     Pure CPU work, no I/O and no awaits. Every event is fully validated for every
     model *before* any model predicts or learns, so a bad event never touches state.
+    Unlabelled events wait in the pending store for their label (``agents/labels.py``).
     """
 
     def __init__(
@@ -69,6 +84,7 @@ class InferenceProcessor:
         models: Sequence[OnlineModel],
         stats: WorkerStats | None = None,
         learners: Sequence[Any] | None = None,
+        join: LabelJoin | None = None,
     ) -> None:
         self.event = settings.event
         self.max_bytes = settings.limits.max_event_bytes
@@ -81,69 +97,90 @@ class InferenceProcessor:
         ]
         self.stats = stats if stats is not None else WorkerStats()
         self.learners = list(learners) if learners is not None else [None] * len(self.models)
+        self.monitors = {m.name: ModelMonitor(m.task, m.spec.metrics) for m in self.models}
+        self.join = join
 
     def process(self, records: Iterable[InputRecord]) -> BatchOutput:
         """Process ``records`` in order; returns what must be published and recorded."""
         out = BatchOutput()
-        lanes = [_Lane(m, e, lr) for m, e, lr in
+        lanes = [_Lane(m, e, lr, self.monitors[m.name]) for m, e, lr in
                  zip(self.models, self.extractors, self.learners, strict=True)]
-        id_field, key_field = self.event.id_field, self.event.key_field
-        ts_field, label_field = self.event.timestamp_field, self.event.label_field
-        decode, encode = self.decoder.decode, self.encoder.encode
         now_ms = int(time.time() * 1000)
         offsets: dict[str, int] = {}
+        labels_topic = self.join.topic if self.join is not None else None
         for record in records:
             out.events += 1
             source = f"{record.topic}:{record.partition}"
             offsets[source] = record.offset + 1
             active = [lane for lane in lanes if not lane.covered(source, record.offset)]
             if not active:
-                continue  # the history covers it: predicted and learned before a restart
-            model_name: str | None = None
-            try:
-                value = record.value
-                if value is None or len(value) > self.max_bytes:
-                    raise EventError(
-                        "empty (tombstone) value" if value is None else
-                        f"{len(value)} bytes > limit {self.max_bytes}", reason="bad_size")
-                event = decode(value)
-                event_id = event[id_field]
-                if not event_id:
-                    raise ValidationError("empty event id", reason="missing_event_id")
-                label = event.get(label_field)
-                inputs = []
-                for lane in active:
-                    model_name = lane.model.name
-                    x = lane.extractor.extract(event)
-                    y = None if label is None else validate_label(label, lane.model.task)
-                    inputs.append((lane, x, y))
-                model_name = None
-                outputs = []
-                for lane, x, y in inputs:
-                    model = lane.model
-                    model_name = model.name
-                    seq = model.seq
-                    prediction, proba = model.predict(x)
-                    if y is not None:
-                        lane.learn(event_id, x, y)
-                    outputs.append(encode({
-                        "event_id": event_id, "key": event[key_field], "model": model.name,
-                        "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
-                        "probabilities": proba, "event_time": event[ts_field],
-                        "prediction_time": now_ms,
-                    }))
-                out.predictions[record.partition].extend((record.key, o) for o in outputs)
-            except EventError as exc:
-                out.dead_letters.append(_dead(record, exc.reason, str(exc), model_name))
-            except Exception as exc:  # a model or encoder failure must not kill the worker
-                reason = "model_error" if model_name else "internal_error"
-                detail = f"{type(exc).__name__}: {exc}"
-                out.dead_letters.append(_dead(record, reason, detail, model_name))
+                continue  # the history covers it: handled before a restart
+            if record.topic == labels_topic:
+                assert self.join is not None
+                out.labels += 1
+                self.join.on_label(record, active, out, now_ms)
+            else:
+                self._event(record, active, out, now_ms)
+        if self.join is not None:
+            self.join.end_batch(out, now_ms)
         for lane in lanes:
             if lane.learner is not None and offsets:
                 out.history.append((lane.learner, lane.history_events(offsets)))
+            out.drifts.extend((lane.model.name, seq) for seq in lane.drifts)
+            out.learn_s.extend(lane.learn_s)
         self._count(out, lanes)
         return out
+
+    def _event(self, record: InputRecord, active: list[_Lane], out: BatchOutput,
+               now_ms: int) -> None:
+        ev = self.event
+        model_name: str | None = None
+        try:
+            value = record.value
+            if value is None or len(value) > self.max_bytes:
+                raise EventError(
+                    "empty (tombstone) value" if value is None else
+                    f"{len(value)} bytes > limit {self.max_bytes}", reason="bad_size")
+            event = self.decoder.decode(value)
+            event_id = event[ev.id_field]
+            if not event_id:
+                raise ValidationError("empty event id", reason="missing_event_id")
+            label = event.get(ev.label_field)
+            inputs = []
+            for lane in active:
+                model_name = lane.model.name
+                x = lane.extractor.extract(event)
+                y = None if label is None else validate_label(label, lane.model.task)
+                inputs.append((lane, x, y))
+            model_name = None
+            outputs, made = [], []
+            event_time = event[ev.timestamp_field]
+            for lane, x, y in inputs:
+                model = lane.model
+                model_name = model.name
+                seq = model.seq
+                began = perf_counter()
+                prediction, proba = model.predict(x)
+                out.predict_s.append(perf_counter() - began)
+                if y is not None:
+                    lane.learn(event_id, x, y, prediction, proba, now_ms - event_time)
+                made.append((model.name, x, prediction, proba, seq))
+                outputs.append(self.encoder.encode({
+                    "event_id": event_id, "key": event[ev.key_field], "model": model.name,
+                    "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
+                    "probabilities": {str(k): float(v) for k, v in proba.items()},
+                    "event_time": event_time, "prediction_time": now_ms,
+                }))
+            out.predictions[record.partition].extend((record.key, o) for o in outputs)
+            out.latencies.append(now_ms - event_time)
+            if label is None and self.join is not None:
+                self.join.hold(event_id, made, event_time, active, out, now_ms)
+        except EventError as exc:
+            out.dead_letters.append(dead_letter(record, exc.reason, str(exc), model_name))
+        except Exception as exc:  # a model or encoder failure must not kill the worker
+            reason = "model_error" if model_name else "internal_error"
+            detail = f"{type(exc).__name__}: {exc}"
+            out.dead_letters.append(dead_letter(record, reason, detail, model_name))
 
     def _count(self, out: BatchOutput, lanes: list[_Lane]) -> None:
         stats = self.stats
@@ -152,26 +189,33 @@ class InferenceProcessor:
         for dead in out.dead_letters:
             stats.dead_letters[dead.reason] += 1
         for lane in lanes:
-            stats.learned[lane.model.name] += lane.model.seq - lane.seq_before
-            stats.model_seq[lane.model.name] = lane.model.seq
+            name = lane.model.name
+            stats.learned[name] += lane.model.seq - lane.seq_before
+            stats.model_seq[name] = lane.model.seq
+            stats.drifts[name] += len(lane.drifts)
         predictions = sum(len(v) for v in out.predictions.values())
-        if len(self.models) == 1:
-            stats.predictions[self.models[0].name] += predictions
-        else:
-            for model in self.models:
-                stats.predictions[model.name] += predictions // len(self.models)
+        for model in self.models:
+            stats.predictions[model.name] += predictions // len(self.models)
+        stats.observe_latencies(out.latencies)
+        stats.predict_seconds.observe_many(out.predict_s)
+        stats.learn_seconds.observe_many(out.learn_s)
 
 
 class _Lane:
-    """One model's view of a batch: dedup against its history, examples learned."""
+    """One model's view of a batch: dedup against its history, examples learned, scoring."""
 
-    __slots__ = ("model", "extractor", "learner", "examples", "seq_before", "batch_ids", "xs")
+    __slots__ = ("model", "extractor", "learner", "monitor", "examples", "seq_before",
+                 "batch_ids", "drifts", "learn_s")
 
-    def __init__(self, model: OnlineModel, extractor: FeatureExtractor, learner: Any) -> None:
+    def __init__(self, model: OnlineModel, extractor: FeatureExtractor, learner: Any,
+                 monitor: ModelMonitor) -> None:
         self.model, self.extractor, self.learner = model, extractor, learner
+        self.monitor = monitor
         self.examples: list[Example] = []
         self.seq_before = model.seq
         self.batch_ids: set[str] = set()
+        self.drifts: list[int] = []
+        self.learn_s: list[float] = []
 
     def covered(self, source: str, offset: int) -> bool:
         if self.learner is not None and self.learner.should_skip(source, offset):
@@ -179,24 +223,38 @@ class _Lane:
             return True
         return False
 
-    def learn(self, event_id: str, x: dict[str, float], y: Any) -> None:
+    def already_learned(self, event_id: str) -> bool:
+        return event_id in self.batch_ids or (
+            self.learner is not None and self.learner.fold.seen(event_id))
+
+    def learn(self, event_id: str, x: dict[str, float], y: Any, prediction: Any,
+              proba: dict[Any, float], delay_ms: int) -> bool:
+        """Score the prediction made before learning, then learn; False if a duplicate."""
         if self.learner is not None:
-            if event_id in self.batch_ids or self.learner.fold.seen(event_id):
+            if self.already_learned(event_id):
                 self.learner.skipped_duplicates += 1
-                return
-            self.batch_ids.add(event_id)
+                return False
             self.examples.append(Example(event_id, x, y))
+        self.batch_ids.add(event_id)
+        if self.monitor.update(y, prediction, proba, delay_ms):
+            self.drifts.append(self.model.seq)
+        began = perf_counter()
         self.model.learn(x, y)
+        self.learn_s.append(perf_counter() - began)
+        return True
 
     def history_events(self, offsets: dict[str, int]) -> list[Any]:
         events: list[Any] = self.learner.record_batch(
             self.seq_before, self.examples, offsets, [e.x for e in self.examples])
+        for seq in self.drifts:
+            events.append(self.learner.annotate(seq, "drift",
+                                                f"{type(self.monitor.detector).__name__}"))
         if self.learner.snapshot_due():
             events += self.learner.snapshot_events()
         return events
 
 
-def _dead(record: InputRecord, reason: str, detail: str, model: str | None) -> DeadLetter:
+def dead_letter(record: InputRecord, reason: str, detail: str, model: str | None) -> DeadLetter:
     return DeadLetter(
         value=record.value, key=record.key, reason=reason, detail=detail,
         source_topic=record.topic, source_partition=record.partition,
@@ -207,6 +265,7 @@ def _dead(record: InputRecord, reason: str, detail: str, model: str | None) -> D
 def register_inference_agent(
     app: Any, batches: Any, processor: InferenceProcessor, output: Any, ingest: Any,
     settings: Settings, before_batch: Any = None, guard: Any = None,
+    after_outputs: Any = None,
 ) -> Any:
     """Register the batch inference agent on ``app``, reading ``batches`` (a channel).
 
@@ -237,16 +296,18 @@ def register_inference_agent(
                 futures += await output.publish_dead_letters(
                     topics.dead_letters, result.dead_letters
                 )
-            await pending.put((futures, result.history, batch))
+            await pending.put((futures, result, batch))
 
     @app.task
     async def confirm_in_order() -> None:
         # steps 2-4 of the learner's batch protocol (see agents/learner.py)
         while True:
-            futures, history, batch = await pending.get()
+            futures, result, batch = await pending.get()
             try:
                 await asyncio.gather(*futures)                          # 2. outputs acked
-                for learner, events in history:                         # 3. history appended
+                if after_outputs is not None:                           # pending log, drifts
+                    await after_outputs(result)
+                for learner, events in result.history:                  # 3. history appended
                     offsets = await learner.history.append(events)
                     await learner.publish_index(events, offsets)
                     learner.mark_durable(events)

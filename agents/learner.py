@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streams.history import (
-    Claimed, Created, Example, HistoryEvent, HistoryFold, Learned, Restored,
+    Annotated, Claimed, Created, Example, HistoryEvent, HistoryFold, Learned, Restored,
 )
 from streams.history_log import HistoryLog, SnapshotIndex
 from streams.models import OnlineModel, build_estimator
@@ -196,6 +196,10 @@ class Learner:
         events.append(self._event(learned))
         self.fold.apply(events[-1])
         return events
+
+    def annotate(self, seq: int, kind: str, note: str) -> HistoryEvent:
+        """An Annotated event (drift, promotion, note) for the history."""
+        return self._event(Annotated(seq, kind, note))
 
     def mark_durable(self, events: Sequence[HistoryEvent]) -> None:
         """Step 3 done for ``events``: the broker holds them."""

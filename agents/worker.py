@@ -10,15 +10,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import Any
 
 from agents.inference import InferenceProcessor, register_inference_agent
+from agents.labels import LabelJoin
 from agents.learner import ROLLBACK_OWNER, Learner
+from agents.reporter import Reporter
 from schemas import load_schema
 from streams.app import make_faust_app
 from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from streams.config import Settings
-from streams.history_log import HistoryLog, SnapshotIndex
+from streams.history_log import HistoryLog, SnapshotIndex, read_partition
 from streams.ingest import BatchIngest
 from streams.snapshots import fingerprint, snapshot_key
 from streams.models import OnlineModel
@@ -45,22 +48,30 @@ class Worker:
         self.models = [OnlineModel(spec) for spec in settings.models]
         self.output = BatchProducer(settings.broker.bootstrap_servers)
         self.learners = self._learners() if settings.history.enabled else None
+        self.join = LabelJoin(settings, registry) if settings.labels.enabled else None
         self.processor = InferenceProcessor(
-            settings, event_schema,
+            settings, event_schema, join=self.join,
             decoder=make_codec(event_schema, f"{topics.events}-value", registry),
             prediction_encoder=make_codec(
                 load_schema("prediction"), f"{topics.predictions}-value", registry),
             models=self.models, stats=self.stats, learners=self.learners,
         )
-        self.app = make_faust_app(settings, self.stats, web_port)
+        self.reporter = Reporter(self)
+        self.app = make_faust_app(settings, self.stats, web_port, [self.reporter.families])
         self.batches = self.app.channel(maxsize=4)
-        self.ingest = BatchIngest(settings, [topics.events], self.batches)
+        inputs = [topics.events] + ([topics.labels] if self.join is not None else [])
+        self.ingest = BatchIngest(settings, inputs, self.batches)
         self.model_lock = asyncio.Lock()
         self.app.service(self.ingest)
         register_inference_agent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
             before_batch=self.retake_if_fenced, guard=self.model_lock,
+            after_outputs=self._after_outputs,
         )
+
+        @self.app.timer(settings.labels.report_interval_s)
+        async def report_metrics() -> None:
+            await self.reporter.publish()
         self._follower: asyncio.Task[None] | None = None
 
         @self.app.page("/riverbed/models")
@@ -102,9 +113,26 @@ class Worker:
         for learner in self.learners or []:
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
+        if self.join is not None:
+            learners = self.learners or []
+            await self.join.rebuild(
+                read_partition(self.settings.broker.bootstrap_servers,
+                               self.settings.topics.pending, 0, None, 30.0),
+                lambda eid: any(lr.fold.seen(eid) for lr in learners),
+                int(time.time() * 1000))
         if self.learners:
             self._follower = asyncio.create_task(self._follow_history())
         await self.app.start()
+
+    async def _after_outputs(self, result: Any) -> None:
+        """Between outputs and history: persist new pending entries, report drifts."""
+        producer = self.output.producer
+        assert producer is not None
+        if result.pending is not None:
+            await (await producer.send(self.settings.topics.pending, value=result.pending,
+                                       partition=0))
+        if result.drifts:
+            await self.reporter.publish("drift", sorted({name for name, _ in result.drifts}))
 
     async def retake_if_fenced(self) -> None:
         """If a newer epoch claimed a model (rollback, second worker), rebuild it from the

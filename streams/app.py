@@ -20,7 +20,8 @@ def faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
 
 
-def make_faust_app(settings: Settings, stats: WorkerStats, web_port: int | None = None) -> Any:
+def make_faust_app(settings: Settings, stats: WorkerStats, web_port: int | None = None,
+                   extra_metrics: list[Any] | None = None) -> Any:
     """A Faust app for one worker process; serves stats at /metrics and /riverbed/stats."""
     w = settings.worker
     app = faust.App(
@@ -41,7 +42,7 @@ def make_faust_app(settings: Settings, stats: WorkerStats, web_port: int | None 
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(exposition(stats), content_type="text/plain; version=0.0.4")
+        return web.bytes(exposition(stats, extra_metrics), content_type="text/plain; version=0.0.4")
 
     @app.page("/riverbed/stats")
     async def stats_page(web: Any, request: Any) -> Any:

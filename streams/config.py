@@ -9,6 +9,7 @@ Layout of the file (every key optional except ``[[models]]``)::
     [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes
     [history]  enabled, snapshot_every_steps, snapshot_every_s, snapshot_key,
                snapshot_key_file, id_window, probe_size
+    [labels]   enabled, ttl_s, max_pending, report_interval_s
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
                session_timeout_ms, heartbeat_interval_ms, commit_interval_s
     [[models]] name, task, pipeline, seed, features
@@ -55,6 +56,7 @@ class TopicSettings:
     history: str = "riverbed.history"
     snapshots: str = "riverbed.snapshots"
     metrics: str = "riverbed.metrics"
+    pending: str = "riverbed.pending"
     #: Partitions of the events topic (and predictions, labels: co-partitioned).
     partitions: int = 4
     replication_factor: int = 1
@@ -105,6 +107,16 @@ class WorkerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class LabelSettings:
+    """Delayed labels: how long to wait, how much to hold, how often to report."""
+
+    enabled: bool = True
+    ttl_s: float = 3600.0
+    max_pending: int = 200_000
+    report_interval_s: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class HistorySettings:
     """The event-sourced model history: snapshot cadence and signing key."""
 
@@ -137,6 +149,8 @@ class ModelSettings:
     seed: int = 42
     #: Allowlist of feature names; ``None`` means every non-metadata field.
     features: tuple[str, ...] | None = None
+    #: River metric class names (``river.metrics``); None = defaults for the task.
+    metrics: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +163,7 @@ class Settings:
     limits: LimitSettings = LimitSettings()
     worker: WorkerSettings = WorkerSettings()
     history: HistorySettings = HistorySettings()
+    labels: LabelSettings = LabelSettings()
     models: tuple[ModelSettings, ...] = ()
     #: Directory of the config file; relative schema paths resolve against it.
     base_dir: Path = Path(".")
@@ -166,6 +181,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitSettings,
     "worker": WorkerSettings,
     "history": HistorySettings,
+    "labels": LabelSettings,
 }
 
 
@@ -295,6 +311,9 @@ def _check_ranges(s: Settings) -> None:
         "history.snapshot_every_s": s.history.snapshot_every_s,
         "history.id_window": s.history.id_window,
         "history.probe_size": s.history.probe_size,
+        "labels.ttl_s": s.labels.ttl_s,
+        "labels.max_pending": s.labels.max_pending,
+        "labels.report_interval_s": s.labels.report_interval_s,
     }
     for field, value in positive.items():
         if not value > 0:

@@ -115,14 +115,13 @@ class OnlineModel:
         self.is_classifier = spec.task == "classification"
         self.river_version = river.__version__
 
-    def predict(self, x: dict[str, float]) -> tuple[Any, dict[str, float]]:
-        """(prediction, class probabilities); prediction is None before any learning."""
+    def predict(self, x: dict[str, float]) -> tuple[Any, dict[Any, float]]:
+        """(prediction, class -> probability); prediction is None before any learning."""
         if self.is_classifier:
             proba = self.estimator.predict_proba_one(x)  # type: ignore[attr-defined]
             if not proba:
                 return None, {}
-            best = max(proba, key=proba.get)
-            return best, {str(k): float(v) for k, v in proba.items()}
+            return max(proba, key=proba.get), proba
         return self.estimator.predict_one(x), {}  # type: ignore[attr-defined]
 
     def learn(self, x: dict[str, float], y: Any) -> None:

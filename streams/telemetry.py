@@ -7,6 +7,7 @@ nothing per event. Names follow Prometheus conventions (``riverbed_..._total``).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 from collections import Counter
@@ -14,8 +15,41 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
+
+
+class Histogram:
+    """Cumulative histogram kept as plain counts (observed per batch, exposed on scrape)."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.n = 0
+
+    def observe_many(self, values: list[float]) -> None:
+        buckets, counts = self.buckets, self.counts
+        for value in values:
+            counts[bisect.bisect_left(buckets, value)] += 1
+        self.total += sum(values)
+        self.n += len(values)
+
+    def family(self, name: str, doc: str, labels: list[str] | None = None,
+               label_values: list[str] | None = None) -> Any:
+        family = HistogramMetricFamily(name, doc, labels=labels or [])
+        cumulative, running = [], 0
+        for bound, count in zip([*self.buckets, float("inf")], self.counts):
+            running += count
+            cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
+        family.add_metric(label_values or [], cumulative, sum_value=self.total)
+        return family
+
+
+_FAST = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2)
+_SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclasses.dataclass
@@ -29,6 +63,15 @@ class WorkerStats:
     learned: Counter[str] = dataclasses.field(default_factory=Counter)
     dead_letters: Counter[str] = dataclasses.field(default_factory=Counter)
     model_seq: dict[str, int] = dataclasses.field(default_factory=dict)
+    drifts: Counter[str] = dataclasses.field(default_factory=Counter)
+    event_to_prediction_seconds: Histogram = dataclasses.field(
+        default_factory=lambda: Histogram(_SLOW))
+    predict_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(_FAST))
+    learn_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(_FAST))
+
+    def observe_latencies(self, latencies_ms: list[int]) -> None:
+        """Add a batch of event -> prediction latencies (ms) to the histogram."""
+        self.event_to_prediction_seconds.observe_many([v / 1000 for v in latencies_ms])
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy (served at ``/riverbed/stats``)."""
@@ -40,14 +83,16 @@ class WorkerStats:
             "learned": dict(self.learned),
             "dead_letters": dict(self.dead_letters),
             "model_seq": dict(self.model_seq),
+            "drifts": dict(self.drifts),
         }
 
 
 class StatsCollector(Collector):
     """Prometheus view of a :class:`WorkerStats`, computed at scrape time."""
 
-    def __init__(self, stats: WorkerStats) -> None:
+    def __init__(self, stats: WorkerStats, extra: list[Any] | None = None) -> None:
         self.stats = stats
+        self.extra = extra or []
 
     def collect(self) -> Iterator[Any]:
         s = self.stats
@@ -74,10 +119,20 @@ class StatsCollector(Collector):
         for model, n in s.model_seq.items():
             seq.add_metric([model], n)
         yield seq
+        drifts = CounterMetricFamily("riverbed_drift_events", "Drift detections", labels=["model"])
+        for model, n in s.drifts.items():
+            drifts.add_metric([model], n)
+        yield drifts
+        yield s.event_to_prediction_seconds.family(
+            "riverbed_event_to_prediction_seconds", "Event time to prediction time")
+        yield s.predict_seconds.family("riverbed_predict_seconds", "Model predict call")
+        yield s.learn_seconds.family("riverbed_learn_seconds", "Model learn call")
+        for extra in self.extra:
+            yield from extra()
 
 
-def exposition(stats: WorkerStats) -> bytes:
-    """The Prometheus text exposition of ``stats``."""
+def exposition(stats: WorkerStats, extra: list[Any] | None = None) -> bytes:
+    """The Prometheus text exposition of ``stats`` (+ ``extra`` family generators)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(stats))
+    registry.register(StatsCollector(stats, extra))
     return generate_latest(registry)

@@ -36,7 +36,7 @@ def riverbed_topics(settings: Settings) -> list[TopicSpec]:
     data = [(t.events, t.partitions, ()), (t.predictions, t.partitions, ()),
             (t.labels, t.partitions, ()), (t.dead_letters, 1, ()),
             (t.training, t.partitions, ()), (t.history, 1, keep_forever),
-            (t.snapshots, 1, keep_forever), (t.metrics, 1, ())]
+            (t.snapshots, 1, keep_forever), (t.metrics, 1, ()), (t.pending, 1, keep_forever)]
     return [TopicSpec(n, p, t.replication_factor, c) for n, p, c in data]
 
 

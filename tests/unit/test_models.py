@@ -63,4 +63,4 @@ def test_online_model_counts_learn_steps_and_predicts() -> None:
         model.learn({"a": float(i % 2)}, i % 2 == 1)
     assert model.seq == 10
     prediction, proba = model.predict({"a": 1.0})
-    assert prediction is True and set(proba) == {"False", "True"}
+    assert prediction is True and set(proba) == {False, True}

@@ -1,0 +1,101 @@
+"""Metrics reporter: periodic Avro MetricsReports, drift events, Prometheus model metrics.
+
+Delivery guarantee: best effort. Reports are telemetry, sent with ``acks=all`` but not
+retried across crashes; the numbers they carry are cumulative, so a lost report loses
+resolution, not totals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from schemas import load_schema
+from streams.codec import AvroCodec
+
+
+class Reporter:
+    """Builds and publishes reports for the models of one worker."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.codec = AvroCodec(load_schema("metrics_report"))
+        self._last = (time.monotonic(), 0)
+
+    def report(self, model: Any, kind: str = "report") -> dict[str, Any]:
+        """One MetricsReport dict for ``model``."""
+        w = self.worker
+        stats, monitor = w.stats, w.processor.monitors[model.name]
+        store = w.join.store if w.join is not None else None
+        now = time.monotonic()
+        then, events_then = self._last
+        rate = (stats.events - events_then) / max(now - then, 1e-9)
+        p50, p99 = monitor.delay_quantiles()
+        return {
+            "model": model.name, "kind": kind, "time": int(time.time() * 1000),
+            "worker": w.settings.worker.group_id, "seq": model.seq, "lineage": model.lineage,
+            "events": stats.events, "predictions": stats.predictions[model.name],
+            "learned": stats.learned[model.name], "dead_letters": stats.dead_letters.total(),
+            "labels_joined": store.counters.joined + store.counters.early_joined if store else 0,
+            "pending": len(store.events) if store else 0,
+            "expired": store.counters.expired_events if store else 0,
+            "drift_events": monitor.drifts, "metrics": monitor.values(),
+            "label_delay_p50_ms": p50, "label_delay_p99_ms": p99, "events_per_s": rate,
+        }
+
+    async def publish(self, kind: str = "report", models: list[str] | None = None) -> None:
+        """Send one report per model (or the named ones) to the metrics topic."""
+        producer = self.worker.output.producer
+        if producer is None:
+            return
+        topic = self.worker.settings.topics.metrics
+        futures = []
+        for model in self.worker.models:
+            if models is None or model.name in models:
+                value = self.codec.encode(self.report(model, kind))
+                futures.append(await producer.send(topic, value=value, key=model.name.encode()))
+        for future in futures:
+            await future
+        if kind == "report":
+            self._last = (time.monotonic(), self.worker.stats.events)
+
+    def families(self) -> Iterator[Any]:
+        """Prometheus families computed at scrape time."""
+        w = self.worker
+        metric = GaugeMetricFamily("riverbed_model_metric",
+                                   "Progressive-validation metric value", labels=["model", "metric"])
+        for name, monitor in w.processor.monitors.items():
+            for metric_name, value in monitor.values().items():
+                metric.add_metric([name, metric_name], value)
+        yield metric
+        store = w.join.store if w.join is not None else None
+        pending = GaugeMetricFamily("riverbed_pending_labels", "Events waiting for a label")
+        pending.add_metric([], len(store.events) if store else 0)
+        yield pending
+        early = GaugeMetricFamily("riverbed_early_labels", "Labels waiting for their event")
+        early.add_metric([], len(store.labels) if store else 0)
+        yield early
+        for name, field, doc in (("riverbed_expired_labels", "expired_events",
+                                  "Pending events whose label never came"),
+                                 ("riverbed_labels_joined", "joined", "Labels joined"),
+                                 ("riverbed_duplicate_labels", "duplicate_labels",
+                                  "Labels for events already learned"),
+                                 ("riverbed_pending_evicted", "evicted",
+                                  "Pending entries evicted by the bound")):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], getattr(store.counters, field) if store else 0)
+            yield family
+        lag = GaugeMetricFamily("riverbed_consumer_lag", "High-water mark minus confirmed "
+                                "position", labels=["topic", "partition"])
+        consumer = w.ingest.consumer
+        if consumer is not None:
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                position = w.ingest.offsets.position(tp)
+                if highwater is not None:
+                    lag.add_metric([tp.topic, str(tp.partition)],
+                                   max(0, highwater - (position or 0)))
+        yield lag
