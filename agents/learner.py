@@ -98,6 +98,8 @@ class Learner:
         self.skipped_duplicates = 0
         #: Highest seq whose Learned record the broker has acknowledged.
         self.durable_seq = 0
+        #: Input positions covered by acknowledged Learned records.
+        self.durable_offsets: dict[str, int] = {}
         #: Set by the history follower when a newer epoch claims this model.
         self.fenced = False
         #: Next history offset after our own Claimed (where a follower starts).
@@ -206,6 +208,7 @@ class Learner:
         for event in events:
             if isinstance(event.body, Learned):
                 self.durable_seq = max(self.durable_seq, event.body.seq_to)
+                self.durable_offsets.update(event.body.offsets)
 
     def snapshot_due(self) -> bool:
         """Snapshot every N learn steps or T seconds (whichever first, if anything changed)."""

@@ -88,6 +88,8 @@ class Worker:
             described[model.name] = {
                 "seq": model.seq, "lineage": model.lineage,
                 "durable_seq": learner.durable_seq if learner else None,
+                "durable_offsets": dict(learner.durable_offsets) if learner else {},
+                "pending": len(self.join.store.events) if self.join else 0,
                 "fold_counters": vars(learner.fold.counters) if learner else None,
                 "epoch": learner.epoch if learner else None,
                 "fingerprint": fingerprint(model.estimator, probe) if created else None,

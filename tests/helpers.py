@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
 import dataclasses
 import os
 import time
@@ -13,8 +18,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.worker import Worker
-from streams.broker import free_port
+from streams.broker import die_with_parent, free_port
 from streams.config import Settings
+from tests.conftest import CONFIG, ROOT
 from streams.output import BatchProducer
 from streams.topics import ensure_topics, riverbed_topics
 
@@ -88,3 +94,36 @@ def worker_env(settings: Settings, key_hex: str) -> dict[str, str]:
         if isinstance(value, str):
             env[f"RIVERBED_TOPICS__{field.name.upper()}"] = value
     return env
+
+
+class WorkerChild:
+    """``riverbed worker`` in a child process, observed through its web pages."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "-c", str(CONFIG),
+             "--web-port", str(self.port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get(self, page: str) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{page}", timeout=2) as r:
+                return dict(json.loads(r.read()))
+        except OSError:
+            return None
+
+    async def wait_for(self, predicate: Any, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        state = None
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"worker died: {self.process.returncode}"
+            state = await asyncio.to_thread(self.get, "/riverbed/models")
+            if state is not None and predicate(state["agrawal-lr"]):
+                return state["agrawal-lr"]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"condition not reached before the deadline; last state {state}")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()

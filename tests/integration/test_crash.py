@@ -27,41 +27,11 @@ from streams.models import OnlineModel
 from streams.replay import apply_effects, read_model_history, replay
 from streams.snapshots import fingerprint
 from tests.conftest import CONFIG, ROOT
-from tests.helpers import provision, send_raw, worker_env
+from tests.helpers import WorkerChild, provision, send_raw, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EVENTS = 50_000
 DUPLICATES = 500
-
-
-class WorkerChild:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "-c", str(CONFIG),
-             "--web-port", str(self.port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def get(self, page: str) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{page}", timeout=2) as r:
-                return dict(json.loads(r.read()))
-        except OSError:
-            return None
-
-    async def wait_for(self, predicate: Any, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"worker died: {self.process.returncode}"
-            state = await asyncio.to_thread(self.get, "/riverbed/models")
-            if state is not None and predicate(state["agrawal-lr"]):
-                return state["agrawal-lr"]
-            await asyncio.sleep(0.05)
-        raise AssertionError("condition not reached before the deadline")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
 
 
 async def test_sigkill_three_times_learns_each_labelled_event_exactly_once(

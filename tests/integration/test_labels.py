@@ -1,0 +1,204 @@
+"""Delayed labels against the broker: oracle metrics, restart with pending labels, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import os
+import random
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas import load_schema
+from streams.codec import AvroCodec
+from streams.config import Settings
+from streams.datasets import events
+from streams.evaluation import ModelMonitor
+from streams.history import examples_of, fold
+from streams.models import OnlineModel
+from streams.replay import read_model_history
+from tests.helpers import WorkerChild, collect, provision, running_worker, send_raw, worker_env
+
+pytestmark = pytest.mark.integration
+KEY = os.urandom(32)
+
+
+def _settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, history=dataclasses.replace(
+        settings.history, snapshot_key=KEY.hex()))
+
+
+async def _send_to(settings: Settings, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    from streams.output import BatchProducer
+    from streams.partitioner import partition_for
+    producer = BatchProducer(settings.broker.bootstrap_servers)
+    await producer.start()
+    try:
+        futures = [await producer.producer.send(  # type: ignore[union-attr]
+            topic, value=v, key=k, partition=partition_for(k, settings.topics.partitions))
+            for k, v in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _until(predicate: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.05)
+
+
+def _delayed_stream(n: int, seed: int) -> tuple[list[Any], list[tuple[str, Any, int]], set[str]]:
+    """Unlabelled events and a shuffled label stream: delays, early labels, duplicates,
+    never-arriving labels. Returns (events, label sends in order, ids that get a label)."""
+    rng = random.Random(seed)
+    stream = list(events("agrawal", n, seed=seed, label_fraction=0.0))
+    truth = list(events("agrawal", n, seed=seed))
+    labelled = [e for e, t in zip(stream, truth) if rng.random() > 0.1]  # 10% never labelled
+    sends = []
+    for e in labelled:
+        label = truth[int(e["event_id"].rsplit("-", 1)[1])]["label"]
+        at = int(e["event_id"].rsplit("-", 1)[1]) + rng.randint(-20, 300)  # some before event
+        sends.append((at, e["event_id"], label))
+        if rng.random() < 0.05:
+            sends.append((at + rng.randint(1, 50), e["event_id"], label))  # duplicate
+    sends.sort()
+    return stream, [(eid, y, at) for at, eid, y in sends], {e["event_id"] for e in labelled}
+
+
+async def test_delayed_labels_metrics_equal_progressive_validation_oracle(
+    settings: Settings,
+) -> None:
+    settings = _settings(settings)
+    await provision(settings)
+    event_codec, label_codec = AvroCodec(load_schema("agrawal_event")), AvroCodec(load_schema("label"))
+    stream, label_sends, labelled_ids = _delayed_stream(3000, seed=8)
+    by_position: dict[int, list[tuple[str, Any]]] = {}
+    for eid, y, at in label_sends:
+        by_position.setdefault(max(at, -1), []).append((eid, y))
+    async with running_worker(settings) as worker:
+        last, sent = max(by_position), 0
+        for start in range(-1, last + 1, 250):  # interleave events and labels in waves
+            chunk = stream[max(start, 0): start + 250]
+            labels = [(eid, y) for pos in range(start, start + 250) for eid, y in
+                      by_position.get(pos, [])]
+            await _send_to(settings, settings.topics.events,
+                           [(e["key"].encode(), event_codec.encode(e)) for e in chunk])
+            await _send_to(settings, settings.topics.labels, [
+                (stream[int(eid.rsplit("-", 1)[1])]["key"].encode(),
+                 label_codec.encode({"event_id": eid, "label": y, "time": 0})) for eid, y in labels])
+            sent += len(chunk) + len(labels)
+            await _until(lambda n=sent: worker.stats.events >= n, 30)  # one wave at a time
+        learner = worker.learners[0]  # type: ignore[index]
+        await _until(lambda: learner.durable_seq >= len(labelled_ids), 90)
+        await asyncio.sleep(0)
+        monitor = worker.processor.monitors[settings.models[0].name]
+        live_metrics = monitor.values()
+        store = worker.join.store  # type: ignore[union-attr]
+        assert len(store.events) == len(stream) - len(labelled_ids)  # never-labelled wait
+        assert store.counters.joined > 1000 and store.counters.early_joined > 50  # both paths
+        assert store.counters.duplicate_labels > 50
+        predictions = await collect(settings, settings.topics.predictions, 4, len(stream))
+    # the oracle: the same model, the same learn order (from the history), predictions made
+    # at each event's model_seq, scored when its label was learned
+    name = settings.models[0].name
+    state, effects = fold(name, await read_model_history(settings, name))
+    learned = examples_of(effects)
+    assert len(learned) == len({x.event_id for x in learned}) == len(labelled_ids)
+    assert {x.event_id for x in learned} == labelled_ids  # learn steps == labels joined
+    decoder = AvroCodec(load_schema("prediction"))
+    made = {p["event_id"]: p for p in (decoder.decode(r.value) for r in predictions)}
+    features = {e["event_id"]: e for e in stream}
+    oracle, oracle_monitor = OnlineModel(settings.models[0]), ModelMonitor("classification")
+    by_seq: dict[int, list[str]] = {}
+    for eid, p in made.items():
+        by_seq.setdefault(p["model_seq"], []).append(eid)
+    oracle_predictions: dict[str, Any] = {}
+    from streams.features import FeatureExtractor
+    extractor = FeatureExtractor(load_schema("agrawal_event"), settings.event,
+                                 settings.models[0], settings.limits)
+
+    def predict_at(seq: int) -> None:
+        for eid in by_seq.get(seq, []):
+            oracle_predictions[eid] = oracle.predict(extractor.extract(features[eid]))
+    predict_at(0)
+    for step, example in enumerate(learned, start=1):
+        prediction, proba = oracle_predictions[example.event_id]
+        oracle_monitor.update(example.y, prediction, proba, 0)
+        oracle.learn(dict(example.x), example.y)
+        predict_at(step)
+    for eid, (prediction, proba) in oracle_predictions.items():
+        assert made[eid]["probabilities"] == {str(k): v for k, v in proba.items()}
+    for metric, value in oracle_monitor.values().items():
+        assert math.isclose(live_metrics[metric], value, rel_tol=0, abs_tol=1e-9), metric
+
+
+async def test_metrics_endpoint_exposes_every_metric(settings: Settings) -> None:
+    settings = _settings(settings)
+    await provision(settings)
+    codec = AvroCodec(load_schema("agrawal_event"))
+    stream = list(events("agrawal", 600, seed=2, label_fraction=0.5))
+    async with running_worker(settings) as worker:
+        await send_raw(settings, [(b"k", codec.encode(e)) for e in stream] + [(b"k", b"bad")])
+        await _until(lambda: worker.stats.events >= 601, 30)
+        port = worker.app.conf.web_port
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("riverbed_events", "riverbed_predictions", "riverbed_learn_steps",
+                 "riverbed_dead_letters", "riverbed_model_seq", "riverbed_drift_events",
+                 "riverbed_event_to_prediction_seconds", "riverbed_predict_seconds",
+                 "riverbed_learn_seconds", "riverbed_model_metric", "riverbed_pending_labels",
+                 "riverbed_expired_labels", "riverbed_labels_joined", "riverbed_consumer_lag"):
+        assert name in families, name
+    value = {(f.name, s.name, tuple(sorted(s.labels.items()))): s.value
+             for f in families.values() for s in f.samples}
+    model = settings.models[0].name
+    assert value[("riverbed_events", "riverbed_events_total", ())] == 601
+    assert value[("riverbed_dead_letters", "riverbed_dead_letters_total",
+                  (("reason", "decode_error"),))] == 1
+    labelled = sum(1 for e in stream if e["label"] is not None)
+    assert value[("riverbed_model_seq", "riverbed_model_seq", (("model", model),))] == labelled
+    assert value[("riverbed_pending_labels", "riverbed_pending_labels", ())] == 600 - labelled
+    accuracy = value[("riverbed_model_metric", "riverbed_model_metric",
+                      (("metric", "Accuracy"), ("model", model)))]
+    assert 0.4 < accuracy <= 1.0
+    assert value[("riverbed_predict_seconds", "riverbed_predict_seconds_count", ())] == 600
+
+
+async def test_pending_labels_survive_kill_9(settings: Settings) -> None:
+    settings = _settings(settings)
+    await provision(settings)
+    codec, label_codec = AvroCodec(load_schema("agrawal_event")), AvroCodec(load_schema("label"))
+    stream = list(events("agrawal", 5000, seed=12, label_fraction=0.0))
+    truth = list(events("agrawal", 5000, seed=12))
+    env = worker_env(settings, KEY.hex())
+    worker = WorkerChild(env)
+    try:
+        await _send_to(settings, settings.topics.events,
+                       [(e["key"].encode(), codec.encode(e)) for e in stream])
+        topic = settings.topics.events
+        await worker.wait_for(lambda m: m["pending"] == 5000 and sum(
+            v for k, v in m["durable_offsets"].items() if k.startswith(topic + ":")) == 5000, 60)
+        worker.kill()  # SIGKILL with 5,000 labels pending
+        worker = WorkerChild(env)
+        await worker.wait_for(lambda m: m["pending"] == 5000, 60)  # rebuilt from the log
+        labels = [(e["key"].encode(), label_codec.encode(
+            {"event_id": e["event_id"], "label": t["label"], "time": 0}))
+            for e, t in zip(stream, truth)]
+        await _send_to(settings, settings.topics.labels, labels + labels[:300])  # + duplicates
+        live = await worker.wait_for(lambda m: m["durable_seq"] >= 5000 and m["pending"] == 0, 90)
+    finally:
+        if worker.process.poll() is None:
+            worker.kill()
+    state, effects = fold(settings.models[0].name,
+                          await read_model_history(settings, settings.models[0].name))
+    learned = [x.event_id for x in examples_of(effects)]
+    assert len(learned) == len(set(learned)) == 5000 == live["seq"]
+    assert set(learned) == {e["event_id"] for e in stream}
