@@ -44,7 +44,20 @@ class Reporter:
             "expired": store.counters.expired_events if store else 0,
             "drift_events": monitor.drifts, "metrics": monitor.values(),
             "label_delay_p50_ms": p50, "label_delay_p99_ms": p99, "events_per_s": rate,
+            "consumer_lag": sum(self.lag().values()),
         }
+
+    def lag(self) -> dict[Any, int]:
+        """Per assigned partition: high-water mark minus confirmed position."""
+        ingest = self.worker.ingest
+        consumer = ingest.consumer
+        lags = {}
+        if consumer is not None:
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    lags[tp] = max(0, highwater - (ingest.offsets.position(tp) or 0))
+        return lags
 
     async def publish(self, kind: str = "report", models: list[str] | None = None) -> None:
         """Send one report per model (or the named ones) to the metrics topic."""
@@ -90,12 +103,6 @@ class Reporter:
             yield family
         lag = GaugeMetricFamily("riverbed_consumer_lag", "High-water mark minus confirmed "
                                 "position", labels=["topic", "partition"])
-        consumer = w.ingest.consumer
-        if consumer is not None:
-            for tp in consumer.assignment():
-                highwater = consumer.highwater(tp)
-                position = w.ingest.offsets.position(tp)
-                if highwater is not None:
-                    lag.add_metric([tp.topic, str(tp.partition)],
-                                   max(0, highwater - (position or 0)))
+        for tp, value in self.lag().items():
+            lag.add_metric([tp.topic, str(tp.partition)], value)
         yield lag

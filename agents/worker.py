@@ -125,6 +125,12 @@ class Worker:
         if self.learners:
             self._follower = asyncio.create_task(self._follow_history())
         await self.app.start()
+        wait_s = self.settings.worker.session_timeout_ms / 1000 * 10
+        try:  # ready = consuming; another worker may hold every partition, so do not insist
+            await asyncio.wait_for(self.ingest.assigned.wait(), wait_s)
+            self.stats.ready = True
+        except asyncio.TimeoutError:
+            log.warning("no input partitions assigned after %.0fs", wait_s)
 
     async def _after_outputs(self, result: Any) -> None:
         """Between outputs and history: persist new pending entries, report drifts."""

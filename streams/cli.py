@@ -93,6 +93,8 @@ def produce_cmd(
     label_fraction: Annotated[float, typer.Option(help="Share of events sent with label.")] = 1.0,
     bad_fraction: Annotated[float, typer.Option(help="Share of deliberately bad events.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 7,
+    label_delay: Annotated[float, typer.Option(
+        help="Send labels separately, each after a random delay up to this many seconds.")] = 0,
 ) -> None:
     """Stream a River dataset into the events topic as Avro events."""
     from streams.produce import produce
@@ -107,6 +109,7 @@ def produce_cmd(
             task = bar.add_task("events", total=events)
             return await produce(settings, dataset, events, rate, label_fraction=label_fraction,
                                  bad_fraction=bad_fraction, seed=seed, keep_labels=False,
+                                 label_delay_s=label_delay,
                                  on_progress=lambda n: bar.advance(task, n))
 
     report = asyncio.run(run())
@@ -164,6 +167,8 @@ def demo(
     bad_fraction: Annotated[float, typer.Option(help="Share of deliberately bad events.")] = 0.01,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300,
+    label_delay: Annotated[float, typer.Option(
+        help="Delayed-label mode: labels follow events after up to this many seconds.")] = 0,
 ) -> None:
     """Embedded broker + worker + producer, with live progress and a summary."""
     from streams.demo import run_demo
@@ -172,10 +177,14 @@ def demo(
     console = Console(stderr=True)
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         def tick(progress: Any, note: str) -> None:
-            live.update(_demo_table(progress, note))
+            from rich.console import Group
+            parts = [_demo_table(progress, note)]
+            if progress.top is not None:
+                parts.append(progress.top.table())
+            live.update(Group(*parts))
         try:
             progress = asyncio.run(run_demo(settings, config, events, dataset, rate,
-                                            bad_fraction, tick, timeout))
+                                            bad_fraction, tick, timeout, label_delay))
         except RiverbedError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
@@ -217,6 +226,41 @@ def replay_cmd(
 
     raise typer.Exit(replay_command(_settings(config, bootstrap), model, to_seq, to_time,
                                     from_genesis, verify, output, as_json))
+
+
+@app.command()
+def top(
+    config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
+    once: Annotated[bool, typer.Option(help="Print the current view and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON rows.")] = False,
+) -> None:
+    """Live per-model view: events/s, accuracy, model_seq, pending labels, drift, lag."""
+    from streams.top import TopView, reports
+
+    settings = _settings(config, bootstrap)
+    view = TopView(settings)
+
+    async def run_once() -> None:
+        async for report in reports(settings, follow=False, idle_timeout_s=10):
+            view.add(report)
+
+    async def run_live(live: Live) -> None:
+        async for report in reports(settings, follow=True):
+            view.add(report)
+            live.update(view.table())
+
+    if once:
+        asyncio.run(run_once())
+        if as_json:
+            sys.stdout.write(json.dumps(view.rows()) + "\n")
+        else:
+            Console().print(view.table())
+        return
+    with Live(view.table(), console=Console(), refresh_per_second=2) as live:
+        try:
+            asyncio.run(run_live(live))
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command("rollback")

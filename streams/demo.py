@@ -49,6 +49,8 @@ class DemoProgress:
     last_output: float = 0.0
     broker_pid: int | None = None
     worker_pid: int | None = None
+    labelled: int = 0
+    top: Any = None  # streams.top.TopView fed from riverbed.metrics
 
     @property
     def accuracy(self) -> float:
@@ -64,6 +66,7 @@ class DemoProgress:
             "dead_letters": self.dead_letters, "learned": self.learned,
             "accuracy": round(self.accuracy, 6), "model_seq": self.model_seq,
             "events_per_s": round(self.events / elapsed, 1), "seconds": round(elapsed, 3),
+            "labelled": self.labelled,
             "broker_pid": self.broker_pid, "worker_pid": self.worker_pid,
         }
 
@@ -92,13 +95,14 @@ class WorkerProcess:
             return None
 
     async def wait_ready(self, timeout_s: float) -> None:
-        """Wait until the worker serves its stats page (its consumer has started)."""
+        """Wait until the worker reports ready (models taken over, partitions assigned)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 output = self.process.stdout.read().decode() if self.process.stdout else ""
                 raise RiverbedError(f"worker exited with {self.process.returncode}:\n{output}")
-            if await asyncio.to_thread(self.stats) is not None:
+            stats = await asyncio.to_thread(self.stats)
+            if stats is not None and stats.get("ready"):
                 return
             await asyncio.sleep(0.1)
         raise RiverbedError(f"worker not ready after {timeout_s}s")
@@ -123,20 +127,29 @@ async def watch_outputs(
     """Consume predictions and dead letters, scoring predictions against known labels."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from schemas import load_schema
+    from streams.codec import AvroCodec
+    from streams.top import TopView
+
     t = settings.topics
     decode = decoder_for(settings, t.predictions)
+    reports = AvroCodec(load_schema("metrics_report"))
+    progress.top = TopView(settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
                                 enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     try:
         consumer.assign([TopicPartition(t.predictions, p) for p in range(t.partitions)]
-                        + [TopicPartition(t.dead_letters, 0)])
+                        + [TopicPartition(t.dead_letters, 0), TopicPartition(t.metrics, 0)])
         await consumer.seek_to_beginning()
         while not done.is_set():
             fetched = await consumer.getmany(timeout_ms=200)
             for tp, records in fetched.items():
                 if tp.topic == t.dead_letters:
                     progress.dead_letters += len(records)
+                elif tp.topic == t.metrics:
+                    for record in records:
+                        progress.top.add(reports.decode(record.value))
                 else:
                     _score(progress, [decode(r) for r in records], labels)
                 progress.last_output = time.monotonic()
@@ -157,6 +170,7 @@ def _score(progress: DemoProgress, predictions: list[dict[str, Any]], labels: di
 async def run_demo(
     settings: Settings, config_path: Path, events: int, dataset: str, rate: float,
     bad_fraction: float, on_tick: Callable[[DemoProgress, str], None], timeout_s: float,
+    label_delay_s: float = 0.0,
 ) -> DemoProgress:
     """Run the whole demo; returns the final progress. Always cleans up."""
     progress = DemoProgress()
@@ -171,7 +185,7 @@ async def run_demo(
             await worker.wait_ready(60)
             on_tick(progress, f"worker ready (pid {worker.process.pid})")
             await _stream(settings, worker, progress, events, dataset, rate, bad_fraction,
-                          on_tick, timeout_s)
+                          on_tick, timeout_s, label_delay_s)
         finally:
             code = await asyncio.to_thread(worker.stop)
             if code not in (0, -signal.SIGTERM):
@@ -182,7 +196,7 @@ async def run_demo(
 async def _stream(
     settings: Settings, worker: WorkerProcess, progress: DemoProgress, events: int,
     dataset: str, rate: float, bad_fraction: float,
-    on_tick: Callable[[DemoProgress, str], None], timeout_s: float,
+    on_tick: Callable[[DemoProgress, str], None], timeout_s: float, label_delay_s: float,
 ) -> None:
     labels: dict[str, Any] = {}
     done = asyncio.Event()
@@ -194,8 +208,9 @@ async def _stream(
 
     report: ProduceReport = await produce(
         settings, dataset, events, rate, bad_fraction=bad_fraction, on_progress=sent,
-        keep_labels=True, labels=labels,
+        keep_labels=True, labels=labels, label_delay_s=label_delay_s,
     )
+    progress.labelled = len(report.labels)
     progress.valid_events, progress.bad_events = report.valid, report.bad
     deadline = time.monotonic() + timeout_s
     try:
@@ -204,7 +219,8 @@ async def _stream(
             progress.learned = sum(stats.get("learned", {}).values())
             on_tick(progress, "")
             complete = (progress.predictions >= report.valid * len(settings.models)
-                        and progress.dead_letters >= report.bad)
+                        and progress.dead_letters >= report.bad
+                        and progress.learned >= progress.labelled * len(settings.models))
             if complete or watcher.done():
                 break
             await asyncio.sleep(0.25)  # refresh interval of the live view

@@ -13,6 +13,7 @@ committed (the new owner processes it again).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ingest.offsets.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        if assigned:
+            self.ingest.assigned.set()
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
@@ -61,6 +64,8 @@ class BatchIngest(Service):
         self.channel = channel
         self.consumer: AIOKafkaConsumer | None = None
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        #: Set once this worker owns at least one partition (group join done).
+        self.assigned = asyncio.Event()
         self.batches_fetched = 0
         super().__init__(**kwargs)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import random
 import time
 from collections import defaultdict
@@ -39,9 +40,13 @@ async def produce(
     label_fraction: float = 1.0, bad_fraction: float = 0.0, seed: int = 7,
     chunk: int = 2000, registry: SchemaRegistry | None = None,
     on_progress: Callable[[int], None] | None = None, keep_labels: bool = True,
-    labels: dict[str, Any] | None = None,
+    labels: dict[str, Any] | None = None, label_delay_s: float = 0.0,
 ) -> ProduceReport:
-    """Send ``count`` events of ``dataset`` (``rate`` events/s, 0 = as fast as possible)."""
+    """Send ``count`` events of ``dataset`` (``rate`` events/s, 0 = as fast as possible).
+
+    With ``label_delay_s``, events go out unlabelled and each label follows on the labels
+    topic after a uniform random delay in ``[0, label_delay_s]`` seconds.
+    """
     if dataset not in DATASET_SCHEMAS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(DATASET_SCHEMAS)}")
     topic, partitions = settings.topics.events, settings.topics.partitions
@@ -50,6 +55,7 @@ async def produce(
     if rate > 0:  # small chunks keep an open-loop rate smooth (about 100 sends/s)
         chunk = max(1, min(chunk, int(rate / 100)))
     report = ProduceReport(labels={} if labels is None else labels)
+    delayed = DelayedLabels(settings, registry, label_delay_s, rng) if label_delay_s > 0 else None
     producer = BatchProducer(settings.broker.bootstrap_servers)
     await producer.start()
     start = time.monotonic()
@@ -66,10 +72,13 @@ async def produce(
                     value = bad if isinstance(bad, bytes) else codec.encode(bad)
                     report.bad += 1
                 else:
-                    value = codec.encode(event)
-                    report.valid += 1
                     if keep_labels and event["label"] is not None:
                         report.labels[event["event_id"]] = event["label"]
+                    if delayed is not None and event["label"] is not None:
+                        delayed.schedule(key, event["event_id"], event["label"])
+                        event = {**event, "label": None}
+                    value = codec.encode(event)
+                    report.valid += 1
                 by_partition[partition_for(key, partitions)].append((key, value))
                 n += 1
                 if n >= chunk:
@@ -78,6 +87,8 @@ async def produce(
                 break
             for partition, records in by_partition.items():
                 futures += await producer.publish(topic, partition, records)
+            if delayed is not None:
+                futures += await delayed.send_due(producer)
             report.sent += n
             if on_progress:
                 on_progress(n)
@@ -88,8 +99,51 @@ async def produce(
             if len(futures) > 64:
                 await asyncio.gather(*futures)
                 futures.clear()
+        if delayed is not None:
+            futures += await delayed.drain(producer)
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
     report.seconds = time.monotonic() - start
     return report
+
+
+class DelayedLabels:
+    """Labels scheduled to follow their events after a random delay."""
+
+    def __init__(self, settings: Settings, registry: SchemaRegistry | None, max_delay_s: float,
+                 rng: random.Random) -> None:
+        self.topic, self.partitions = settings.topics.labels, settings.topics.partitions
+        self.codec = make_codec(load_schema("label"), f"{self.topic}-value", registry)
+        self.max_delay_s, self.rng = max_delay_s, rng
+        self.heap: list[tuple[float, int, bytes, bytes]] = []
+        self.counter = 0
+
+    def schedule(self, key: bytes, event_id: str, label: Any) -> None:
+        due = time.monotonic() + self.rng.uniform(0, self.max_delay_s)
+        value = self.codec.encode({"event_id": event_id, "label": label,
+                                   "time": int(time.time() * 1000)})
+        self.counter += 1
+        heapq.heappush(self.heap, (due, self.counter, key, value))
+
+    async def send_due(self, producer: BatchProducer, until: float | None = None) -> list[Any]:
+        """Send every label due by now (or by ``until``)."""
+        limit = time.monotonic() if until is None else until
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+        while self.heap and self.heap[0][0] <= limit:
+            _, _, key, value = heapq.heappop(self.heap)
+            by_partition[partition_for(key, self.partitions)].append((key, value))
+        futures: list[Any] = []
+        for partition, records in by_partition.items():
+            futures += await producer.publish(self.topic, partition, records)
+        return futures
+
+    async def drain(self, producer: BatchProducer) -> list[Any]:
+        """Send the rest, each no earlier than its due time."""
+        futures: list[Any] = []
+        while self.heap:
+            delay = self.heap[0][0] - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(min(delay, 0.05))  # pacing to the label schedule
+            futures += await self.send_due(producer)
+        return futures

@@ -57,6 +57,8 @@ class WorkerStats:
     """Running totals of one worker process (not shared between processes)."""
 
     started_at: float = dataclasses.field(default_factory=time.time)
+    #: True once the worker has taken over its models and owns input partitions.
+    ready: bool = False
     events: int = 0
     batches: int = 0
     predictions: Counter[str] = dataclasses.field(default_factory=Counter)
@@ -77,6 +79,7 @@ class WorkerStats:
         """A JSON-ready copy (served at ``/riverbed/stats``)."""
         return {
             "uptime_s": round(time.time() - self.started_at, 3),
+            "ready": self.ready,
             "events": self.events,
             "batches": self.batches,
             "predictions": dict(self.predictions),

@@ -30,4 +30,22 @@ def test_compose_file_is_valid() -> None:
                            "--services"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     services = set(done.stdout.split())
-    assert {"kafka", "worker", "producer"} <= services
+    assert {"kafka", "worker", "producer", "prometheus", "grafana"} <= services
+
+
+def test_grafana_dashboard_queries_metrics_the_worker_exports() -> None:
+    import json
+    import re
+
+    from streams.telemetry import WorkerStats, exposition
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "riverbed.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"riverbed_[a-z_]+", e)}
+    exported = exposition(WorkerStats()).decode()
+    # families added at scrape time by agents/reporter.py (need a running worker)
+    extra = {"riverbed_model_metric", "riverbed_pending_labels", "riverbed_consumer_lag",
+             "riverbed_expired_labels_total"}
+    for metric in used:
+        base = re.sub(r"_(bucket|total)$", "", metric)
+        assert base in exported or metric in extra, metric

@@ -29,3 +29,16 @@ def test_demo_json_summary_and_no_process_left_behind() -> None:
     assert summary["dead_letters"] == summary["bad_events"] > 0
     assert summary["accuracy"] > 0.5
     assert not pid_alive(summary["broker_pid"]) and not pid_alive(summary["worker_pid"])
+
+
+def test_demo_delayed_label_mode() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "demo", "--events", "3000", "--rate", "1500",
+         "--label-delay", "0.5", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["predictions"] == summary["valid_events"]
+    assert summary["learned"] == summary["labelled"] == summary["valid_events"]
+    assert summary["accuracy"] > 0.5
+    assert "riverbed top" in done.stderr  # the live view was shown

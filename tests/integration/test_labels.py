@@ -202,3 +202,32 @@ async def test_pending_labels_survive_kill_9(settings: Settings) -> None:
     learned = [x.event_id for x in examples_of(effects)]
     assert len(learned) == len(set(learned)) == 5000 == live["seq"]
     assert set(learned) == {e["event_id"] for e in stream}
+
+
+async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> None:
+    import json as _json
+    import subprocess
+    import sys
+
+    from tests.conftest import CONFIG, ROOT
+    settings = dataclasses.replace(_settings(settings), labels=dataclasses.replace(
+        settings.labels, report_interval_s=0.2))
+    await provision(settings)
+    codec = AvroCodec(load_schema("agrawal_event"))
+    stream = list(events("agrawal", 800, seed=4, label_fraction=0.5))
+    labelled = sum(1 for e in stream if e["label"] is not None)
+    async with running_worker(settings) as worker:
+        await send_raw(settings, [(b"k", codec.encode(e)) for e in stream])
+        await _until(lambda: worker.stats.events >= 800, 30)
+        reported = worker.reporter.report(worker.models[0])
+        await _until(lambda: worker.stats.batches > 0 and time.time() * 1000 >
+                     reported["time"] + 600, 10)  # at least two report intervals later
+    env = worker_env(settings, KEY.hex())
+    done = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "streams.cli", "top", "--once", "--json", "-c", str(CONFIG)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (row,) = _json.loads(done.stdout.splitlines()[-1])
+    assert row["model"] == settings.models[0].name
+    assert row["model_seq"] == labelled and row["pending"] == 800 - labelled
+    assert 0.3 < row["accuracy"] <= 1.0
