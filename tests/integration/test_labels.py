@@ -231,3 +231,46 @@ async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> 
     assert row["model"] == settings.models[0].name
     assert row["model_seq"] == labelled and row["pending"] == 800 - labelled
     assert 0.3 < row["accuracy"] <= 1.0
+
+
+async def test_label_for_unknown_event_is_dead_lettered_after_ttl(settings: Settings) -> None:
+    settings = dataclasses.replace(_settings(settings), labels=dataclasses.replace(
+        settings.labels, ttl_s=0.5))
+    await provision(settings)
+    codec, label_codec = AvroCodec(load_schema("agrawal_event")), AvroCodec(load_schema("label"))
+    orphan = label_codec.encode({"event_id": "never-sent", "label": 1, "time": 0})
+    async with running_worker(settings) as worker:
+        await _send_to(settings, settings.topics.labels, [(b"k", orphan)])
+        await _until(lambda: worker.join.store.labels, 30)  # type: ignore[union-attr]
+        held_at = time.monotonic()
+        await _until(lambda: time.monotonic() > held_at + 0.6, 5)  # let the TTL pass
+        event = list(events("agrawal", 1, seed=1, label_fraction=0.0))[0]
+        await send_raw(settings, [(b"k", codec.encode(event))])  # any batch runs expiry
+        dead = await collect(settings, settings.topics.dead_letters, 1, 1)
+        await _until(lambda: worker.join.store.counters.expired_labels == 1, 10)  # type: ignore[union-attr]
+    from streams.deadletter import parse_headers
+    assert dead[0].value == orphan
+    assert parse_headers(dead[0].headers)["reason"] == "unknown_event_id"
+
+
+async def test_drift_in_the_stream_emits_drift_events(settings: Settings) -> None:
+    # one partition: Kafka orders records per partition only, and "after the change" must
+    # mean after it in processing order
+    settings = dataclasses.replace(_settings(settings), topics=dataclasses.replace(
+        settings.topics, partitions=1))
+    await provision(settings)
+    from streams.produce import produce
+    from streams.top import reports
+    from streams.history import Annotated
+    async with running_worker(settings) as worker:
+        report = await produce(settings, "agrawal-drift", 20_000, seed=1)
+        learner = worker.learners[0]  # type: ignore[index]
+        await _until(lambda: learner.durable_seq >= report.valid, 90)
+        drift_count = worker.stats.drifts[settings.models[0].name]
+    assert drift_count >= 1
+    kinds = [r["kind"] async for r in reports(settings, follow=False, idle_timeout_s=10)]
+    assert "drift" in kinds
+    history = await read_model_history(settings, settings.models[0].name)
+    notes = [e.body for e in history if isinstance(e.body, Annotated)]
+    assert notes and all(n.kind == "drift" for n in notes)
+    assert 10_000 <= notes[0].seq <= 11_000, [n.seq for n in notes]  # soon after the change
