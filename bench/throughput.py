@@ -1,7 +1,12 @@
-"""Throughput: riverbed's worker vs a naive Faust agent on the same backlog, same run.
+"""Throughput: riverbed's worker vs its baselines on the same backlog, in the same run.
 
     python bench/throughput.py --events 200000          # full run (prints table, writes JSON)
     python bench/throughput.py --events 20000           # quick look
+    python bench/throughput.py --only riverbed aiokafka-loop
+
+Contenders: riverbed (all guarantees on: history, dedup, dead letters, metrics, label
+join), the hand-written aiokafka getmany loop (the bound), quixstreams ``.apply``, the
+naive Faust agent, and River alone (model only, in memory).
 
 Both contenders consume the same events topic (separate consumer groups), decode the
 same Avro, validate with the same FeatureExtractor, run the same River pipeline
@@ -34,6 +39,7 @@ from streams.produce import produce  # noqa: E402
 from streams.topics import TopicSpec, ensure_topics, riverbed_topics  # noqa: E402
 
 CONFIG = ROOT / "config" / "riverbed.toml"
+CONTENDERS = ["riverbed", "aiokafka-loop", "quixstreams", "naive-faust", "river-alone"]
 
 
 def _report(first: float, last: float, count: int, extra: dict[str, Any]) -> None:
@@ -65,16 +71,9 @@ def run_naive_faust(settings: Settings, events: int) -> None:
     """Contender: the textbook Faust agent (async for + await send per event)."""
     import faust
 
-    from schemas import load_schema
     from streams.app import faust_broker_url
-    from streams.codec import AvroCodec
-    from streams.features import FeatureExtractor
-    from streams.models import OnlineModel
 
-    schema = load_schema(settings.event.schema)
-    decoder, encoder = AvroCodec(schema), AvroCodec(load_schema("prediction"))
-    model = OnlineModel(settings.models[0])
-    features = FeatureExtractor(schema, settings.event, settings.models[0], settings.limits)
+    decoder, encoder, features, model = _kit(settings)
     app = faust.App(f"{settings.worker.group_id}-naive", broker=faust_broker_url(
         settings.broker.bootstrap_servers), web_enabled=False, autodiscover=False,
         store="memory://", broker_session_timeout=3.0, broker_heartbeat_interval=0.3,
@@ -86,16 +85,7 @@ def run_naive_faust(settings: Settings, events: int) -> None:
     @app.agent(source)
     async def naive(stream: Any) -> None:
         async for key, value in stream.items():
-            event = decoder.decode(value)
-            x = features.extract(event)
-            seq = model.seq
-            prediction, proba = model.predict(x)
-            if event["label"] is not None:
-                model.learn(x, event["label"])
-            out = encoder.encode({"event_id": event["event_id"], "key": event["key"],
-                                  "model": model.name, "model_seq": seq, "prediction": prediction,
-                                  "probabilities": proba, "event_time": event["timestamp"],
-                                  "prediction_time": int(time.time() * 1000)})
+            out = _predict_learn(decoder, encoder, features, model, value)
             await sink.send(key=key, value=out)
             state["n"] += 1
             if state["first"] is None:
@@ -108,6 +98,122 @@ def run_naive_faust(settings: Settings, events: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
     app.main()
+
+
+def _kit(settings: Settings) -> tuple[Any, Any, Any, Any]:
+    """The same decoder, encoder, feature extractor and model every contender uses."""
+    from schemas import load_schema
+    from streams.codec import AvroCodec
+    from streams.features import FeatureExtractor
+    from streams.models import OnlineModel
+
+    schema = load_schema(settings.event.schema)
+    return (AvroCodec(schema), AvroCodec(load_schema("prediction")),
+            FeatureExtractor(schema, settings.event, settings.models[0], settings.limits),
+            OnlineModel(settings.models[0]))
+
+
+def _predict_learn(decoder: Any, encoder: Any, features: Any, model: Any, value: bytes) -> bytes:
+    event = decoder.decode(value)
+    x = features.extract(event)
+    seq = model.seq
+    prediction, proba = model.predict(x)
+    if event["label"] is not None:
+        model.learn(x, event["label"])
+    return encoder.encode({"event_id": event["event_id"], "key": event["key"], "model": model.name,
+                           "model_seq": seq, "lineage": 0, "prediction": prediction,
+                           "probabilities": {str(k): v for k, v in proba.items()},
+                           "event_time": event["timestamp"],
+                           "prediction_time": int(time.time() * 1000)})
+
+
+async def run_aiokafka_loop(settings: Settings, events: int) -> None:
+    """Contender: the hand-written bound -- getmany batches, same work, batched sends,
+    commit after acks. No history, dedup, dead letters or metrics."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    decoder, encoder, features, model = _kit(settings)
+    consumer = AIOKafkaConsumer(settings.topics.events,
+                                bootstrap_servers=settings.broker.bootstrap_servers,
+                                group_id=settings.worker.group_id, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                                max_partition_fetch_bytes=4 * 1024 * 1024,
+                                session_timeout_ms=3000, heartbeat_interval_ms=300)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker.bootstrap_servers, acks="all",
+                                linger_ms=2, max_batch_size=1024 * 1024)
+    await consumer.start()
+    await producer.start()
+    n, first = 0, None
+    try:
+        while n < events:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=2000)
+            futures = []
+            for tp, records in fetched.items():
+                if first is None:
+                    first = time.perf_counter()
+                batch = producer.create_batch()
+                for record in records:
+                    out = _predict_learn(decoder, encoder, features, model, record.value)
+                    if batch.append(key=record.key, value=out, timestamp=None) is None:
+                        batch.close()
+                        futures.append(await producer.send_batch(
+                            batch, settings.topics.predictions, partition=tp.partition))
+                        batch = producer.create_batch()
+                        batch.append(key=record.key, value=out, timestamp=None)
+                batch.close()
+                futures.append(await producer.send_batch(batch, settings.topics.predictions,
+                                                         partition=tp.partition))
+                n += len(records)
+            await asyncio.gather(*futures)
+            if fetched:
+                await consumer.commit()
+        _report(first or time.perf_counter(), time.perf_counter(), n, {})
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def run_quixstreams(settings: Settings, events: int) -> None:
+    """Contender: quixstreams ``.apply`` with the same work per event."""
+    from quixstreams import Application
+
+    decoder, encoder, features, model = _kit(settings)
+    app = Application(broker_address=settings.broker.bootstrap_servers,
+                      consumer_group=settings.worker.group_id, auto_offset_reset="earliest",
+                      auto_create_topics=False, use_changelog_topics=False)
+    source = app.topic(settings.topics.events, value_deserializer="bytes",
+                       key_deserializer="bytes")
+    sink = app.topic(settings.topics.predictions, value_serializer="bytes",
+                     key_serializer="bytes")
+    state: dict[str, Any] = {"n": 0, "first": None}
+
+    def work(value: bytes) -> bytes:
+        if state["first"] is None:
+            state["first"] = time.perf_counter()
+        out = _predict_learn(decoder, encoder, features, model, value)
+        state["n"] += 1
+        if state["n"] == events:
+            _report(state["first"], time.perf_counter(), events, {})
+            os._exit(0)  # measurement done
+        return out
+
+    app.dataframe(source).apply(work).to_topic(sink)
+    app.run()
+
+
+def run_river_alone(settings: Settings, events: int) -> None:
+    """Contender: River predict+learn on in-memory feature dicts (no Kafka, no Avro)."""
+    from streams.checks import FEATURES
+    from streams.datasets import events as dataset
+    from streams.models import OnlineModel
+
+    model = OnlineModel(settings.models[0])
+    data = [({f: float(e[f]) for f in FEATURES}, e["label"]) for e in dataset("agrawal", events)]
+    began = time.perf_counter()
+    for x, y in data:
+        model.predict(x)
+        model.learn(x, y)
+    _report(began, time.perf_counter(), events, {})
 
 
 def contender(name: str, bootstrap: str, group: str, predictions: str, events: int,
@@ -138,7 +244,8 @@ def contender(name: str, bootstrap: str, group: str, predictions: str, events: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--contender", choices=["riverbed", "naive-faust"])
+    parser.add_argument("--contender", choices=CONTENDERS)
+    parser.add_argument("--only", nargs="*", choices=CONTENDERS, help="Run only these.")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "throughput.json")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
@@ -149,31 +256,41 @@ def main() -> None:
     if args.contender == "naive-faust":
         run_naive_faust(settings, args.events)
         return
+    if args.contender == "aiokafka-loop":
+        asyncio.run(run_aiokafka_loop(settings, args.events))
+        return
+    if args.contender == "quixstreams":
+        run_quixstreams(settings, args.events)
+        return
+    if args.contender == "river-alone":
+        run_river_alone(settings, args.events)
+        return
     with EmbeddedBroker() as broker:
         settings = settings.with_bootstrap(broker.bootstrap_servers)
+        chosen = args.only or CONTENDERS
         specs = riverbed_topics(settings) + [
-            TopicSpec(f"bench.predictions.{n}", settings.topics.partitions)
-            for n in ("riverbed", "naive")]
+            TopicSpec(f"bench.predictions.{n}", settings.topics.partitions) for n in chosen]
         asyncio.run(ensure_topics(broker.bootstrap_servers, specs))
         t0 = time.perf_counter()
         asyncio.run(produce(settings, "agrawal", args.events, keep_labels=False))
         print(f"backlog: {args.events:,} events in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        results = {
-            "riverbed": contender("riverbed", broker.bootstrap_servers, "bench-riverbed",
-                                  "bench.predictions.riverbed", args.events, args.timeout),
-            "naive-faust": contender("naive-faust", broker.bootstrap_servers, "bench-naive",
-                                     "bench.predictions.naive", args.events, args.timeout),
-        }
-    ratio = results["riverbed"]["events_per_s"] / results["naive-faust"]["events_per_s"]
-    table = ["| contender | events | seconds | events/s |", "|---|---:|---:|---:|"]
+        results = {}
+        for name in chosen:
+            results[name] = contender(name, broker.bootstrap_servers, f"bench-{name}",
+                                      f"bench.predictions.{name}", args.events, args.timeout)
+            print(f"{name}: {results[name]['events_per_s']:,.0f} events/s", file=sys.stderr)
+    base = results.get("riverbed", {}).get("events_per_s")
+    table = ["| contender | events | seconds | events/s | riverbed / contender |",
+             "|---|---:|---:|---:|---:|"]
     for name, r in results.items():
-        table.append(f"| {name} | {r['events']:,} | {r['seconds']:.2f} | {r['events_per_s']:,.0f} |")
-    table.append(f"\nriverbed / naive Faust = **{ratio:.1f}x**")
+        ratio_text = f"{base / r['events_per_s']:.2f}x" if base else "-"
+        table.append(f"| {name} | {r['events']:,} | {r['seconds']:.2f} | "
+                     f"{r['events_per_s']:,.0f} | {ratio_text} |")
     print("\n".join(table))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "benchmark": "throughput", "events": args.events, "results": results,
-        "ratio_riverbed_vs_naive_faust": ratio, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "riverbed_vs": {n: base / r["events_per_s"] for n, r in results.items()} if base else {}, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform()},
         "model": "StandardScaler | LogisticRegression", "dataset": "agrawal"}, indent=2))
