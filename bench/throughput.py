@@ -127,7 +127,7 @@ def _predict_learn(decoder: Any, encoder: Any, features: Any, model: Any, value:
                            "prediction_time": int(time.time() * 1000)})
 
 
-async def run_aiokafka_loop(settings: Settings, events: int) -> None:
+async def run_aiokafka_loop(settings: Settings, events: int, fetch_wait_ms: int = 100) -> None:
     """Contender: the hand-written bound -- getmany batches, same work, batched sends,
     commit after acks. No history, dedup, dead letters or metrics."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -136,7 +136,7 @@ async def run_aiokafka_loop(settings: Settings, events: int) -> None:
     consumer = AIOKafkaConsumer(settings.topics.events,
                                 bootstrap_servers=settings.broker.bootstrap_servers,
                                 group_id=settings.worker.group_id, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=fetch_wait_ms,
                                 max_partition_fetch_bytes=4 * 1024 * 1024,
                                 session_timeout_ms=3000, heartbeat_interval_ms=300)
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker.bootstrap_servers, acks="all",
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=CONTENDERS, help="Run only these.")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "throughput.json")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--fetch-wait", type=int, default=100, help="aiokafka-loop fetch wait ms")
     args = parser.parse_args()
     settings = load_settings(CONFIG)
     if args.contender == "riverbed":
@@ -257,7 +258,7 @@ def main() -> None:
         run_naive_faust(settings, args.events)
         return
     if args.contender == "aiokafka-loop":
-        asyncio.run(run_aiokafka_loop(settings, args.events))
+        asyncio.run(run_aiokafka_loop(settings, args.events, args.fetch_wait))
         return
     if args.contender == "quixstreams":
         run_quixstreams(settings, args.events)

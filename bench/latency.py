@@ -1,0 +1,141 @@
+"""Latency: event -> prediction at fixed open-loop rates, riverbed vs the hand-written loop.
+
+    python bench/latency.py                      # 1k and 5k events/s, 10 s each
+    python bench/latency.py --rates 1000 --seconds 5
+
+The producer stamps every event with its send time (ms) and sends on an open-loop
+schedule (it never waits for the consumer). Latency = the Prediction's
+``prediction_time - event_time``, both taken on this machine's clock. riverbed runs with
+the ``low-latency`` profile (5 ms fetch wait) and all guarantees on; the hand-written loop
+uses the same fetch wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from schemas import load_schema  # noqa: E402
+from streams.broker import EmbeddedBroker, die_with_parent  # noqa: E402
+from streams.codec import AvroCodec  # noqa: E402
+from streams.config import load_settings  # noqa: E402
+from streams.datasets import events  # noqa: E402
+from streams.output import BatchProducer  # noqa: E402
+from streams.partitioner import partition_for  # noqa: E402
+from streams.topics import TopicSpec, ensure_topics, riverbed_topics  # noqa: E402
+from tests.helpers import collect  # noqa: E402
+
+
+async def open_loop(settings: Any, topic: str, rate: int, seconds: float) -> int:
+    """Send ``rate`` events/s for ``seconds``, each stamped with its send time."""
+    codec = AvroCodec(load_schema("agrawal_event"))
+    producer = BatchProducer(settings.broker.bootstrap_servers)
+    await producer.start()
+    total = int(rate * seconds)
+    stream = events("agrawal", total, seed=5)
+    chunk = max(1, rate // 200)  # 200 sends per second
+    start = time.monotonic()
+    sent = 0
+    futures = []
+    while sent < total:
+        due = start + sent / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the open-loop schedule
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        now_ms = int(time.time() * 1000)
+        for event in (next(stream) for _ in range(min(chunk, total - sent))):
+            event["timestamp"] = now_ms
+            key = event["key"].encode()
+            by_partition.setdefault(partition_for(key, 4), []).append((key, codec.encode(event)))
+            sent += 1
+        for partition, records in by_partition.items():
+            futures += await producer.publish(topic, partition, records)
+    await asyncio.gather(*futures)
+    await producer.stop()
+    return sent
+
+
+def quantiles(values: list[int]) -> dict[str, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": ordered[-1], "n": len(ordered)}
+
+
+async def measure(name: str, settings: Any, rate: int, seconds: float) -> dict[str, float]:
+    tag = f"{name}-{rate}"
+    env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": settings.broker.bootstrap_servers,
+           "RIVERBED_WORKER__GROUP_ID": f"lat-{tag}", "RIVERBED_WORKER__PROFILE": "low-latency",
+           "RIVERBED_TOPICS__EVENTS": f"lat.events.{tag}",
+           "RIVERBED_TOPICS__PREDICTIONS": f"lat.predictions.{tag}",
+           "RIVERBED_TOPICS__HISTORY": f"lat.history.{tag}",
+           "RIVERBED_TOPICS__SNAPSHOTS": f"lat.snapshots.{tag}",
+           "RIVERBED_TOPICS__PENDING": f"lat.pending.{tag}",
+           "RIVERBED_TOPICS__LABELS": f"lat.labels.{tag}",
+           "RIVERBED_TOPICS__METRICS": f"lat.metrics.{tag}",
+           "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex(), "PYTHONPATH": str(ROOT)}
+    import dataclasses
+    topics = dataclasses.replace(settings.topics, **{
+        k.split("__")[1].lower(): v for k, v in env.items() if k.startswith("RIVERBED_TOPICS__")})
+    local = dataclasses.replace(settings, topics=topics)
+    await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(local))
+    if name == "riverbed":
+        command = [sys.executable, "-m", "streams.cli", "worker", "-c",
+                   str(ROOT / "config" / "riverbed.toml"), "--web-port", "0"]
+    else:
+        command = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--contender",
+                   "aiokafka-loop", "--events", str(int(rate * seconds)), "--fetch-wait", "5"]
+    worker = subprocess.Popen(command, env=env, cwd=ROOT, preexec_fn=die_with_parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(6)  # group join (~1.5 s) and start-up before the open loop begins
+        sent = await open_loop(local, topics.events, rate, seconds)
+        records = await collect(local, topics.predictions, 4, sent, timeout_s=60)
+    finally:
+        worker.kill()
+        worker.wait()
+    decoder = AvroCodec(load_schema("prediction"))
+    latencies = [p["prediction_time"] - p["event_time"] for p in map(decoder.decode,
+                                                                      (r.value for r in records))]
+    return quantiles(latencies)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    settings = load_settings(ROOT / "config" / "riverbed.toml")
+    results: dict[str, Any] = {}
+    with EmbeddedBroker() as broker:
+        settings = settings.with_bootstrap(broker.bootstrap_servers)
+        for rate in args.rates:
+            for name in ("riverbed", "aiokafka-loop"):
+                results[f"{name}@{rate}"] = await measure(name, settings, rate, args.seconds)
+                print(f"{name}@{rate}: {results[f'{name}@{rate}']}", file=sys.stderr)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latency.json")
+    args = parser.parse_args()
+    results = asyncio.run(main_async(args))
+    print("| contender @ rate | p50 ms | p99 ms | max ms | n |\n|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['n']:,} |")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"benchmark": "latency", "results": results,
+                                       "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
