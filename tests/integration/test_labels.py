@@ -84,15 +84,15 @@ async def test_delayed_labels_metrics_equal_progressive_validation_oracle(
         by_position.setdefault(max(at, -1), []).append((eid, y))
     async with running_worker(settings) as worker:
         last, sent = max(by_position), 0
-        for start in range(-1, last + 1, 250):  # interleave events and labels in waves
+        for start in range(-1, last + 1, 250):  # waves: this wave's labels, then its events
             chunk = stream[max(start, 0): start + 250]
             labels = [(eid, y) for pos in range(start, start + 250) for eid, y in
                       by_position.get(pos, [])]
-            await _send_to(settings, settings.topics.events,
-                           [(e["key"].encode(), event_codec.encode(e)) for e in chunk])
             await _send_to(settings, settings.topics.labels, [
                 (stream[int(eid.rsplit("-", 1)[1])]["key"].encode(),
                  label_codec.encode({"event_id": eid, "label": y, "time": 0})) for eid, y in labels])
+            await _send_to(settings, settings.topics.events,
+                           [(e["key"].encode(), event_codec.encode(e)) for e in chunk])
             sent += len(chunk) + len(labels)
             await _until(lambda n=sent: worker.stats.events >= n, 30)  # one wave at a time
         learner = worker.learners[0]  # type: ignore[index]
