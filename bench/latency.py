@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from schemas import load_schema  # noqa: E402
-from streams.broker import EmbeddedBroker, die_with_parent  # noqa: E402
+from streams.broker import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
 from streams.codec import AvroCodec  # noqa: E402
 from streams.config import load_settings  # noqa: E402
 from streams.datasets import events  # noqa: E402
@@ -66,7 +66,24 @@ async def open_loop(settings: Any, topic: str, rate: int, seconds: float) -> int
     return sent
 
 
+async def wait_ready(port: int, timeout_s: float) -> None:
+    """Until the worker reports ready (models taken over, partitions assigned)."""
+    import urllib.request
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/riverbed/stats", timeout=1) as r:
+                if json.loads(r.read()).get("ready"):
+                    return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("riverbed worker not ready")
+
+
 def quantiles(values: list[int]) -> dict[str, float]:
+    if not values:
+        raise SystemExit("no predictions arrived: the contender did not run (see its log)")
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": ordered[-1], "n": len(ordered)}
@@ -89,16 +106,19 @@ async def measure(name: str, settings: Any, rate: int, seconds: float) -> dict[s
         k.split("__")[1].lower(): v for k, v in env.items() if k.startswith("RIVERBED_TOPICS__")})
     local = dataclasses.replace(settings, topics=topics)
     await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(local))
+    port = free_port()
     if name == "riverbed":
         command = [sys.executable, "-m", "streams.cli", "worker", "-c",
-                   str(ROOT / "config" / "riverbed.toml"), "--web-port", "0"]
+                   str(ROOT / "config" / "riverbed.toml"), "--web-port", str(port)]
     else:
         command = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--contender",
                    "aiokafka-loop", "--events", str(int(rate * seconds)), "--fetch-wait", "5"]
     worker = subprocess.Popen(command, env=env, cwd=ROOT, preexec_fn=die_with_parent,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        await asyncio.sleep(6)  # group join (~1.5 s) and start-up before the open loop begins
+        if name == "riverbed":
+            await wait_ready(port, 60)
+        await asyncio.sleep(6)  # the loop has no readiness signal: let its group join settle
         sent = await open_loop(local, topics.events, rate, seconds)
         records = await collect(local, topics.predictions, 4, sent, timeout_s=60)
     finally:
