@@ -52,7 +52,10 @@ def broker(port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.
     from streams.broker import EmbeddedBroker
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # explicit handlers: a shell starting us in the background ignores SIGINT (no
+    # KeyboardInterrupt then), and Ctrl-C / kill must both stop the broker cleanly
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     with EmbeddedBroker(port=port or None) as b:
         err.print(f"embedded broker listening on [bold]{b.bootstrap_servers}[/bold] (pid {b.pid});"
                   " memory-only, Ctrl-C stops it")
