@@ -11,7 +11,7 @@ import bisect
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -102,36 +102,30 @@ class StatsCollector(Collector):
         events = CounterMetricFamily("riverbed_events", "Events consumed", labels=[])
         events.add_metric([], s.events)
         yield events
-        predictions = CounterMetricFamily(
-            "riverbed_predictions", "Predictions published", labels=["model"]
-        )
-        for model, n in s.predictions.items():
-            predictions.add_metric([model], n)
-        yield predictions
-        learned = CounterMetricFamily("riverbed_learn_steps", "Learn steps applied", labels=["model"])
-        for model, n in s.learned.items():
-            learned.add_metric([model], n)
-        yield learned
-        dead = CounterMetricFamily(
-            "riverbed_dead_letters", "Events sent to the dead-letter topic", labels=["reason"]
-        )
-        for reason, n in s.dead_letters.items():
-            dead.add_metric([reason], n)
-        yield dead
-        seq = GaugeMetricFamily("riverbed_model_seq", "Learn steps of the live model", labels=["model"])
-        for model, n in s.model_seq.items():
-            seq.add_metric([model], n)
-        yield seq
-        drifts = CounterMetricFamily("riverbed_drift_events", "Drift detections", labels=["model"])
-        for model, n in s.drifts.items():
-            drifts.add_metric([model], n)
-        yield drifts
+        yield _labelled(CounterMetricFamily, "riverbed_predictions", "Predictions published",
+                        "model", s.predictions)
+        yield _labelled(CounterMetricFamily, "riverbed_learn_steps", "Learn steps applied",
+                        "model", s.learned)
+        yield _labelled(CounterMetricFamily, "riverbed_dead_letters",
+                        "Events sent to the dead-letter topic", "reason", s.dead_letters)
+        yield _labelled(GaugeMetricFamily, "riverbed_model_seq", "Learn steps of the live model",
+                        "model", s.model_seq)
+        yield _labelled(CounterMetricFamily, "riverbed_drift_events", "Drift detections",
+                        "model", s.drifts)
         yield s.event_to_prediction_seconds.family(
             "riverbed_event_to_prediction_seconds", "Event time to prediction time")
         yield s.predict_seconds.family("riverbed_predict_seconds", "Model predict call")
         yield s.learn_seconds.family("riverbed_learn_seconds", "Model learn call")
         for extra in self.extra:
             yield from extra()
+
+
+def _labelled(kind: Any, name: str, doc: str, label: str, values: Mapping[str, int]) -> Any:
+    """A one-label metric family from ``{label value: number}``."""
+    family = kind(name, doc, labels=[label])
+    for key, number in values.items():
+        family.add_metric([key], number)
+    return family
 
 
 def exposition(stats: WorkerStats, extra: list[Any] | None = None) -> bytes:
