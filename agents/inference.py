@@ -236,7 +236,7 @@ class _Lane:
                 return False
             self.examples.append(Example(event_id, x, y))
         self.batch_ids.add(event_id)
-        if self.monitor.update(y, prediction, proba, delay_ms):
+        if self.monitor.update(y, prediction, proba, delay_ms, self.model.lineage):
             self.drifts.append(self.model.seq)
         began = perf_counter()
         self.model.learn(x, y)

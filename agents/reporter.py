@@ -43,6 +43,7 @@ class Reporter:
             "pending": len(store.events) if store else 0,
             "expired": store.counters.expired_events if store else 0,
             "drift_events": monitor.drifts, "metrics": monitor.values(),
+            "version_metrics": monitor.version_values(),
             "label_delay_p50_ms": p50, "label_delay_p99_ms": p99, "events_per_s": rate,
             "consumer_lag": sum(self.lag().values()),
         }
@@ -80,10 +81,16 @@ class Reporter:
         w = self.worker
         metric = GaugeMetricFamily("riverbed_model_metric",
                                    "Progressive-validation metric value", labels=["model", "metric"])
+        version = GaugeMetricFamily("riverbed_model_version_metric",
+                                    "Metric over the current model version (lineage) only",
+                                    labels=["model", "metric"])
         for name, monitor in w.processor.monitors.items():
             for metric_name, value in monitor.values().items():
                 metric.add_metric([name, metric_name], value)
+            for metric_name, value in monitor.version_values().items():
+                version.add_metric([name, metric_name], value)
         yield metric
+        yield version
         store = w.join.store if w.join is not None else None
         pending = GaugeMetricFamily("riverbed_pending_labels", "Events waiting for a label")
         pending.add_metric([], len(store.events) if store else 0)

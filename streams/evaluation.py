@@ -37,8 +37,12 @@ class ModelMonitor:
     def __init__(self, task: str, metric_names: tuple[str, ...] | None = None,
                  detector: str = "ADWIN", delay_window: int = 10_000) -> None:
         self.task = task
-        names = metric_names or DEFAULT_METRICS[task]
-        self.metrics = {n: build_metric(n) for n in names}
+        self.names = metric_names or DEFAULT_METRICS[task]
+        self.metrics = {n: build_metric(n) for n in self.names}
+        #: the same metrics over the current model version only (reset when the lineage
+        #: changes, i.e. after a rollback): "how good is the version serving now?"
+        self.version_metrics = {n: build_metric(n) for n in self.names}
+        self.lineage = 0
         detector_cls = getattr(river_drift, detector, None)
         if not isinstance(detector_cls, type):
             raise ModelSpecError(f"{detector!r} is not a drift detector in river.drift")
@@ -47,14 +51,19 @@ class ModelMonitor:
         self.scored = 0
         self.drifts = 0
 
-    def update(self, y: Any, prediction: Any, proba: dict[Any, float], delay_ms: int) -> bool:
+    def update(self, y: Any, prediction: Any, proba: dict[Any, float], delay_ms: int,
+               lineage: int = 0) -> bool:
         """Score one labelled example; True if the drift detector fired."""
-        for metric in self.metrics.values():
-            if metric.requires_labels:
-                if prediction is not None:
-                    metric.update(y, prediction)
-            elif proba or self.task == "regression":
-                metric.update(y, proba if self.task == "classification" else prediction)
+        if lineage != self.lineage:
+            self.lineage = lineage
+            self.version_metrics = {n: build_metric(n) for n in self.names}
+        for group in (self.metrics, self.version_metrics):
+            for metric in group.values():
+                if metric.requires_labels:
+                    if prediction is not None:
+                        metric.update(y, prediction)
+                elif proba or self.task == "regression":
+                    metric.update(y, proba if self.task == "classification" else prediction)
         self.scored += 1
         self.delays.append(delay_ms)
         if self.task == "classification":
@@ -68,8 +77,12 @@ class ModelMonitor:
         return False
 
     def values(self) -> dict[str, float]:
-        """Current metric values."""
+        """Current metric values (since the worker started)."""
         return {name: float(m.get()) for name, m in self.metrics.items()}
+
+    def version_values(self) -> dict[str, float]:
+        """Metric values over the current model version (lineage) only."""
+        return {name: float(m.get()) for name, m in self.version_metrics.items()}
 
     def delay_quantiles(self) -> tuple[float, float]:
         """p50 and p99 label delay (ms) over the recent window."""

@@ -31,3 +31,14 @@ def test_drift_detected_within_bound_after_change_and_never_when_stationary(seed
     drifted = detections("agrawal-drift", seed)
     assert drifted and CHANGE <= drifted[0] <= CHANGE + BOUND
     assert detections("agrawal", seed) == []
+
+
+def test_version_window_metrics_restart_with_a_new_lineage() -> None:
+    monitor = ModelMonitor("classification")
+    for _ in range(10):
+        monitor.update(True, False, {True: 0.2, False: 0.8}, 0, lineage=0)
+    assert monitor.values()["Accuracy"] == monitor.version_values()["Accuracy"] == 0.0
+    for _ in range(10):
+        monitor.update(True, True, {True: 0.9, False: 0.1}, 0, lineage=1)
+    assert monitor.version_values()["Accuracy"] == 1.0   # only the rolled-back version
+    assert monitor.values()["Accuracy"] == 0.5           # since the start
