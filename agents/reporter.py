@@ -98,9 +98,12 @@ class Reporter:
         early = GaugeMetricFamily("riverbed_early_labels", "Labels waiting for their event")
         early.add_metric([], len(store.labels) if store else 0)
         yield early
+        joined = CounterMetricFamily("riverbed_labels_joined",
+                                     "Labels joined to their event (either arrival order)")
+        joined.add_metric([], store.counters.joined + store.counters.early_joined if store else 0)
+        yield joined
         for name, field, doc in (("riverbed_expired_labels", "expired_events",
                                   "Pending events whose label never came"),
-                                 ("riverbed_labels_joined", "joined", "Labels joined"),
                                  ("riverbed_duplicate_labels", "duplicate_labels",
                                   "Labels for events already learned"),
                                  ("riverbed_pending_evicted", "evicted",

@@ -172,6 +172,8 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300,
     label_delay: Annotated[float, typer.Option(
         help="Delayed-label mode: labels follow events after up to this many seconds.")] = 0,
+    scrape: Annotated[Path | None, typer.Option(
+        help="Save the worker's /metrics exposition, scraped at the end of the run.")] = None,
 ) -> None:
     """Embedded broker + worker + producer, with live progress and a summary."""
     from streams.demo import run_demo
@@ -187,7 +189,7 @@ def demo(
             live.update(Group(*parts))
         try:
             progress = asyncio.run(run_demo(settings, config, events, dataset, rate,
-                                            bad_fraction, tick, timeout, label_delay))
+                                            bad_fraction, tick, timeout, label_delay, scrape))
         except RiverbedError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None

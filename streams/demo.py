@@ -84,6 +84,12 @@ class WorkerProcess:
             preexec_fn=die_with_parent,
         )
 
+    def metrics_text(self) -> str:
+        """The worker's Prometheus exposition (``/metrics``)."""
+        url = f"http://127.0.0.1:{self.web_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            return str(response.read().decode())
+
     def stats(self) -> dict[str, Any] | None:
         """The worker's /riverbed/stats, or None while it is not serving."""
         url = f"http://127.0.0.1:{self.web_port}/riverbed/stats"
@@ -170,7 +176,7 @@ def _score(progress: DemoProgress, predictions: list[dict[str, Any]], labels: di
 async def run_demo(
     settings: Settings, config_path: Path, events: int, dataset: str, rate: float,
     bad_fraction: float, on_tick: Callable[[DemoProgress, str], None], timeout_s: float,
-    label_delay_s: float = 0.0,
+    label_delay_s: float = 0.0, scrape_to: Path | None = None,
 ) -> DemoProgress:
     """Run the whole demo; returns the final progress. Always cleans up."""
     progress = DemoProgress()
@@ -186,6 +192,8 @@ async def run_demo(
             on_tick(progress, f"worker ready (pid {worker.process.pid})")
             await _stream(settings, worker, progress, events, dataset, rate, bad_fraction,
                           on_tick, timeout_s, label_delay_s)
+            if scrape_to is not None:  # while the worker still runs
+                scrape_to.write_text(await asyncio.to_thread(worker.metrics_text))
         finally:
             code = await asyncio.to_thread(worker.stop)
             if code not in (0, -signal.SIGTERM):

@@ -31,10 +31,12 @@ def test_demo_json_summary_and_no_process_left_behind() -> None:
     assert not pid_alive(summary["broker_pid"]) and not pid_alive(summary["worker_pid"])
 
 
-def test_demo_delayed_label_mode() -> None:
+def test_demo_delayed_label_mode_and_its_metrics_endpoint(tmp_path: Path) -> None:
+    scraped = tmp_path / "metrics.txt"
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", "demo", "--events", "3000", "--rate", "1500",
-         "--label-delay", "0.5", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=240,
+         "--label-delay", "0.5", "--json", "--scrape", str(scraped)], cwd=ROOT,
+        capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -42,3 +44,28 @@ def test_demo_delayed_label_mode() -> None:
     assert summary["learned"] == summary["labelled"] == summary["valid_events"]
     assert summary["accuracy"] > 0.5
     assert "riverbed top" in done.stderr  # the live view was shown
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(scraped.read_text()) for s in f.samples}
+    names = {name for name, _ in samples}
+    for metric in ("riverbed_events_total", "riverbed_predictions_total",
+                   "riverbed_learn_steps_total", "riverbed_dead_letters_total",
+                   "riverbed_model_seq", "riverbed_drift_events_total",
+                   "riverbed_event_to_prediction_seconds_bucket", "riverbed_predict_seconds_count",
+                   "riverbed_learn_seconds_count", "riverbed_model_metric",
+                   "riverbed_model_version_metric", "riverbed_pending_labels",
+                   "riverbed_expired_labels_total", "riverbed_labels_joined_total",
+                   "riverbed_consumer_lag"):
+        assert metric in names, metric
+    model = (("model", "agrawal-lr"),)
+    assert samples[("riverbed_predictions_total", model)] == summary["predictions"]
+    assert samples[("riverbed_learn_steps_total", model)] == summary["learned"]
+    assert sum(v for (n, _), v in samples.items() if n == "riverbed_dead_letters_total") \
+        == summary["dead_letters"]
+    assert samples[("riverbed_pending_labels", ())] == 0          # every label arrived
+    assert samples[("riverbed_labels_joined_total", ())] == summary["labelled"]
+    assert samples[("riverbed_predict_seconds_count", ())] == summary["predictions"]
+    accuracy = samples[("riverbed_model_metric", (("metric", "Accuracy"),) + model)]
+    assert 0.5 < accuracy <= 1.0
