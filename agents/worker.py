@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Any
 
-from agents.inference import InferenceProcessor, register_inference_agent
+from agents.inference import BatchOutput, InferenceProcessor, register_inference_agent
 from agents.labels import LabelJoin
 from agents.learner import ROLLBACK_OWNER, Learner
 from agents.reporter import Reporter
@@ -72,6 +72,10 @@ class Worker:
         @self.app.timer(settings.labels.report_interval_s)
         async def report_metrics() -> None:
             await self.reporter.publish()
+
+        @self.app.timer(1.0)
+        async def expire_pending() -> None:
+            await self.expire_pending()
         self._follower: asyncio.Task[None] | None = None
 
         @self.app.page("/riverbed/models")
@@ -131,6 +135,24 @@ class Worker:
             self.stats.ready = True
         except asyncio.TimeoutError:
             log.warning("no input partitions assigned after %.0fs", wait_s)
+
+    async def expire_pending(self) -> None:
+        """Expire pending entries even when no records arrive (orphan labels are
+        dead-lettered). At-least-once: after a crash an orphan may be dead-lettered twice."""
+        if self.join is None:
+            return
+        out = BatchOutput()
+        async with self.model_lock:
+            self.join.end_batch(out, int(time.time() * 1000))
+        futures: list[Any] = []
+        if out.dead_letters:
+            for dead in out.dead_letters:
+                self.stats.dead_letters[dead.reason] += 1
+            futures += await self.output.publish_dead_letters(
+                self.settings.topics.dead_letters, out.dead_letters)
+        await asyncio.gather(*futures)
+        if out.pending is not None:
+            await self._after_outputs(out)
 
     async def _after_outputs(self, result: Any) -> None:
         """Between outputs and history: persist new pending entries, report drifts."""
