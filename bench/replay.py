@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from agents.learner import Learner  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
+from streams.checks import FEATURES  # noqa: E402
 from streams.config import load_settings  # noqa: E402
 from streams.datasets import events  # noqa: E402
 from streams.history import Example, examples_of, fold  # noqa: E402
@@ -38,7 +39,6 @@ from streams.replay import apply_effects, read_model_history  # noqa: E402
 from streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 
 KEY = os.urandom(32)
-FEATURES = ("salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan")
 
 
 def examples(n: int) -> list[Example]:
@@ -141,7 +141,7 @@ def main() -> None:
              results["replay_core_vs_river"]),
             ("replay end to end (read + decode + fold + learn)",
              results["replay_end_to_end_steps_per_s"], results["replay_end_to_end_vs_river"])]
-    print(f"| path | steps/s | vs River learn-only |\n|---|---:|---:|")
+    print("| path | steps/s | vs River learn-only |\n|---|---:|---:|")
     for name, rate, ratio in rows:
         print(f"| {name} | {rate:,.0f} | {ratio:.2f}x |")
     print(f"\nrestore of a {args.steps:,}-step history (default snapshot cadence): "

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -152,11 +151,3 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def embedded_broker(port: int | None = None) -> Iterator[EmbeddedBroker]:
-    """``with embedded_broker() as broker:`` -- started, then always stopped."""
-    broker = EmbeddedBroker(port=port)
-    with broker:
-        yield broker

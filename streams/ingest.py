@@ -66,7 +66,6 @@ class BatchIngest(Service):
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         #: Set once this worker owns at least one partition (group join done).
         self.assigned = asyncio.Event()
-        self.batches_fetched = 0
         super().__init__(**kwargs)
 
     def _make_consumer(self) -> AIOKafkaConsumer:
@@ -113,7 +112,6 @@ class BatchIngest(Service):
             for tp, part in fetched.items():
                 records.extend(part)
                 next_offsets[tp] = part[-1].offset + 1
-            self.batches_fetched += 1
             await self.channel.put(Batch(records, next_offsets, self.offsets.generation))
 
     @Service.task

@@ -41,16 +41,26 @@ async def provision(settings: Settings) -> None:
 
 
 async def send_raw(settings: Settings, records: Sequence[tuple[bytes | None, bytes | None]],
-                   partition: int | None = 0) -> None:
-    """Send ``(key, value)`` records in order (to one partition, or by key if None)."""
+                   partition: int | None = 0, topic: str | None = None) -> None:
+    """Send ``(key, value)`` records in order to ``topic`` (default: the events topic), to one
+    partition, or by key with Kafka's default partitioner if ``partition`` is None."""
     producer = BatchProducer(settings.broker.bootstrap_servers)
     await producer.start()
     try:
         futures = [await producer.producer.send(  # type: ignore[union-attr]
-            settings.topics.events, value=v, key=k, partition=partition) for k, v in records]
+            topic or settings.topics.events, value=v, key=k, partition=partition)
+            for k, v in records]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def until(predicate: Any, timeout_s: float) -> None:
+    """Wait until ``predicate()`` holds; AssertionError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.05)
 
 
 async def collect(settings: Settings, topic: str, partitions: int, expected: int,

@@ -22,7 +22,9 @@ from streams.evaluation import ModelMonitor
 from streams.history import examples_of, fold
 from streams.models import OnlineModel
 from streams.replay import read_model_history
-from tests.helpers import WorkerChild, collect, provision, running_worker, send_raw, worker_env
+from tests.helpers import (
+    WorkerChild, collect, provision, running_worker, send_raw, until, worker_env,
+)
 
 pytestmark = pytest.mark.integration
 KEY = os.urandom(32)
@@ -31,27 +33,6 @@ KEY = os.urandom(32)
 def _settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, history=dataclasses.replace(
         settings.history, snapshot_key=KEY.hex()))
-
-
-async def _send_to(settings: Settings, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    from streams.output import BatchProducer
-    from streams.partitioner import partition_for
-    producer = BatchProducer(settings.broker.bootstrap_servers)
-    await producer.start()
-    try:
-        futures = [await producer.producer.send(  # type: ignore[union-attr]
-            topic, value=v, key=k, partition=partition_for(k, settings.topics.partitions))
-            for k, v in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def _until(predicate: Any, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.05)
 
 
 def _delayed_stream(n: int, seed: int) -> tuple[list[Any], list[tuple[str, Any, int]], set[str]]:
@@ -88,15 +69,15 @@ async def test_delayed_labels_metrics_equal_progressive_validation_oracle(
             chunk = stream[max(start, 0): start + 250]
             labels = [(eid, y) for pos in range(start, start + 250) for eid, y in
                       by_position.get(pos, [])]
-            await _send_to(settings, settings.topics.labels, [
+            await send_raw(settings, partition=None, topic=settings.topics.labels, records=[
                 (stream[int(eid.rsplit("-", 1)[1])]["key"].encode(),
                  label_codec.encode({"event_id": eid, "label": y, "time": 0})) for eid, y in labels])
-            await _send_to(settings, settings.topics.events,
+            await send_raw(settings, partition=None, topic=settings.topics.events, records=
                            [(e["key"].encode(), event_codec.encode(e)) for e in chunk])
             sent += len(chunk) + len(labels)
-            await _until(lambda n=sent: worker.stats.events >= n, 30)  # one wave at a time
+            await until(lambda n=sent: worker.stats.events >= n, 30)  # one wave at a time
         learner = worker.learners[0]  # type: ignore[index]
-        await _until(lambda: learner.durable_seq >= len(labelled_ids), 90)
+        await until(lambda: learner.durable_seq >= len(labelled_ids), 90)
         await asyncio.sleep(0)
         monitor = worker.processor.monitors[settings.models[0].name]
         live_metrics = monitor.values()
@@ -146,7 +127,7 @@ async def test_metrics_endpoint_exposes_every_metric(settings: Settings) -> None
     stream = list(events("agrawal", 600, seed=2, label_fraction=0.5))
     async with running_worker(settings) as worker:
         await send_raw(settings, [(b"k", codec.encode(e)) for e in stream] + [(b"k", b"bad")])
-        await _until(lambda: worker.stats.events >= 601, 30)
+        await until(lambda: worker.stats.events >= 601, 30)
         port = worker.app.conf.web_port
         text = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
@@ -181,7 +162,7 @@ async def test_pending_labels_survive_kill_9(settings: Settings) -> None:
     env = worker_env(settings, KEY.hex())
     worker = WorkerChild(env)
     try:
-        await _send_to(settings, settings.topics.events,
+        await send_raw(settings, partition=None, topic=settings.topics.events, records=
                        [(e["key"].encode(), codec.encode(e)) for e in stream])
         topic = settings.topics.events
         await worker.wait_for(lambda m: m["pending"] == 5000 and sum(
@@ -192,7 +173,7 @@ async def test_pending_labels_survive_kill_9(settings: Settings) -> None:
         labels = [(e["key"].encode(), label_codec.encode(
             {"event_id": e["event_id"], "label": t["label"], "time": 0}))
             for e, t in zip(stream, truth)]
-        await _send_to(settings, settings.topics.labels, labels + labels[:300])  # + duplicates
+        await send_raw(settings, partition=None, topic=settings.topics.labels, records= labels + labels[:300])  # + duplicates
         live = await worker.wait_for(lambda m: m["durable_seq"] >= 5000 and m["pending"] == 0, 90)
     finally:
         if worker.process.poll() is None:
@@ -218,9 +199,9 @@ async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> 
     labelled = sum(1 for e in stream if e["label"] is not None)
     async with running_worker(settings) as worker:
         await send_raw(settings, [(b"k", codec.encode(e)) for e in stream])
-        await _until(lambda: worker.stats.events >= 800, 30)
+        await until(lambda: worker.stats.events >= 800, 30)
         reported = worker.reporter.report(worker.models[0])
-        await _until(lambda: worker.stats.batches > 0 and time.time() * 1000 >
+        await until(lambda: worker.stats.batches > 0 and time.time() * 1000 >
                      reported["time"] + 600, 10)  # at least two report intervals later
     env = worker_env(settings, KEY.hex())
     done = await asyncio.to_thread(subprocess.run, [
@@ -240,11 +221,11 @@ async def test_label_for_unknown_event_is_dead_lettered_after_ttl(settings: Sett
     label_codec = AvroCodec(load_schema("label"))
     orphan = label_codec.encode({"event_id": "never-sent", "label": 1, "time": 0})
     async with running_worker(settings) as worker:
-        await _send_to(settings, settings.topics.labels, [(b"k", orphan)])
-        await _until(lambda: worker.join.store.labels, 30)  # type: ignore[union-attr]
+        await send_raw(settings, partition=None, topic=settings.topics.labels, records=[(b"k", orphan)])
+        await until(lambda: worker.join.store.labels, 30)  # type: ignore[union-attr]
         # no further traffic: the worker's expiry timer dead-letters the orphan
         dead = await collect(settings, settings.topics.dead_letters, 1, 1)
-        await _until(lambda: worker.join.store.counters.expired_labels == 1, 10)  # type: ignore[union-attr]
+        await until(lambda: worker.join.store.counters.expired_labels == 1, 10)  # type: ignore[union-attr]
     from streams.deadletter import parse_headers
     assert dead[0].value == orphan
     assert parse_headers(dead[0].headers)["reason"] == "unknown_event_id"
@@ -262,7 +243,7 @@ async def test_drift_in_the_stream_emits_drift_events(settings: Settings) -> Non
     async with running_worker(settings) as worker:
         report = await produce(settings, "agrawal-drift", 20_000, seed=1)
         learner = worker.learners[0]  # type: ignore[index]
-        await _until(lambda: learner.durable_seq >= report.valid, 90)
+        await until(lambda: learner.durable_seq >= report.valid, 90)
         drift_count = worker.stats.drifts[settings.models[0].name]
     assert drift_count >= 1
     kinds = [r["kind"] async for r in reports(settings, follow=False, idle_timeout_s=10)]

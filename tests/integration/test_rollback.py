@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,17 +17,10 @@ from streams.config import Settings
 from streams.produce import produce
 from streams.replay import replay
 from tests.conftest import CONFIG, ROOT
-from tests.helpers import collect, provision, running_worker, worker_env
+from tests.helpers import collect, provision, running_worker, until, worker_env
 
 pytestmark = pytest.mark.integration
 KEY = os.urandom(32)
-
-
-async def _until(predicate: object, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.05)
 
 
 async def test_rollback_restores_state_and_lineage(settings: Settings) -> None:
@@ -39,7 +31,7 @@ async def test_rollback_restores_state_and_lineage(settings: Settings) -> None:
     async with running_worker(settings) as worker:
         learner = worker.learners[0]  # type: ignore[index]
         first = await produce(settings, "agrawal", 4000, seed=1)
-        await _until(lambda: learner.durable_seq >= first.valid, 60)
+        await until(lambda: learner.durable_seq >= first.valid, 60)
         at_n = await replay(settings, name, KEY, to_seq=2500)
         recorded = (await replay(settings, name, KEY, to_seq=2000, verify=True))
         assert recorded.mismatches == []
@@ -54,11 +46,11 @@ async def test_rollback_restores_state_and_lineage(settings: Settings) -> None:
         probe = at_n.fold.created.probe  # type: ignore[union-attr]
         assert info["fingerprint"] == fingerprint(at_n.model.estimator, probe)
         # the live worker is fenced, takes over again and holds the state at seq 2500
-        await _until(lambda: worker.models[0].lineage == 1, 30)
+        await until(lambda: worker.models[0].lineage == 1, 30)
         live = worker.describe_models()[name]
         assert live["seq"] == 2500 and live["fingerprint"] == info["fingerprint"]
         second = await produce(settings, "agrawal", 500, seed=2)
-        await _until(lambda: learner.durable_seq >= 2500 + second.valid, 60)
+        await until(lambda: learner.durable_seq >= 2500 + second.valid, 60)
         predictions = await collect(settings, settings.topics.predictions, 4,
                                     first.valid + second.valid, settle_s=0.5)
     decoder = AvroCodec(load_schema("prediction"))
