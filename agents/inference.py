@@ -29,7 +29,7 @@ from streams.features import FeatureExtractor, validate_label
 from streams.evaluation import ModelMonitor
 from streams.history import Example
 from streams.models import OnlineModel
-from streams.telemetry import WorkerStats
+from streams.telemetry import TIMING_SAMPLE, WorkerStats
 
 if TYPE_CHECKING:
     from agents.labels import LabelJoin
@@ -87,35 +87,73 @@ class InferenceProcessor:
         join: LabelJoin | None = None,
     ) -> None:
         self.event = settings.event
+        self.settings = settings
+        self.event_schema = event_schema
         self.max_bytes = settings.limits.max_event_bytes
         self.decoder = decoder
         self.encoder = prediction_encoder
-        self.models = list(models)
-        self.extractors = [
-            FeatureExtractor(event_schema, settings.event, m.spec, settings.limits)
-            for m in self.models
-        ]
         self.stats = stats if stats is not None else WorkerStats()
-        self.learners = list(learners) if learners is not None else [None] * len(self.models)
-        self.monitors = {m.name: ModelMonitor(m.task, m.spec.metrics) for m in self.models}
+        self.models: list[OnlineModel] = []
+        self.extractors: list[FeatureExtractor] = []
+        self.learners: list[Any] = []
+        #: input partition of each model (None: the model learns from every partition)
+        self.partitions: list[int | None] = []
+        self.monitors: dict[str, ModelMonitor] = {}
+        for model, learner in zip(models, learners or [None] * len(models), strict=True):
+            self.add_model(model, learner)
         self.join = join
+        #: events predicted so far (every TIMING_SAMPLE-th predict and learn is timed)
+        self.predicted = 0
+
+    def add_model(self, model: OnlineModel, learner: Any = None,
+                  partition: int | None = None) -> None:
+        """Serve ``model`` from the next batch on (only for ``partition`` if given)."""
+        self.models.append(model)
+        self.extractors.append(FeatureExtractor(self.event_schema, self.settings.event,
+                                                model.spec, self.settings.limits))
+        self.learners.append(learner)
+        self.partitions.append(partition)
+        self.monitors[model.name] = ModelMonitor(model.task, model.spec.metrics)
+
+    def remove_partition(self, partition: int) -> list[Any]:
+        """Stop serving the models of ``partition``; returns their learners."""
+        keep = [i for i, p in enumerate(self.partitions) if p != partition]
+        removed = [self.learners[i] for i, p in enumerate(self.partitions) if p == partition]
+        for i, p in enumerate(self.partitions):
+            if p == partition:
+                del self.monitors[self.models[i].name]
+        for name in ("models", "extractors", "learners", "partitions"):
+            setattr(self, name, [getattr(self, name)[i] for i in keep])
+        return removed
 
     def process(self, records: Iterable[InputRecord]) -> BatchOutput:
         """Process ``records`` in order; returns what must be published and recorded."""
         out = BatchOutput()
-        lanes = [_Lane(m, e, lr, self.monitors[m.name]) for m, e, lr in
-                 zip(self.models, self.extractors, self.learners, strict=True)]
+        lanes = [_Lane(m, e, lr, self.monitors[m.name], p) for m, e, lr, p in
+                 zip(self.models, self.extractors, self.learners, self.partitions, strict=True)]
+        sharded = any(lane.partition is not None for lane in lanes)
         now_ms = int(time.time() * 1000)
         offsets: dict[str, int] = {}
+        partition_of: dict[str, int] = {}
         labels_topic = self.join.topic if self.join is not None else None
+        topic, partition, source, covered_below, serving = None, -1, "", 0, lanes
         for record in records:
             out.events += 1
-            source = f"{record.topic}:{record.partition}"
+            if record.partition != partition or record.topic != topic:  # a new run
+                topic, partition = record.topic, record.partition
+                source = f"{topic}:{partition}"
+                partition_of[source] = partition
+                serving = [lane for lane in lanes if lane.partition in (None, partition)
+                           ] if sharded else lanes
+                covered_below = max((lane.covered_below(source) for lane in serving), default=0)
             offsets[source] = record.offset + 1
-            active = [lane for lane in lanes if not lane.covered(source, record.offset)]
+            if record.offset >= covered_below:
+                active = serving  # the common case: no model has learned this record yet
+            else:
+                active = [lane for lane in serving if not lane.covered(source, record.offset)]
             if not active:
-                continue  # the history covers it: handled before a restart
-            if record.topic == labels_topic:
+                continue  # the history covers it (handled before a restart), or no model
+            if topic == labels_topic:
                 assert self.join is not None
                 out.labels += 1
                 self.join.on_label(record, active, out, now_ms)
@@ -124,8 +162,10 @@ class InferenceProcessor:
         if self.join is not None:
             self.join.end_batch(out, now_ms)
         for lane in lanes:
-            if lane.learner is not None and offsets:
-                out.history.append((lane.learner, lane.history_events(offsets)))
+            covered = offsets if lane.partition is None else {
+                s: o for s, o in offsets.items() if partition_of[s] == lane.partition}
+            if lane.learner is not None and covered:
+                out.history.append((lane.learner, lane.history_events(covered)))
             out.drifts.extend((lane.model.name, seq) for seq in lane.drifts)
             out.learn_s.extend(lane.learn_s)
         self._count(out, lanes)
@@ -155,15 +195,20 @@ class InferenceProcessor:
             model_name = None
             outputs, made = [], []
             event_time = event[ev.timestamp_field]
+            self.predicted += 1
+            timed = self.predicted % TIMING_SAMPLE == 0
             for lane, x, y in inputs:
                 model = lane.model
                 model_name = model.name
                 seq = model.seq
-                began = perf_counter()
-                prediction, proba = model.predict(x)
-                out.predict_s.append(perf_counter() - began)
+                if timed:
+                    began = perf_counter()
+                    prediction, proba = model.predict(x)
+                    out.predict_s.append(perf_counter() - began)
+                else:
+                    prediction, proba = model.predict(x)
                 if y is not None:
-                    lane.learn(event_id, x, y, prediction, proba, now_ms - event_time)
+                    lane.learn(event_id, x, y, prediction, proba, now_ms - event_time, timed)
                 made.append((model.name, x, prediction, proba, seq))
                 outputs.append(self.encoder.encode({
                     "event_id": event_id, "key": event[ev.key_field], "model": model.name,
@@ -171,7 +216,11 @@ class InferenceProcessor:
                     "probabilities": {str(k): float(v) for k, v in proba.items()},
                     "event_time": event_time, "prediction_time": now_ms,
                 }))
-            out.predictions[record.partition].extend((record.key, o) for o in outputs)
+            predictions = out.predictions[record.partition]
+            for encoded in outputs:
+                predictions.append((record.key, encoded))
+            for lane, _, _ in inputs:
+                lane.predictions += 1
             out.latencies.append(now_ms - event_time)
             if label is None and self.join is not None:
                 self.join.hold(event_id, made, event_time, active, out, now_ms)
@@ -193,9 +242,7 @@ class InferenceProcessor:
             stats.learned[name] += lane.model.seq - lane.seq_before
             stats.model_seq[name] = lane.model.seq
             stats.drifts[name] += len(lane.drifts)
-        predictions = sum(len(v) for v in out.predictions.values())
-        for model in self.models:
-            stats.predictions[model.name] += predictions // len(self.models)
+            stats.predictions[name] += lane.predictions
         stats.observe_latencies(out.latencies)
         stats.predict_seconds.observe_many(out.predict_s)
         stats.learn_seconds.observe_many(out.learn_s)
@@ -205,17 +252,26 @@ class _Lane:
     """One model's view of a batch: dedup against its history, examples learned, scoring."""
 
     __slots__ = ("model", "extractor", "learner", "monitor", "examples", "seq_before",
-                 "batch_ids", "drifts", "learn_s")
+                 "batch_ids", "drifts", "learn_s", "recent_ids", "partition", "predictions")
 
     def __init__(self, model: OnlineModel, extractor: FeatureExtractor, learner: Any,
-                 monitor: ModelMonitor) -> None:
+                 monitor: ModelMonitor, partition: int | None = None) -> None:
         self.model, self.extractor, self.learner = model, extractor, learner
         self.monitor = monitor
+        self.partition = partition
+        self.predictions = 0
         self.examples: list[Example] = []
         self.seq_before = model.seq
         self.batch_ids: set[str] = set()
         self.drifts: list[int] = []
         self.learn_s: list[float] = []
+        #: the fold's applied-id window (a lane lives for one batch; the fold is only
+        #: replaced between batches, on takeover)
+        self.recent_ids: Any = learner.fold.recent_ids if learner is not None else ()
+
+    def covered_below(self, source: str) -> int:
+        """Offsets of ``source`` below this are covered by the history (0: none)."""
+        return self.learner.fold.applied_offset(source) if self.learner is not None else 0
 
     def covered(self, source: str, offset: int) -> bool:
         if self.learner is not None and self.learner.should_skip(source, offset):
@@ -224,11 +280,10 @@ class _Lane:
         return False
 
     def already_learned(self, event_id: str) -> bool:
-        return event_id in self.batch_ids or (
-            self.learner is not None and self.learner.fold.seen(event_id))
+        return event_id in self.batch_ids or event_id in self.recent_ids
 
     def learn(self, event_id: str, x: dict[str, float], y: Any, prediction: Any,
-              proba: dict[Any, float], delay_ms: int) -> bool:
+              proba: dict[Any, float], delay_ms: int, timed: bool = False) -> bool:
         """Score the prediction made before learning, then learn; False if a duplicate."""
         if self.learner is not None:
             if self.already_learned(event_id):
@@ -238,9 +293,12 @@ class _Lane:
         self.batch_ids.add(event_id)
         if self.monitor.update(y, prediction, proba, delay_ms, self.model.lineage):
             self.drifts.append(self.model.seq)
-        began = perf_counter()
-        self.model.learn(x, y)
-        self.learn_s.append(perf_counter() - began)
+        if timed:
+            began = perf_counter()
+            self.model.learn(x, y)
+            self.learn_s.append(perf_counter() - began)
+        else:
+            self.model.learn(x, y)
         return True
 
     def history_events(self, offsets: dict[str, int]) -> list[Any]:

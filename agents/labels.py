@@ -30,6 +30,7 @@ from streams.config import Settings
 from streams.errors import DecodeError, ValidationError
 from streams.features import validate_label
 from streams.pending import EarlyLabel, PendingEvent, PendingStore
+from streams.telemetry import TIMING_SAMPLE
 
 
 class LabelJoin:
@@ -88,7 +89,8 @@ class LabelJoin:
                     out.dead_letters.append(dead_letter(record, exc.reason, str(exc),
                                                         lane.model.name))
                 continue
-            lane.learn(entry.event_id, x, y, predicted, proba, label_time - entry.event_time)
+            lane.learn(entry.event_id, x, y, predicted, proba, label_time - entry.event_time,
+                       timed=out.labels % TIMING_SAMPLE == 0)
 
     def end_batch(self, out: BatchOutput, now_ms: int) -> None:
         """Expire old entries (dead-letter orphan labels); encode what must be persisted."""

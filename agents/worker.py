@@ -45,22 +45,24 @@ class Worker:
             registry = HttpSchemaRegistry(settings.broker.schema_registry_url)
         event_schema = load_schema(settings.event.schema, settings.base_dir)
         topics = settings.topics
-        self.models = [OnlineModel(spec) for spec in settings.models]
+        self.per_partition = settings.worker.model_per_partition
         self.output = BatchProducer(settings.broker.bootstrap_servers)
-        self.learners = self._learners() if settings.history.enabled else None
+        self._history: tuple[HistoryLog, SnapshotIndex, bytes] | None = None
+        models = [] if self.per_partition else [OnlineModel(spec) for spec in settings.models]
+        learners = [self._learner(m) for m in models] if settings.history.enabled else None
         self.join = LabelJoin(settings, registry) if settings.labels.enabled else None
         self.processor = InferenceProcessor(
             settings, event_schema, join=self.join,
             decoder=make_codec(event_schema, f"{topics.events}-value", registry),
             prediction_encoder=make_codec(
                 load_schema("prediction"), f"{topics.predictions}-value", registry),
-            models=self.models, stats=self.stats, learners=self.learners,
+            models=models, stats=self.stats, learners=learners,
         )
         self.reporter = Reporter(self)
         self.app = make_faust_app(settings, self.stats, web_port, [self.reporter.families])
         self.batches = self.app.channel(maxsize=4)
         inputs = [topics.events] + ([topics.labels] if self.join is not None else [])
-        self.ingest = BatchIngest(settings, inputs, self.batches)
+        self.ingest = BatchIngest(settings, inputs, self.batches, on_assign=self._assigned)
         self.model_lock = asyncio.Lock()
         self.app.service(self.ingest)
         register_inference_agent(
@@ -82,11 +84,20 @@ class Worker:
         async def models_page(web: Any, request: Any) -> Any:
             return web.json(self.describe_models())
 
+    @property
+    def models(self) -> list[OnlineModel]:
+        """The models this worker serves now (per-partition ones come and go)."""
+        return self.processor.models
+
+    @property
+    def learners(self) -> list[Learner]:
+        """The learners of :attr:`models` (empty when the history is disabled)."""
+        return [lr for lr in self.processor.learners if lr is not None]
+
     def describe_models(self) -> dict[str, Any]:
         """Live seq, lineage, epoch and fingerprint of every model."""
         described = {}
-        for i, model in enumerate(self.models):
-            learner = self.learners[i] if self.learners else None
+        for model, learner in zip(self.processor.models, self.processor.learners, strict=True):
             created = learner.fold.created if learner else None
             probe = created.probe if created else ()
             described[model.name] = {
@@ -102,31 +113,62 @@ class Worker:
             }
         return described
 
-    def _learners(self) -> list[Learner]:
+    def _learner(self, model: OnlineModel) -> Learner:
         s = self.settings
-        history = HistoryLog(s.broker.bootstrap_servers, s.topics.history, self.output)
-        index = SnapshotIndex(s.broker.bootstrap_servers, s.topics.snapshots, self.output)
-        key = snapshot_key(s)
+        if self._history is None:
+            self._history = (
+                HistoryLog(s.broker.bootstrap_servers, s.topics.history, self.output),
+                SnapshotIndex(s.broker.bootstrap_servers, s.topics.snapshots, self.output),
+                snapshot_key(s))
+        history, index, key = self._history
         h = s.history
-        return [Learner(m, history, index, key, snapshot_every_steps=h.snapshot_every_steps,
-                        snapshot_every_s=h.snapshot_every_s, id_window=h.id_window,
-                        probe_size=h.probe_size) for m in self.models]
+        return Learner(model, history, index, key, snapshot_every_steps=h.snapshot_every_steps,
+                       snapshot_every_s=h.snapshot_every_s, id_window=h.id_window,
+                       probe_size=h.probe_size)
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        """After a rebalance, before fetching: with per-partition models, release the
+        models of partitions now owned elsewhere and take over those newly assigned
+        (their new owner's claim fences anything this worker still writes for them)."""
+        self.stats.partitions = sorted(partitions)
+        if not self.per_partition:
+            return
+        async with self.model_lock:
+            owned = {p for p in self.processor.partitions if p is not None}
+            for partition in sorted(owned - partitions):
+                self.processor.remove_partition(partition)
+                log.info("released the models of partition %d", partition)
+            for partition in sorted(partitions - owned):
+                await self._take_partition(partition)
+
+    async def _take_partition(self, partition: int) -> None:
+        """Serve the per-partition models of ``partition`` (taking over their history)."""
+        for spec in self.settings.models:
+            model = OnlineModel(spec, name=f"{spec.name}@p{partition}")
+            learner = self._learner(model) if self.settings.history.enabled else None
+            if learner is not None:
+                await learner.takeover()
+            self.processor.add_model(model, learner, partition)
+            self.stats.model_seq[model.name] = model.seq
+            log.info("serving %s (partition %d)", model.name, partition)
+        if self._follower is None and self.learners:
+            self._follower = asyncio.create_task(self._follow_history())
 
     async def start(self) -> None:
         """Provision topics, take over every model's history, then start Faust."""
         await ensure_topics(self.settings.broker.bootstrap_servers, riverbed_topics(self.settings))
         await self.output.start()
-        for learner in self.learners or []:
+        for learner in self.learners:
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
         if self.join is not None:
-            learners = self.learners or []
+            learners = self.learners
             await self.join.rebuild(
                 read_partition(self.settings.broker.bootstrap_servers,
                                self.settings.topics.pending, 0, None, 30.0),
                 lambda eid: any(lr.fold.seen(eid) for lr in learners),
                 int(time.time() * 1000))
-        if self.learners:
+        if self.learners and self._follower is None:
             self._follower = asyncio.create_task(self._follow_history())
         await self.app.start()
         wait_s = self.settings.worker.session_timeout_ms / 1000 * 10
@@ -167,14 +209,14 @@ class Worker:
     async def retake_if_fenced(self) -> None:
         """If a newer epoch claimed a model (rollback, second worker), rebuild it from the
         history and re-read the input from what the history covers."""
-        fenced = [lr for lr in self.learners or [] if lr.fenced]
+        fenced = [lr for lr in self.learners if lr.fenced]
         if not fenced:
             return
         for learner in fenced:
             log.warning("%s: fenced by a newer epoch; taking over again", learner.model.name)
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
-        learners = self.learners or []
+        learners = self.learners
 
         def position_of(tp: Any) -> int | None:
             known = [lr.fold.offsets.get(f"{tp.topic}:{tp.partition}") for lr in learners]
@@ -195,9 +237,9 @@ class Worker:
         await consumer.start()
         try:
             consumer.assign([tp])
-            consumer.seek(tp, min(lr.history_position for lr in self.learners or []))
-            by_name = {lr.model.name: lr for lr in self.learners or []}
+            consumer.seek(tp, min(lr.history_position for lr in self.learners))
             while True:
+                by_name = {lr.model.name: lr for lr in self.learners}
                 for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                     kind = dict(record.headers or ()).get(KIND_HEADER)
                     if kind not in (b"Claimed", b"Restored"):

@@ -3,10 +3,14 @@
     python bench/throughput.py --events 200000          # full run (prints table, writes JSON)
     python bench/throughput.py --events 20000           # quick look
     python bench/throughput.py --only riverbed aiokafka-loop
+    python bench/throughput.py --model hat --only riverbed aiokafka-loop river-alone
+    python bench/throughput.py --only riverbed riverbed-labels   # the label-join path
 
 Contenders: riverbed (all guarantees on: history, dedup, dead letters, metrics, label
 join), the hand-written aiokafka getmany loop (the bound), quixstreams ``.apply``, the
-naive Faust agent, and River alone (model only, in memory).
+naive Faust agent, and River alone (model only, in memory). ``riverbed-labels`` is
+riverbed on the label-join path: the same events arrive unlabelled and every label
+follows on the labels topic a few ms later (pending store, join, pending log).
 
 Both contenders consume the same events topic (separate consumer groups), decode the
 same Avro, validate with the same FeatureExtractor, run the same River pipeline
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -39,7 +44,27 @@ from streams.produce import produce  # noqa: E402
 from streams.topics import TopicSpec, ensure_topics, riverbed_topics  # noqa: E402
 
 CONFIG = ROOT / "config" / "riverbed.toml"
-CONTENDERS = ["riverbed", "aiokafka-loop", "quixstreams", "naive-faust", "river-alone"]
+CONTENDERS = ["riverbed", "aiokafka-loop", "quixstreams", "naive-faust", "river-alone",
+              "riverbed-labels"]
+#: ``--model``: the default LR from config/riverbed.toml, or a heavier tree.
+MODELS: dict[str, tuple[dict[str, Any], ...]] = {
+    "lr": (),
+    "hat": ({"tree.HoeffdingAdaptiveTreeClassifier": {"grace_period": 200}},),
+}
+#: Topics of the label-join contender (its own backlog: unlabelled events + labels).
+LABELS_TOPICS = {"EVENTS": "bench.later.events", "LABELS": "bench.later.labels",
+                 "HISTORY": "bench.later.history", "SNAPSHOTS": "bench.later.snapshots",
+                 "PENDING": "bench.later.pending", "METRICS": "bench.later.metrics"}
+
+
+def bench_settings(model: str) -> Settings:
+    """The benchmark's settings: config/riverbed.toml (+ env), with ``model`` swapped in."""
+    settings = load_settings(CONFIG)
+    if MODELS[model]:
+        spec = dataclasses.replace(settings.models[0], name=f"agrawal-{model}",
+                                   pipeline=MODELS[model])
+        settings = dataclasses.replace(settings, models=(spec,))
+    return settings
 
 
 def _report(first: float, last: float, count: int, extra: dict[str, Any]) -> None:
@@ -49,7 +74,8 @@ def _report(first: float, last: float, count: int, extra: dict[str, Any]) -> Non
 
 
 async def run_riverbed(settings: Settings, events: int) -> None:
-    """Contender: riverbed's Worker, in this process; clock from first to last event."""
+    """Contender: riverbed's Worker, in this process; clock from the first event to the
+    moment every event has been learned (on the label path: joined with its label)."""
     from agents.worker import Worker
     from streams.broker import free_port
 
@@ -57,12 +83,14 @@ async def run_riverbed(settings: Settings, events: int) -> None:
     await worker.start()
     try:
         first = None
-        while worker.stats.events < events:
-            if first is None and worker.stats.events:
-                first = time.perf_counter() - 0.0
+        stats = worker.stats
+        while sum(stats.learned.values()) < events:
+            if first is None and stats.events:
+                first = time.perf_counter()
             await asyncio.sleep(0.001)  # sampling the clock, not synchronisation
         last = time.perf_counter()
-        _report(first or last, last, events, {"batches": worker.stats.batches})
+        _report(first or last, last, events, {"batches": stats.batches,
+                                              "records": stats.events})
     finally:
         await worker.stop()
 
@@ -216,14 +244,19 @@ def run_river_alone(settings: Settings, events: int) -> None:
     _report(began, time.perf_counter(), events, {})
 
 
-def contender(name: str, bootstrap: str, group: str, predictions: str, events: int,
+def contender(name: str, bootstrap: str, events: int, model: str,
               timeout_s: float) -> dict[str, Any]:
     """Run one contender in a child process and parse its JSON line."""
     env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": bootstrap,
-           "RIVERBED_WORKER__GROUP_ID": group, "RIVERBED_TOPICS__PREDICTIONS": predictions,
-           "PYTHONPATH": str(ROOT)}
+           "RIVERBED_WORKER__GROUP_ID": f"bench-{model}-{name}",
+           "RIVERBED_TOPICS__PREDICTIONS": f"bench.predictions.{model}.{name}",
+           "RIVERBED_TOPICS__HISTORY": f"bench.history.{model}.{name}",
+           "RIVERBED_TOPICS__SNAPSHOTS": f"bench.snapshots.{model}.{name}",
+           "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex(), "PYTHONPATH": str(ROOT)}
+    if name == "riverbed-labels":
+        env.update({f"RIVERBED_TOPICS__{k}": v for k, v in LABELS_TOPICS.items()})
     proc = subprocess.Popen([sys.executable, __file__, "--contender", name, "--events",
-                             str(events)], env=env, stdout=subprocess.PIPE,
+                             str(events), "--model", model], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     try:
         out, errors = proc.communicate(timeout=timeout_s)
@@ -241,60 +274,87 @@ def contender(name: str, bootstrap: str, group: str, predictions: str, events: i
     return dict(json.loads(lines[-1]))
 
 
+def run_contender(name: str, settings: Settings, events: int, fetch_wait_ms: int) -> None:
+    """Inside a contender's child process: run it and print its JSON line."""
+    if name in ("riverbed", "riverbed-labels"):
+        asyncio.run(run_riverbed(settings, events))
+    elif name == "naive-faust":
+        run_naive_faust(settings, events)
+    elif name == "aiokafka-loop":
+        asyncio.run(run_aiokafka_loop(settings, events, fetch_wait_ms))
+    elif name == "quixstreams":
+        run_quixstreams(settings, events)
+    else:
+        run_river_alone(settings, events)
+
+
+async def make_backlogs(settings: Settings, chosen: list[str], events: int) -> None:
+    """The shared backlog (labels inline) and, for riverbed-labels, its own backlog of
+    unlabelled events whose labels follow on the labels topic."""
+    specs = riverbed_topics(settings)
+    if "riverbed-labels" in chosen:
+        later = dataclasses.replace(settings, topics=dataclasses.replace(
+            settings.topics, events=LABELS_TOPICS["EVENTS"], labels=LABELS_TOPICS["LABELS"]))
+        specs += [TopicSpec(LABELS_TOPICS["EVENTS"], settings.topics.partitions),
+                  TopicSpec(LABELS_TOPICS["LABELS"], settings.topics.partitions)]
+    await ensure_topics(settings.broker.bootstrap_servers, specs)
+    if any(c != "riverbed-labels" for c in chosen):
+        await produce(settings, "agrawal", events, keep_labels=False)
+    if "riverbed-labels" in chosen:
+        await produce(later, "agrawal", events, keep_labels=False, label_delay_s=0.005)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table of one run (ratios against riverbed's events/s)."""
+    base = results.get("riverbed", {}).get("events_per_s")
+    lines = ["| contender | events | seconds | events/s | riverbed / contender |",
+             "|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        ratio_text = f"{base / r['events_per_s']:.2f}x" if base else "-"
+        lines.append(f"| {name} | {r['events']:,} | {r['seconds']:.2f} | "
+                     f"{r['events_per_s']:,.0f} | {ratio_text} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--contender", choices=CONTENDERS)
     parser.add_argument("--only", nargs="*", choices=CONTENDERS, help="Run only these.")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "throughput.json")
+    parser.add_argument("--model", choices=sorted(MODELS), default="lr")
+    parser.add_argument("--output", type=Path,
+                        default=ROOT / "bench" / "results" / "throughput.json")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--fetch-wait", type=int, default=100, help="aiokafka-loop fetch wait ms")
     args = parser.parse_args()
-    settings = load_settings(CONFIG)
-    if args.contender == "riverbed":
-        asyncio.run(run_riverbed(settings, args.events))
+    settings = bench_settings(args.model)
+    if args.contender:
+        run_contender(args.contender, settings, args.events, args.fetch_wait)
         return
-    if args.contender == "naive-faust":
-        run_naive_faust(settings, args.events)
-        return
-    if args.contender == "aiokafka-loop":
-        asyncio.run(run_aiokafka_loop(settings, args.events, args.fetch_wait))
-        return
-    if args.contender == "quixstreams":
-        run_quixstreams(settings, args.events)
-        return
-    if args.contender == "river-alone":
-        run_river_alone(settings, args.events)
-        return
+    chosen = args.only or CONTENDERS
     with EmbeddedBroker() as broker:
         settings = settings.with_bootstrap(broker.bootstrap_servers)
-        chosen = args.only or CONTENDERS
-        specs = riverbed_topics(settings) + [
-            TopicSpec(f"bench.predictions.{n}", settings.topics.partitions) for n in chosen]
-        asyncio.run(ensure_topics(broker.bootstrap_servers, specs))
         t0 = time.perf_counter()
-        asyncio.run(produce(settings, "agrawal", args.events, keep_labels=False))
-        print(f"backlog: {args.events:,} events in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        asyncio.run(make_backlogs(settings, chosen, args.events))
+        print(f"backlog: {args.events:,} events in {time.perf_counter() - t0:.1f}s",
+              file=sys.stderr)
         results = {}
         for name in chosen:
-            results[name] = contender(name, broker.bootstrap_servers, f"bench-{name}",
-                                      f"bench.predictions.{name}", args.events, args.timeout)
+            results[name] = contender(name, broker.bootstrap_servers, args.events, args.model,
+                                      args.timeout)
             print(f"{name}: {results[name]['events_per_s']:,.0f} events/s", file=sys.stderr)
+    print(table(results))
     base = results.get("riverbed", {}).get("events_per_s")
-    table = ["| contender | events | seconds | events/s | riverbed / contender |",
-             "|---|---:|---:|---:|---:|"]
-    for name, r in results.items():
-        ratio_text = f"{base / r['events_per_s']:.2f}x" if base else "-"
-        table.append(f"| {name} | {r['events']:,} | {r['seconds']:.2f} | "
-                     f"{r['events_per_s']:,.0f} | {ratio_text} |")
-    print("\n".join(table))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "benchmark": "throughput", "events": args.events, "results": results,
-        "riverbed_vs": {n: base / r["events_per_s"] for n, r in results.items()} if base else {}, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "riverbed_vs": {n: base / r["events_per_s"] for n, r in results.items()} if base else {},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform()},
-        "model": "StandardScaler | LogisticRegression", "dataset": "agrawal"}, indent=2))
+        "model": settings.models[0].name, "pipeline": [dict(p) for p in
+                                                      settings.models[0].pipeline],
+        "dataset": "agrawal"}, indent=2, default=str))
     print(f"wrote {args.output}", file=sys.stderr)
 
 

@@ -11,7 +11,7 @@ Layout of the file (every key optional except ``[[models]]``)::
                snapshot_key_file, id_window, probe_size
     [labels]   enabled, ttl_s, max_pending, report_interval_s
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
-               session_timeout_ms, heartbeat_interval_ms, commit_interval_s
+               session_timeout_ms, heartbeat_interval_ms, commit_interval_s, model_per_partition
     [[models]] name, task, pipeline, seed, features
 
 Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
@@ -97,6 +97,10 @@ class WorkerSettings:
     session_timeout_ms: int = 3000
     heartbeat_interval_ms: int = 300
     commit_interval_s: float = 1.0
+    #: One independent model (and history) per input partition, named ``<model>@p<N>``.
+    #: Workers then scale out: each owns the models of the partitions it is assigned.
+    #: Off (default): one model per spec learns from every partition, one worker at a time.
+    model_per_partition: bool = False
 
     @property
     def effective_fetch_max_wait_ms(self) -> int:
@@ -121,7 +125,9 @@ class HistorySettings:
     """The event-sourced model history: snapshot cadence and signing key."""
 
     enabled: bool = True
-    snapshot_every_steps: int = 10_000
+    #: Each snapshot carries the dedup window (``id_window`` ids, ~4 MB at 200k) and costs
+    #: ~45 ms; restore folds at most this many steps after the newest snapshot.
+    snapshot_every_steps: int = 100_000
     snapshot_every_s: float = 60.0
     #: Hex HMAC key for snapshots; prefer the env var RIVERBED_HISTORY__SNAPSHOT_KEY.
     snapshot_key: str | None = None

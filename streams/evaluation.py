@@ -40,9 +40,12 @@ class ModelMonitor:
         self.names = metric_names or DEFAULT_METRICS[task]
         self.metrics = {n: build_metric(n) for n in self.names}
         #: the same metrics over the current model version only (reset when the lineage
-        #: changes, i.e. after a rollback): "how good is the version serving now?"
-        self.version_metrics = {n: build_metric(n) for n in self.names}
-        self.lineage = 0
+        #: changes, i.e. after a rollback): "how good is the version serving now?". They
+        #: are the very objects of ``metrics`` until the lineage first changes (the two
+        #: agree until then), so the common case scores each example once, not twice.
+        self.version_metrics = self.metrics
+        self.lineage: int | None = None
+        self._scorers = self._make_scorers()
         detector_cls = getattr(river_drift, detector, None)
         if not isinstance(detector_cls, type):
             raise ModelSpecError(f"{detector!r} is not a drift detector in river.drift")
@@ -55,15 +58,14 @@ class ModelMonitor:
                lineage: int = 0) -> bool:
         """Score one labelled example; True if the drift detector fired."""
         if lineage != self.lineage:
-            self.lineage = lineage
-            self.version_metrics = {n: build_metric(n) for n in self.names}
-        for group in (self.metrics, self.version_metrics):
-            for metric in group.values():
-                if metric.requires_labels:
-                    if prediction is not None:
-                        metric.update(y, prediction)
-                elif proba or self.task == "regression":
-                    metric.update(y, proba if self.task == "classification" else prediction)
+            self._new_version(lineage)
+        by_proba = self.task == "classification"
+        for metric, needs_label in self._scorers:
+            if needs_label:
+                if prediction is not None:
+                    metric.update(y, prediction)
+            elif proba or not by_proba:
+                metric.update(y, proba if by_proba else prediction)
         self.scored += 1
         self.delays.append(delay_ms)
         if self.task == "classification":
@@ -75,6 +77,17 @@ class ModelMonitor:
             self.drifts += 1
             return True
         return False
+
+    def _new_version(self, lineage: int) -> None:
+        if self.lineage is not None:  # a rollback: score the new version from scratch
+            self.version_metrics = {n: build_metric(n) for n in self.names}
+            self._scorers = self._make_scorers()
+        self.lineage = lineage
+
+    def _make_scorers(self) -> list[tuple[Any, bool]]:
+        groups = [self.metrics] + ([self.version_metrics]
+                                   if self.version_metrics is not self.metrics else [])
+        return [(m, bool(m.requires_labels)) for group in groups for m in group.values()]
 
     def values(self) -> dict[str, float]:
         """Current metric values (since the worker started)."""

@@ -130,6 +130,8 @@ def _reject(name: str, value: float, limit: float) -> None:
 
 def validate_label(label: Any, task: str) -> Any:
     """The label if a model of ``task`` may learn from it; raises ValidationError otherwise."""
+    if label.__class__ is int and task == "classification":  # the common case, fast
+        return label
     if task == "regression":
         if isinstance(label, bool) or not isinstance(label, int | float):
             raise ValidationError(f"label {label!r} is not a number", reason="invalid_label")

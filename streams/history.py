@@ -28,15 +28,15 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from itertools import repeat
+from typing import Any, NamedTuple
 
 #: How many applied event ids the dedup window remembers.
 DEFAULT_ID_WINDOW = 200_000
 
 
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """One learn step: features and label of one event."""
+class Example(NamedTuple):
+    """One learn step: features and label of one event (a tuple: built per event)."""
 
     event_id: str
     x: Mapping[str, float]
@@ -234,10 +234,10 @@ class HistoryFold:
         for source, offset in body.offsets.items():
             if offset > self.offsets.get(source, 0):
                 self.offsets[source] = offset
-        for example in body.examples:
-            self.recent_ids[example.event_id] = None
-        while len(self.recent_ids) > self.id_window:
-            self.recent_ids.popitem(last=False)
+        recent = self.recent_ids
+        recent.update(zip([e.event_id for e in body.examples], repeat(None)))
+        for _ in range(len(recent) - self.id_window):
+            recent.popitem(last=False)
         self.fingerprint = body.fingerprint
         return Learn(body.examples) if body.examples else None
 

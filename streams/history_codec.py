@@ -12,6 +12,7 @@ import dataclasses
 import io
 import math
 import sys
+from itertools import chain
 from typing import Any
 
 import fastavro
@@ -38,23 +39,27 @@ def kind_of(event: HistoryEvent) -> str:
 
 
 def _columns(examples: tuple[Example, ...]) -> dict[str, Any]:
-    """Examples as columns: ids, feature names, one float64 block, labels."""
-    names: dict[str, None] = {}
-    for example in examples:
-        if len(example.x) != len(names) or any(k not in names for k in example.x):
-            names.update(dict.fromkeys(example.x))
-    order = list(names)
-    values = array.array("d")
-    dense = all(len(e.x) == len(order) and list(e.x) == order for e in examples)
+    """Examples as columns: ids, feature names, one float64 block, labels.
+
+    Runs once per batch over every learned example, so the dense case (every row has
+    the first row's keys in the same order) is checked and packed with C-level maps.
+    """
+    xs = [e.x for e in examples]
+    order = list(xs[0]) if xs else []
+    dense = all(map(order.__eq__, map(list, xs)))
     columns: list[list[int]] = []
     if dense:
-        for example in examples:
-            values.extend(example.x.values())
+        values = array.array("d", chain.from_iterable(map(dict.values, xs)))
     else:
+        names: dict[str, None] = {}
+        for x in xs:
+            names.update(dict.fromkeys(x))
+        order = list(names)
         position = {n: i for i, n in enumerate(order)}
-        for example in examples:
-            values.extend(example.x.get(n, math.nan) for n in order)
-            columns.append([position[k] for k in example.x])
+        values = array.array("d")
+        for x in xs:
+            values.extend(x.get(n, math.nan) for n in order)
+            columns.append([position[k] for k in x])
     if sys.byteorder != "little":
         values.byteswap()
     return {"event_ids": [e.event_id for e in examples], "feature_names": order,

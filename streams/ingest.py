@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -50,6 +50,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if assigned:
             self.ingest.assigned.set()
+        if self.ingest.on_assign is not None:  # fetching waits for it (e.g. model takeover)
+            await self.ingest.on_assign(self.ingest.assigned_partitions())
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
@@ -57,9 +59,13 @@ class BatchIngest(Service):
     """Consumes ``topics`` in ``settings.worker.group_id`` and feeds ``channel`` with batches."""
 
     def __init__(
-        self, settings: Settings, topics: Sequence[str], channel: Any, **kwargs: Any
+        self, settings: Settings, topics: Sequence[str], channel: Any,
+        on_assign: Callable[[set[int]], Awaitable[None]] | None = None, **kwargs: Any,
     ) -> None:
         self.settings = settings
+        #: awaited with the assigned partition numbers after every rebalance, before
+        #: anything is fetched from them
+        self.on_assign = on_assign
         self.topic_names = list(topics)
         self.channel = channel
         self.consumer: AIOKafkaConsumer | None = None
@@ -124,6 +130,10 @@ class BatchIngest(Service):
     def done(self, batch: Batch) -> None:
         """Mark ``batch`` fully processed: its offsets may be committed."""
         self.offsets.done(batch.next_offsets, batch.generation)
+
+    def assigned_partitions(self) -> set[int]:
+        """Partition numbers currently assigned (of any input topic)."""
+        return {tp.partition for tp in self.consumer.assignment()} if self.consumer else set()
 
     async def rewind(self, position_of: Any) -> None:
         """Void in-flight batches and seek every assigned partition to ``position_of(tp)``

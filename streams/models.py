@@ -105,9 +105,11 @@ class OnlineModel:
     is what every prediction reports as ``model_seq``.
     """
 
-    def __init__(self, spec: ModelSettings, estimator: base.Estimator | None = None) -> None:
+    def __init__(self, spec: ModelSettings, estimator: base.Estimator | None = None,
+                 name: str | None = None) -> None:
         self.spec = spec
-        self.name = spec.name
+        #: ``spec.name``, or ``<spec.name>@p<N>`` for a per-partition model
+        self.name = name or spec.name
         self.task = spec.task
         self.estimator = estimator if estimator is not None else build_estimator(spec)
         self.seq = 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.telemetry import TIMING_SAMPLE
 from tests.conftest import pid_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,6 +67,7 @@ def test_demo_delayed_label_mode_and_its_metrics_endpoint(tmp_path: Path) -> Non
         == summary["dead_letters"]
     assert samples[("riverbed_pending_labels", ())] == 0          # every label arrived
     assert samples[("riverbed_labels_joined_total", ())] == summary["labelled"]
-    assert samples[("riverbed_predict_seconds_count", ())] == summary["predictions"]
+    assert samples[("riverbed_predict_seconds_count", ())] \
+        == summary["predictions"] // TIMING_SAMPLE  # one predict call in N is timed
     accuracy = samples[("riverbed_model_metric", (("metric", "Accuracy"),) + model)]
     assert 0.5 < accuracy <= 1.0

