@@ -8,7 +8,8 @@
 3. Replay, end to end: read the history topic from the embedded broker, decode, fold, learn
    (what ``riverbed replay --from-genesis`` does).
 4. Restore: a fresh learner's takeover (snapshot index -> newest snapshot -> tail -> claim),
-   with the default snapshot cadence (every 10,000 steps).
+   with the default snapshot cadence (``history.snapshot_every_steps``: 100,000 steps;
+   restore folds at most that many steps after the newest snapshot).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ join), the hand-written aiokafka getmany loop (the bound), quixstreams ``.apply`
 naive Faust agent, and River alone (model only, in memory). ``riverbed-labels`` is
 riverbed on the label-join path: the same events arrive unlabelled and every label
 follows on the labels topic a few ms later (pending store, join, pending log).
+``riverbed-2w`` is two worker processes with one model per partition
+(``worker.model_per_partition``) sharing the 4 partitions; it is timed over the window
+in which both workers own partitions and process events (the first to join the group
+starts alone), counting the events learned inside that window.
 
 Both contenders consume the same events topic (separate consumer groups), decode the
 same Avro, validate with the same FeatureExtractor, run the same River pipeline
@@ -44,8 +48,8 @@ from streams.produce import produce  # noqa: E402
 from streams.topics import TopicSpec, ensure_topics, riverbed_topics  # noqa: E402
 
 CONFIG = ROOT / "config" / "riverbed.toml"
-CONTENDERS = ["riverbed", "aiokafka-loop", "quixstreams", "naive-faust", "river-alone",
-              "riverbed-labels"]
+CONTENDERS = ["riverbed", "riverbed-2w", "aiokafka-loop", "quixstreams", "naive-faust",
+              "river-alone", "riverbed-labels"]
 #: ``--model``: the default LR from config/riverbed.toml, or a heavier tree.
 MODELS: dict[str, tuple[dict[str, Any], ...]] = {
     "lr": (),
@@ -93,6 +97,52 @@ async def run_riverbed(settings: Settings, events: int) -> None:
                                               "records": stats.events})
     finally:
         await worker.stop()
+
+
+async def run_riverbed_2w(events: int) -> None:
+    """Contender: two ``riverbed worker`` processes, one model per partition."""
+    import urllib.request
+
+    from streams.broker import free_port
+
+    def stats(port: int) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/riverbed/stats",
+                                        timeout=2) as response:
+                return dict(json.loads(response.read()))
+        except OSError:
+            return None
+
+    env = {**os.environ, "RIVERBED_WORKER__MODEL_PER_PARTITION": "true"}
+    ports = [free_port(), free_port()]
+    workers = [subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-c",
+                                 str(CONFIG), "--web-port", str(port)], env=env, cwd=ROOT,
+                                preexec_fn=die_with_parent, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for port in ports]
+    try:
+        window: tuple[float, int] | None = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            pages = [await asyncio.to_thread(stats, port) for port in ports]
+            now = time.perf_counter()
+            if all(pages):
+                learned = sum(sum(p["learned"].values()) for p in pages)  # type: ignore[index]
+                both = all(p["partitions"] and p["events"] for p in pages)  # type: ignore[index]
+                if window is None and both:
+                    window = (now, learned)
+                if learned >= events:
+                    if window is None:
+                        raise SystemExit("one worker learned everything before the other "
+                                         "joined: use more --events")
+                    _report(window[0], now, learned - window[1],
+                            {"learned_before_window": window[1]})
+                    return
+            await asyncio.sleep(0.02)  # sampling the workers' counters, not synchronisation
+        raise SystemExit("riverbed-2w did not finish in 600 s")
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
 
 
 def run_naive_faust(settings: Settings, events: int) -> None:
@@ -278,6 +328,8 @@ def run_contender(name: str, settings: Settings, events: int, fetch_wait_ms: int
     """Inside a contender's child process: run it and print its JSON line."""
     if name in ("riverbed", "riverbed-labels"):
         asyncio.run(run_riverbed(settings, events))
+    elif name == "riverbed-2w":
+        asyncio.run(run_riverbed_2w(events))
     elif name == "naive-faust":
         run_naive_faust(settings, events)
     elif name == "aiokafka-loop":
