@@ -78,23 +78,31 @@ def _report(first: float, last: float, count: int, extra: dict[str, Any]) -> Non
 
 
 async def run_riverbed(settings: Settings, events: int) -> None:
-    """Contender: riverbed's Worker, in this process; clock from the first event to the
-    moment every event has been learned (on the label path: joined with its label)."""
+    """Contender: riverbed's Worker, in this process; clock from the first batch to the one
+    after which every event has been learned (on the label path: joined with its label).
+    The clock is read inside the worker's batch processing, so nothing polls."""
     from agents.worker import Worker
     from streams.broker import free_port
 
     worker = Worker(settings, web_port=free_port())
+    stats, process = worker.stats, worker.processor.process
+    clock: dict[str, float] = {}
+    done = asyncio.Event()
+
+    def timed_process(records: Any) -> Any:
+        clock.setdefault("first", time.perf_counter())
+        result = process(records)
+        if sum(stats.learned.values()) >= events and not done.is_set():
+            clock["last"] = time.perf_counter()
+            done.set()
+        return result
+
+    worker.processor.process = timed_process  # type: ignore[method-assign]
     await worker.start()
     try:
-        first = None
-        stats = worker.stats
-        while sum(stats.learned.values()) < events:
-            if first is None and stats.events:
-                first = time.perf_counter()
-            await asyncio.sleep(0.001)  # sampling the clock, not synchronisation
-        last = time.perf_counter()
-        _report(first or last, last, events, {"batches": stats.batches,
-                                              "records": stats.events})
+        await asyncio.wait_for(done.wait(), 600)
+        _report(clock["first"], clock["last"], events, {"batches": stats.batches,
+                                                          "records": stats.events})
     finally:
         await worker.stop()
 
@@ -305,7 +313,8 @@ def contender(name: str, bootstrap: str, events: int, model: str,
            "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex(), "PYTHONPATH": str(ROOT)}
     if name == "riverbed-labels":
         env.update({f"RIVERBED_TOPICS__{k}": v for k, v in LABELS_TOPICS.items()})
-    proc = subprocess.Popen([sys.executable, __file__, "--contender", name, "--events",
+    entry = os.environ.get("BENCH_ENTRY", __file__)
+    proc = subprocess.Popen([sys.executable, entry, "--contender", name, "--events",
                              str(events), "--model", model], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     try:
@@ -340,10 +349,13 @@ def run_contender(name: str, settings: Settings, events: int, fetch_wait_ms: int
         run_river_alone(settings, events)
 
 
-async def make_backlogs(settings: Settings, chosen: list[str], events: int) -> None:
+async def make_backlogs(settings: Settings, chosen: list[str], events: int, model: str
+                        ) -> None:
     """The shared backlog (labels inline) and, for riverbed-labels, its own backlog of
     unlabelled events whose labels follow on the labels topic."""
-    specs = riverbed_topics(settings)
+    specs = riverbed_topics(settings) + [  # quixstreams does not create its output topic
+        TopicSpec(f"bench.predictions.{model}.{name}", settings.topics.partitions)
+        for name in chosen]
     if "riverbed-labels" in chosen:
         later = dataclasses.replace(settings, topics=dataclasses.replace(
             settings.topics, events=LABELS_TOPICS["EVENTS"], labels=LABELS_TOPICS["LABELS"]))
@@ -387,7 +399,7 @@ def main() -> None:
     with EmbeddedBroker() as broker:
         settings = settings.with_bootstrap(broker.bootstrap_servers)
         t0 = time.perf_counter()
-        asyncio.run(make_backlogs(settings, chosen, args.events))
+        asyncio.run(make_backlogs(settings, chosen, args.events, args.model))
         print(f"backlog: {args.events:,} events in {time.perf_counter() - t0:.1f}s",
               file=sys.stderr)
         results = {}
