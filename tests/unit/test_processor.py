@@ -72,3 +72,26 @@ def test_nan_then_thousand_good_events_gives_only_finite_predictions(
     assert len(predictions) == 1000 and len(result.dead_letters) == 1
     probabilities = [p for pred in predictions for p in pred["probabilities"].values()]
     assert probabilities and all(math.isfinite(p) for p in probabilities)
+
+
+def test_per_partition_models_learn_only_their_partition(example_settings: Settings) -> None:
+    schema = load_schema("agrawal_event")
+    codec, out = AvroCodec(schema), AvroCodec(load_schema("prediction"))
+    processor = InferenceProcessor(example_settings, schema, codec, out, [])
+    spec = example_settings.models[0]
+    shards = {p: OnlineModel(spec, name=f"{spec.name}@p{p}") for p in (0, 1)}
+    for partition, model in shards.items():
+        processor.add_model(model, partition=partition)
+    stream = list(events("agrawal", 30, seed=4))
+    records = [Record(codec.encode(e), i, partition=i % 3) for i, e in enumerate(stream)]
+    records.sort(key=lambda r: r.partition)  # a fetch returns partitions one after another
+    result = processor.process(records)
+    for partition, model in shards.items():
+        predicted = [out.decode(v) for _, v in result.predictions[partition]]
+        assert {p["model"] for p in predicted} == {model.name}
+        assert model.seq == len(predicted) == 10
+        assert processor.stats.predictions[model.name] == 10
+    assert 2 not in result.predictions  # no model serves partition 2: nothing published
+    assert processor.remove_partition(0) == [None]
+    assert [m.name for m in processor.models] == [shards[1].name]
+    assert set(processor.monitors) == {shards[1].name}
