@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from time import perf_counter
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streams.codec import Decoder, Encoder
 from streams.config import Settings
 from streams.deadletter import DeadLetter
 from streams.errors import EventError, ValidationError
-from streams.features import FeatureExtractor, validate_label
 from streams.evaluation import ModelMonitor
+from streams.features import FeatureExtractor, validate_label
 from streams.history import Example
 from streams.models import OnlineModel
 from streams.telemetry import TIMING_SAMPLE, WorkerStats

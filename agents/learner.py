@@ -37,7 +37,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streams.history import (
-    Annotated, Claimed, Created, Example, HistoryEvent, HistoryFold, Learned, Restored,
+    Annotated,
+    Claimed,
+    Created,
+    Example,
+    HistoryEvent,
+    HistoryFold,
+    Learned,
+    Restored,
 )
 from streams.history_log import HistoryLog, SnapshotIndex
 from streams.models import OnlineModel, build_estimator

@@ -24,9 +24,9 @@ from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from streams.config import Settings
 from streams.history_log import HistoryLog, SnapshotIndex, read_partition
 from streams.ingest import BatchIngest
-from streams.snapshots import fingerprint, snapshot_key
 from streams.models import OnlineModel
 from streams.output import BatchProducer
+from streams.snapshots import fingerprint, snapshot_key
 from streams.telemetry import WorkerStats
 from streams.topics import ensure_topics, riverbed_topics
 
@@ -187,7 +187,7 @@ class Worker:
         try:  # ready = consuming; another worker may hold every partition, so do not insist
             await asyncio.wait_for(self.ingest.assigned.wait(), wait_s)
             self.stats.ready = True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("no input partitions assigned after %.0fs", wait_s)
 
     async def expire_pending(self) -> None:

@@ -109,8 +109,8 @@ def report(results: dict[str, Any]) -> str:
     lat = results["latency"]["results"]
     rep = results["replay"]
     lines = [f"# riverbed benchmark suite ({results['size']})", "",
-             f"{m['date']}, commit {m['git_commit']}, {m['cpu']} ({m['cpus']} cpus), "
-             f"Python {m['python']}, {m['platform']}", "",
+             (f"{m['date']}, commit {m['git_commit']}, {m['cpu']} ({m['cpus']} cpus), "
+              f"Python {m['python']}, {m['platform']}"), "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v), "",
              f"## Throughput, LR, {results['lr']['events']:,} events (backlog)", "",
              *throughput_table(results["lr"]), "", "## Targets", "", *targets(results["lr"]),
@@ -125,11 +125,11 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", f"## Replay and restore, {rep['steps']:,} steps", "",
               "| measure | value |", "|---|---:|",
               f"| River learn-only | {rep['river_learn_only_steps_per_s']:,.0f} steps/s |",
-              f"| replay, core (fold + learn) | {rep['replay_core_steps_per_s']:,.0f} steps/s "
-              f"({rep['replay_core_vs_river']:.2f}x River) |",
-              f"| replay, end to end (read + decode + fold + learn) | "
-              f"{rep['replay_end_to_end_steps_per_s']:,.0f} steps/s "
-              f"({rep['replay_end_to_end_vs_river']:.2f}x River) |",
+              (f"| replay, core (fold + learn) | {rep['replay_core_steps_per_s']:,.0f} steps/s "
+               f"({rep['replay_core_vs_river']:.2f}x River) |"),
+              (f"| replay, end to end (read + decode + fold + learn) | "
+               f"{rep['replay_end_to_end_steps_per_s']:,.0f} steps/s "
+               f"({rep['replay_end_to_end_vs_river']:.2f}x River) |"),
               f"| restore (newest snapshot + tail, claim) | {rep['restore_s']:.2f} s |",
               f"| restored fingerprint == live | {rep['restore_fingerprint_matches']} |"]
     return "\n".join(lines) + "\n"

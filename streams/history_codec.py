@@ -21,7 +21,14 @@ from schemas import load_schema
 from streams.codec import parse
 from streams.errors import DecodeError
 from streams.history import (
-    Annotated, Claimed, Created, Example, HistoryEvent, Learned, Restored, SnapshotChunk,
+    Annotated,
+    Claimed,
+    Created,
+    Example,
+    HistoryEvent,
+    Learned,
+    Restored,
+    SnapshotChunk,
 )
 
 _SCHEMA = parse(load_schema("history_event"))

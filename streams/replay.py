@@ -10,14 +10,21 @@ own fingerprint compared: a mismatch is reported, a tampered snapshot raises
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from streams.config import Settings
 from streams.history import (
-    HistoryEvent, HistoryFold, Learn, Learned, Load, SnapshotChunk,
+    HistoryEvent,
+    HistoryFold,
+    Learn,
+    Learned,
+    Load,
+    SnapshotChunk,
 )
 from streams.history_log import HistoryLog, SnapshotIndex
 from streams.models import OnlineModel
@@ -25,14 +32,32 @@ from streams.snapshots import fingerprint, load_snapshot, verify_snapshot
 
 
 def apply_effects(model: OnlineModel, effects: Sequence[Any], key: bytes) -> None:
-    """Apply fold effects to a live estimator (learn examples, load snapshots)."""
-    for effect in effects:
-        if isinstance(effect, Learn):
-            learn = model.estimator.learn_one  # type: ignore[attr-defined]
-            for example in effect.examples:
-                learn(dict(example.x), example.y)
-        elif isinstance(effect, Load):
-            model.estimator, _ = load_snapshot(effect.snapshot, key)
+    """Apply fold effects to a live estimator (learn examples, load snapshots).
+
+    The cyclic GC is paused meanwhile: a replay holds the decoded history (millions of
+    small dicts) in memory, and full collections over it cost more than the learning
+    (bench/replay.py). Reference counting still frees everything as usual.
+    """
+    with gc_paused():
+        for effect in effects:
+            if isinstance(effect, Learn):
+                learn = model.estimator.learn_one  # type: ignore[attr-defined]
+                for example in effect.examples:
+                    learn(dict(example.x), example.y)
+            elif isinstance(effect, Load):
+                model.estimator, _ = load_snapshot(effect.snapshot, key)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Disable the cyclic garbage collector inside the block (restored after)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclasses.dataclass

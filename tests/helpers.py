@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
-import urllib.request
-import dataclasses
-import os
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from agents.worker import Worker
 from streams.broker import die_with_parent, free_port
 from streams.config import Settings
-from tests.conftest import CONFIG, ROOT
 from streams.output import BatchProducer
 from streams.topics import ensure_topics, riverbed_topics
+from tests.conftest import CONFIG, ROOT
 
 
 @contextlib.asynccontextmanager

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from schemas import load_schema
-from streams.broker import die_with_parent, free_port
 from streams.codec import AvroCodec
 from streams.config import Settings
 from streams.datasets import events
@@ -26,7 +17,6 @@ from streams.history import examples_of, fold
 from streams.models import OnlineModel
 from streams.replay import apply_effects, read_model_history, replay
 from streams.snapshots import fingerprint
-from tests.conftest import CONFIG, ROOT
 from tests.helpers import WorkerChild, provision, send_raw, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

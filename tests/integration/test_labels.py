@@ -24,7 +24,13 @@ from streams.models import OnlineModel
 from streams.replay import read_model_history
 from streams.telemetry import TIMING_SAMPLE
 from tests.helpers import (
-    WorkerChild, collect, provision, running_worker, send_raw, until, worker_env,
+    WorkerChild,
+    collect,
+    provision,
+    running_worker,
+    send_raw,
+    until,
+    worker_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -239,9 +245,9 @@ async def test_drift_in_the_stream_emits_drift_events(settings: Settings) -> Non
     settings = dataclasses.replace(_settings(settings), topics=dataclasses.replace(
         settings.topics, partitions=1))
     await provision(settings)
+    from streams.history import Annotated
     from streams.produce import produce
     from streams.top import reports
-    from streams.history import Annotated
     async with running_worker(settings) as worker:
         report = await produce(settings, "agrawal-drift", 20_000, seed=1)
         learner = worker.learners[0]  # type: ignore[index]

@@ -8,8 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.history import (
-    Claimed, Example, HistoryEvent, HistoryFold, Learn, Learned, Load, Restored, SnapshotChunk,
-    examples_of, fold,
+    Claimed,
+    Example,
+    HistoryEvent,
+    HistoryFold,
+    Learn,
+    Learned,
+    Load,
+    Restored,
+    SnapshotChunk,
+    examples_of,
+    fold,
 )
 
 M = "m"
