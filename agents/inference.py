@@ -320,6 +320,21 @@ def dead_letter(record: InputRecord, reason: str, detail: str, model: str | None
     )
 
 
+async def append_history(results: Sequence[BatchOutput]) -> None:
+    """Append the history records of ``results`` (in batch order) in one round trip, then
+    point the snapshot index at new snapshots and mark the records durable."""
+    pairs = [(learner, events) for result in results for learner, events in result.history]
+    if not pairs:
+        return
+    offsets = await pairs[0][0].history.append([e for _, events in pairs for e in events])
+    position = 0
+    for learner, events in pairs:
+        mine = offsets[position : position + len(events)]
+        position += len(events)
+        await learner.publish_index(events, mine)
+        learner.mark_durable(events)
+
+
 def register_inference_agent(
     app: Any, batches: Any, processor: InferenceProcessor, output: Any, ingest: Any,
     settings: Settings, before_batch: Any = None, guard: Any = None,
@@ -358,20 +373,23 @@ def register_inference_agent(
 
     @app.task
     async def confirm_in_order() -> None:
-        # steps 2-4 of the learner's batch protocol (see agents/learner.py)
+        # steps 2-4 of the learner's batch protocol (see agents/learner.py), for every
+        # batch waiting here at once: one round trip for their outputs' acks and one for
+        # their history records, however many batches queued up behind a slow ack
         while True:
-            futures, result, batch = await pending.get()
+            items = [await pending.get()]
+            while not pending.empty() and len(items) < 16:
+                items.append(pending.get_nowait())
             try:
-                await asyncio.gather(*futures)                          # 2. outputs acked
-                if after_outputs is not None:                           # pending log, drifts
-                    await after_outputs(result)
-                for learner, events in result.history:                  # 3. history appended
-                    offsets = await learner.history.append(events)
-                    await learner.publish_index(events, offsets)
-                    learner.mark_durable(events)
+                await asyncio.gather(*(f for futures, _, _ in items for f in futures))  # 2.
+                for _, result, _ in items:
+                    if after_outputs is not None:                       # pending log, drifts
+                        await after_outputs(result)
+                await append_history([result for _, result, _ in items])              # 3.
             except Exception as exc:  # the broker refused our output: stop, do not commit
                 await app.crash(exc)
                 return
-            ingest.done(batch)                                          # 4. may commit
+            for _, _, batch in items:
+                ingest.done(batch)                                                  # 4.
 
     return inference

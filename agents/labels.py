@@ -18,8 +18,6 @@ history shows as learned, minus what expired meanwhile.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import AsyncIterable
 from typing import Any
 
@@ -30,6 +28,7 @@ from streams.config import Settings
 from streams.errors import DecodeError, ValidationError
 from streams.features import validate_label
 from streams.pending import EarlyLabel, PendingEvent, PendingStore
+from streams.pending_codec import decode_pending, encode_pending
 from streams.telemetry import TIMING_SAMPLE
 
 
@@ -127,25 +126,3 @@ class _Origin:
     def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
         self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
         self.key: bytes | None = None
-
-
-def encode_pending(events: list[PendingEvent], labels: list[EarlyLabel]) -> bytes:
-    """One pending-log record (JSON; floats round-trip exactly)."""
-    return json.dumps({
-        "events": [[e.event_id, [[m, x, p, list(proba.items()), s]
-                                 for m, x, p, proba, s in e.predictions],
-                    e.event_time, e.added_ms] for e in events],
-        "labels": [[lb.event_id, lb.label, lb.label_time, lb.added_ms,
-                    base64.b64encode(lb.raw).decode(), list(lb.origin)] for lb in labels],
-    }).encode()
-
-
-def decode_pending(payload: bytes) -> tuple[list[PendingEvent], list[EarlyLabel]]:
-    """Inverse of :func:`encode_pending`."""
-    data = json.loads(payload)
-    events = [PendingEvent(eid, tuple((m, x, p, dict((k, v) for k, v in proba), s)
-                                      for m, x, p, proba, s in made), et, added)
-              for eid, made, et, added in data["events"]]
-    labels = [EarlyLabel(eid, label, lt, added, base64.b64decode(raw), tuple(origin))
-              for eid, label, lt, added, raw, origin in data["labels"]]
-    return events, labels

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -45,7 +46,7 @@ def kind_of(event: HistoryEvent) -> str:
     return type(event.body).__name__
 
 
-def _columns(examples: tuple[Example, ...]) -> dict[str, Any]:
+def encode_columns(examples: Sequence[Example]) -> dict[str, Any]:
     """Examples as columns: ids, feature names, one float64 block, labels.
 
     Runs once per batch over every learned example, so the dense case (every row has
@@ -74,7 +75,8 @@ def _columns(examples: tuple[Example, ...]) -> dict[str, Any]:
             "labels": [e.y for e in examples]}
 
 
-def _examples(body: dict[str, Any]) -> tuple[Example, ...]:
+def decode_columns(body: Mapping[str, Any]) -> tuple[Example, ...]:
+    """Inverse of :func:`encode_columns` (same key order per row, same floats)."""
     names, ids, labels = body["feature_names"], body["event_ids"], body["labels"]
     values = array.array("d")
     values.frombytes(body["values"])
@@ -92,7 +94,7 @@ def _examples(body: dict[str, Any]) -> tuple[Example, ...]:
 def _body_dict(body: Any) -> dict[str, Any]:
     if isinstance(body, Learned):
         return {"seq_from": body.seq_from, "seq_to": body.seq_to, "offsets": dict(body.offsets),
-                **_columns(body.examples), "fingerprint": body.fingerprint}
+                **encode_columns(body.examples), "fingerprint": body.fingerprint}
     if isinstance(body, Created):
         return {**dataclasses.asdict(body), "probe": [dict(p) for p in body.probe]}
     return dataclasses.asdict(body)
@@ -120,7 +122,7 @@ def decode_event(payload: bytes, offset: int = -1) -> HistoryEvent:
     cls = _TYPES[name]
     if cls is Learned:
         value: Any = Learned(body["seq_from"], body["seq_to"], body["offsets"],
-                             _examples(body), body["fingerprint"])
+                             decode_columns(body), body["fingerprint"])
     elif cls is Created:
         value = Created(body["spec"], body["spec_hash"], body["river_version"],
                         tuple(body["probe"]))
