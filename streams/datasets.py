@@ -44,10 +44,11 @@ def events(
     """``n`` events of dataset ``name``; a ``label_fraction`` of them carry their label."""
     run_id = run_id or f"{int(time.time() * 1000):x}"
     rng = random.Random(seed)
-    now_ms = int(time.time() * 1000)
+    stamp = 0
     for i, (x, y) in enumerate(_rows(name, n, seed)):
+        stamp = max(stamp, int(time.time() * 1000))  # when the event is made (never backwards)
         event: dict[str, Any] = {
-            "event_id": f"{run_id}-{i}", "key": f"k{i % keys}", "timestamp": now_ms + i,
+            "event_id": f"{run_id}-{i}", "key": f"k{i % keys}", "timestamp": stamp,
         }
         event.update(x)
         event["label"] = y if rng.random() < label_fraction else None
