@@ -350,7 +350,7 @@ def register_inference_agent(
     import asyncio
 
     topics = settings.topics
-    pending: asyncio.Queue[tuple[list[Any], list[Any], Any]] = asyncio.Queue(maxsize=8)
+    pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(maxsize=8)
 
     @app.agent(batches, name="riverbed.inference", concurrency=1)
     async def inference(stream: Any) -> None:

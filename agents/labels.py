@@ -123,6 +123,6 @@ class LabelJoin:
 class _Origin:
     """Where an orphan label came from (shaped like a consumed record)."""
 
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
         self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
         self.key: bytes | None = None

@@ -193,13 +193,13 @@ class Learner:
         """Step 1: the history events for one processed batch, folded into our state."""
         events: list[HistoryEvent] = []
         if self.fold.created is None:
-            probe = tuple(dict(x) for x in probe_candidates[: self.probe_size])
+            candidates = tuple(dict(x) for x in probe_candidates[: self.probe_size])
             text = spec_json(self.model)
             created = Created(text, hashlib.sha256(text.encode()).hexdigest(),
-                              self.model.river_version, probe)
+                              self.model.river_version, candidates)
             events.append(self._event(created))
             self.fold.apply(events[-1])
-        probe = self.fold.created.probe if self.fold.created else ()
+        probe: tuple[Any, ...] = self.fold.created.probe if self.fold.created else ()
         learned = Learned(seq_before + 1, seq_before + len(examples), dict(offsets),
                           tuple(examples), fingerprint(self.model.estimator, probe))
         events.append(self._event(learned))

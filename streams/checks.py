@@ -37,7 +37,7 @@ def stream(n: int, seed: int = 5) -> Iterator[tuple[dict[str, float], Any]]:
 
 def _trained(spec: ModelSettings, n: int) -> tuple[OnlineModel, list[dict[str, float]]]:
     model = OnlineModel(spec)
-    probe = []
+    probe: list[dict[str, float]] = []
     for x, y in stream(n):
         if len(probe) < 16:
             probe.append(x)

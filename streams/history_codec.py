@@ -52,10 +52,11 @@ def encode_columns(examples: Sequence[Example]) -> dict[str, Any]:
     Runs once per batch over every learned example, so the dense case (every row has
     the first row's keys in the same order) is checked and packed with C-level maps.
     """
-    xs = [e.x for e in examples]
+    xs: list[Any] = [e.x for e in examples]
     order = list(xs[0]) if xs else []
     dense = all(map(order.__eq__, map(list, xs)))
     columns: list[list[int]] = []
+    values: array.array[float]
     if dense:
         values = array.array("d", chain.from_iterable(map(dict.values, xs)))
     else:
@@ -113,7 +114,7 @@ def decode_event(payload: bytes, offset: int = -1) -> HistoryEvent:
     """A history event from Avro bytes (DecodeError if it is not one)."""
     buffer = io.BytesIO(payload)
     try:
-        raw = fastavro.schemaless_reader(buffer, _SCHEMA, None, return_record_name=True)
+        raw: Any = fastavro.schemaless_reader(buffer, _SCHEMA, None, return_record_name=True)
     except Exception as exc:
         raise DecodeError(f"not a history event: {exc}") from exc
     if buffer.tell() != len(payload):

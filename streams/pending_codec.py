@@ -60,7 +60,7 @@ def decode_pending(payload: bytes) -> tuple[list[PendingEvent], list[EarlyLabel]
     return events, labels
 
 
-def _rows(body: dict[str, Any]) -> list[dict[str, float]]:
+def _rows(body: dict[str, Any]) -> list[Any]:
     count = body["count"]
     return [e.x for e in decode_columns({
         "feature_names": body["names"], "event_ids": [""] * count, "labels": [None] * count,
