@@ -162,6 +162,7 @@ class InferenceProcessor:
         if self.join is not None:
             self.join.end_batch(out, now_ms)
         for lane in lanes:
+            lane.score()
             covered = offsets if lane.partition is None else {
                 s: o for s, o in offsets.items() if partition_of[s] == lane.partition}
             if lane.learner is not None and covered:
@@ -251,8 +252,8 @@ class InferenceProcessor:
 class _Lane:
     """One model's view of a batch: dedup against its history, examples learned, scoring."""
 
-    __slots__ = ("model", "extractor", "learner", "monitor", "examples", "seq_before",
-                 "batch_ids", "drifts", "learn_s", "recent_ids", "partition", "predictions")
+    __slots__ = ("batch_ids", "drifts", "examples", "extractor", "learn_s", "learner", "model",
+                 "monitor", "partition", "predictions", "recent_ids", "scores", "seq_before")
 
     def __init__(self, model: OnlineModel, extractor: FeatureExtractor, learner: Any,
                  monitor: ModelMonitor, partition: int | None = None) -> None:
@@ -260,6 +261,8 @@ class _Lane:
         self.monitor = monitor
         self.partition = partition
         self.predictions = 0
+        #: (label, prediction made before learning, probabilities, label delay) per learn
+        self.scores: list[tuple[Any, Any, dict[Any, float], int]] = []
         self.examples: list[Example] = []
         self.seq_before = model.seq
         self.batch_ids: set[str] = set()
@@ -291,8 +294,7 @@ class _Lane:
                 return False
             self.examples.append(Example(event_id, x, y))
         self.batch_ids.add(event_id)
-        if self.monitor.update(y, prediction, proba, delay_ms, self.model.lineage):
-            self.drifts.append(self.model.seq)
+        self.scores.append((y, prediction, proba, delay_ms))  # scored at the batch's end
         if timed:
             began = perf_counter()
             self.model.learn(x, y)
@@ -300,6 +302,16 @@ class _Lane:
         else:
             self.model.learn(x, y)
         return True
+
+    def score(self) -> None:
+        """Progressive validation of this batch's learn steps, in learn order; a drift
+        is recorded at the seq of the step that fired it."""
+        if self.scores:
+            ys, predictions, probas, delays = zip(*self.scores, strict=True)
+            fired = self.monitor.update_many(ys, predictions, probas, delays,
+                                             self.model.lineage)
+            self.drifts = [self.seq_before + i for i in fired]
+            self.scores = []
 
     def history_events(self, offsets: dict[str, int]) -> list[Any]:
         events: list[Any] = self.learner.record_batch(

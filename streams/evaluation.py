@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from river import drift as river_drift
 from river import metrics as river_metrics
 
+from streams.batch_metrics import BATCH_METRICS, BatchAccuracy, BatchLogLoss
 from streams.errors import ModelSpecError
 
 #: ROCAUC is available (``metrics = ["Accuracy", "ROCAUC"]``) but not a default: River's
@@ -24,11 +26,13 @@ DEFAULT_METRICS = {"classification": ("Accuracy", "LogLoss"),
 
 
 def build_metric(name: str) -> Any:
-    """A River metric by class name, looked up explicitly inside ``river.metrics``."""
+    """A River metric by class name, looked up explicitly inside ``river.metrics`` (for
+    Accuracy and LogLoss: the batch implementation with River's arithmetic)."""
     cls = getattr(river_metrics, name, None)
     if not isinstance(cls, type) or not issubclass(cls, river_metrics.base.Metric):
         raise ModelSpecError(f"{name!r} is not a metric in river.metrics")
-    return cls()
+    batch = BATCH_METRICS.get(name)
+    return batch() if batch is not None else cls()
 
 
 class ModelMonitor:
@@ -57,26 +61,43 @@ class ModelMonitor:
     def update(self, y: Any, prediction: Any, proba: dict[Any, float], delay_ms: int,
                lineage: int = 0) -> bool:
         """Score one labelled example; True if the drift detector fired."""
+        return bool(self.update_many([y], [prediction], [proba], [delay_ms], lineage))
+
+    def update_many(self, ys: Sequence[Any], predictions: Sequence[Any],
+                    probas: Sequence[dict[Any, float]], delays_ms: Sequence[int],
+                    lineage: int = 0) -> list[int]:
+        """Score labelled examples in learn order (each with the prediction made before
+        learning it); returns the positions at which the drift detector fired."""
         if lineage != self.lineage:
             self._new_version(lineage)
         by_proba = self.task == "classification"
+        predicted_ys, predicted = ys, predictions  # label-based metrics skip "no prediction"
+        if None in predictions:
+            kept = [i for i, p in enumerate(predictions) if p is not None]
+            predicted_ys, predicted = [ys[i] for i in kept], [predictions[i] for i in kept]
         for metric, needs_label in self._scorers:
-            if needs_label:
-                if prediction is not None:
-                    metric.update(y, prediction)
-            elif proba or not by_proba:
-                metric.update(y, proba if by_proba else prediction)
-        self.scored += 1
-        self.delays.append(delay_ms)
-        if self.task == "classification":
-            error = 0.0 if prediction == y else 1.0
-        else:
-            error = abs(float(y) - float(prediction or 0.0))
-        self.detector.update(error)
-        if self.detector.drift_detected:
-            self.drifts += 1
-            return True
-        return False
+            if isinstance(metric, BatchAccuracy):
+                metric.update_many(predicted_ys, predicted)
+            elif isinstance(metric, BatchLogLoss):
+                metric.update_many(ys, probas)
+            else:
+                _update_one_by_one(metric, needs_label, by_proba, ys, predictions, probas)
+        self.scored += len(ys)
+        self.delays.extend(delays_ms)
+        return self._detect(ys, predictions, by_proba)
+
+    def _detect(self, ys: Sequence[Any], predictions: Sequence[Any], by_proba: bool
+                ) -> list[int]:
+        detector, fired = self.detector, []
+        for i, (y, prediction) in enumerate(zip(ys, predictions, strict=True)):
+            if by_proba:
+                detector.update(0.0 if prediction == y else 1.0)
+            else:
+                detector.update(abs(float(y) - float(prediction or 0.0)))
+            if detector.drift_detected:
+                fired.append(i)
+        self.drifts += len(fired)
+        return fired
 
     def _new_version(self, lineage: int) -> None:
         if self.lineage is not None:  # a rollback: score the new version from scratch
@@ -107,3 +128,13 @@ class ModelMonitor:
             return float(ordered[min(len(ordered) - 1, bisect.bisect_left(
                 range(len(ordered)), p * (len(ordered) - 1)))])
         return q(0.5), q(0.99)
+
+
+def _update_one_by_one(metric: Any, needs_label: bool, by_proba: bool, ys: Sequence[Any],
+                       predictions: Sequence[Any], probas: Sequence[dict[Any, float]]) -> None:
+    for y, prediction, proba in zip(ys, predictions, probas, strict=True):
+        if needs_label:
+            if prediction is not None:
+                metric.update(y, prediction)
+        elif proba or not by_proba:
+            metric.update(y, proba if by_proba else prediction)
