@@ -316,8 +316,7 @@ def contender(name: str, bootstrap: str, events: int, model: str,
            "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex(), "PYTHONPATH": str(ROOT)}
     if name == "riverbed-labels":
         env.update({f"RIVERBED_TOPICS__{k}": v for k, v in LABELS_TOPICS.items()})
-    entry = os.environ.get("BENCH_ENTRY", __file__)
-    proc = subprocess.Popen([sys.executable, entry, "--contender", name, "--events",
+    proc = subprocess.Popen([sys.executable, __file__, "--contender", name, "--events",
                              str(events), "--model", model], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     try:
