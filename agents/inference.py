@@ -8,7 +8,7 @@ deduplicate on ``(event_id, model)``. In this process learning is in-process and
 deduplicated across restarts -- the event-sourced learner (issue 2/4) makes it exactly-once.
 
 Why batches: Faust's per-message path costs 200-330 us per event here; this agent pays
-Faust's per-item cost once per *batch* (see ``streams/ingest.py``) and does only plain
+per-item costs once per *batch* (see ``streams/ingest.py``) and does only plain
 Python per event: one Avro decode, one feature dict, predict, learn, one Avro encode.
 """
 
@@ -352,7 +352,8 @@ def register_inference_agent(
     settings: Settings, before_batch: Any = None, guard: Any = None,
     after_outputs: Any = None,
 ) -> Any:
-    """Register the batch inference agent on ``app``, reading ``batches`` (a channel).
+    """Register the batch inference agent on ``app`` as a task reading ``batches`` (an
+    ``asyncio.Queue`` filled by :class:`streams.ingest.BatchIngest`).
 
     Acks are awaited by a separate task, in batch order, so the agent can process the
     next batch while the broker acknowledges the previous one; ``ingest.done`` is called
@@ -364,10 +365,11 @@ def register_inference_agent(
     topics = settings.topics
     pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(maxsize=8)
 
-    @app.agent(batches, name="riverbed.inference", concurrency=1)
-    async def inference(stream: Any) -> None:
+    @app.task
+    async def inference() -> None:
         lock = guard or asyncio.Lock()
-        async for batch in stream:
+        while True:
+            batch = await batches.get()
             async with lock:  # models are not touched by anyone else meanwhile
                 if before_batch is not None:
                     await before_batch()  # e.g. take over again after being fenced

@@ -23,7 +23,7 @@ from streams.app import make_faust_app
 from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from streams.config import Settings
 from streams.history_log import HistoryLog, SnapshotIndex, read_partition
-from streams.ingest import BatchIngest
+from streams.ingest import Batch, BatchIngest
 from streams.models import OnlineModel
 from streams.output import BatchProducer
 from streams.snapshots import fingerprint, snapshot_key
@@ -41,6 +41,24 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 50)
+
+
+def dump_tasks() -> None:
+    """Log every asyncio task with its chain of awaits (diagnosing a stalled worker)."""
+    tasks = asyncio.all_tasks()
+    lines = [f"{len(tasks)} asyncio tasks:"]
+    for task in tasks:
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                chain.append(type(awaited).__name__)
+                break
+            chain.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        lines.append("  " + " -> ".join(chain))
+    log.warning("\n".join(sorted(lines)))
 
 
 class Worker:
@@ -71,9 +89,10 @@ class Worker:
         )
         self.reporter = Reporter(self)
         self.app = make_faust_app(settings, self.stats, web_port, [self.reporter.families])
-        self.batches = self.app.channel(maxsize=4)
+        self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=4)  # see streams/ingest.py
         inputs = [topics.events] + ([topics.labels] if self.join is not None else [])
-        self.ingest = BatchIngest(settings, inputs, self.batches, on_assign=self._assigned)
+        self.ingest = BatchIngest(settings, inputs, self.batches, on_assign=self._assigned,
+                                  progress=self.stats.inputs)
         self.model_lock = asyncio.Lock()
         self.app.service(self.ingest)
         register_inference_agent(
@@ -284,6 +303,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # `kill -USR1 PID`: what waits where
         try:
             await self.start()
             ended = asyncio.ensure_future(self.app.wait_until_stopped())  # stopped or crashed

@@ -1,8 +1,10 @@
 """Batch ingest: consume a topic with aiokafka ``getmany`` and hand whole batches to an agent.
 
 A :class:`BatchIngest` is a mode Service started with the Faust app. Each fetched batch
-becomes ONE item on an in-memory Faust channel, so Faust's per-item cost (tasks,
-futures, acks) is paid per batch rather than per event. The agent calls
+becomes ONE item on a bounded ``asyncio.Queue`` (backpressure: fetching waits while the
+agent is behind), so any per-item cost is paid per batch rather than per event. Not a
+Faust channel: Faust clears every channel's queue when its own consumer group rebalances
+(flow control), which silently dropped batches the consumer had already moved past. The agent calls
 :meth:`BatchIngest.done` once everything a batch produced is acknowledged; offsets are
 committed only up to batches that are done (periodically, on revoke and on stop).
 
@@ -56,18 +58,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class BatchIngest(Service):
-    """Consumes ``topics`` in ``settings.worker.group_id`` and feeds ``channel`` with batches."""
+    """Consumes ``topics`` in ``settings.worker.group_id`` and puts batches on ``queue``."""
 
     def __init__(
-        self, settings: Settings, topics: Sequence[str], channel: Any,
-        on_assign: Callable[[set[int]], Awaitable[None]] | None = None, **kwargs: Any,
+        self, settings: Settings, topics: Sequence[str], queue: asyncio.Queue[Batch],
+        on_assign: Callable[[set[int]], Awaitable[None]] | None = None,
+        progress: dict[str, dict[str, int | None]] | None = None, **kwargs: Any,
     ) -> None:
         self.settings = settings
         #: awaited with the assigned partition numbers after every rebalance, before
         #: anything is fetched from them
         self.on_assign = on_assign
         self.topic_names = list(topics)
-        self.channel = channel
+        self.queue = queue
+        #: 'topic:partition' -> next offset fetched and high-water mark (WorkerStats.inputs)
+        self.progress: dict[str, dict[str, int | None]] = {} if progress is None else progress
         self.consumer: AIOKafkaConsumer | None = None
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         #: Set once this worker owns at least one partition (group join done).
@@ -118,7 +123,9 @@ class BatchIngest(Service):
             for tp, part in fetched.items():
                 records.extend(part)
                 next_offsets[tp] = part[-1].offset + 1
-            await self.channel.put(Batch(records, next_offsets, self.offsets.generation))
+                self.progress[f"{tp.topic}:{tp.partition}"] = {
+                    "fetched": next_offsets[tp], "highwater": self.consumer.highwater(tp)}
+            await self.queue.put(Batch(records, next_offsets, self.offsets.generation))
 
     @Service.task
     async def _commit_periodically(self) -> None:

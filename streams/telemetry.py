@@ -73,6 +73,9 @@ class WorkerStats:
     ready: bool = False
     #: Input partition numbers this worker is assigned now.
     partitions: list[int] = dataclasses.field(default_factory=list)
+    #: per input 'topic:partition': next offset fetched and the high-water mark
+    #: at that fetch (lag = highwater - fetched); updated per fetched batch
+    inputs: dict[str, dict[str, int | None]] = dataclasses.field(default_factory=dict)
     events: int = 0
     batches: int = 0
     predictions: Counter[str] = dataclasses.field(default_factory=Counter)
@@ -97,6 +100,7 @@ class WorkerStats:
             "uptime_s": round(time.time() - self.started_at, 3),
             "ready": self.ready,
             "partitions": list(self.partitions),
+            "inputs": {source: dict(seen) for source, seen in self.inputs.items()},
             "events": self.events,
             "batches": self.batches,
             "predictions": dict(self.predictions),

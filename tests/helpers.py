@@ -111,10 +111,19 @@ class WorkerChild:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
+        # RIVERBED_TEST_WORKER_LOGS=DIR keeps each child's log in DIR/worker-PORT.log
+        log_dir = os.environ.get("RIVERBED_TEST_WORKER_LOGS")
+        output: Any = subprocess.DEVNULL
+        level = os.environ.get("RIVERBED_TEST_WORKER_LOG_LEVEL", "warning")
+        self.log_path = os.path.join(log_dir, f"worker-{self.port}.log") if log_dir else None
+        if self.log_path:
+            output = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "-c", str(CONFIG),
-             "--web-port", str(self.port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--web-port", str(self.port), "--log-level", level], env=env, cwd=ROOT,
+            preexec_fn=die_with_parent, stdout=output, stderr=output)
+        if self.log_path:
+            output.close()  # the child holds its own descriptor
 
     def get(self, page: str) -> dict[str, Any] | None:
         try:
@@ -133,6 +142,18 @@ class WorkerChild:
                 return state["agrawal-lr"]
             await asyncio.sleep(0.05)
         raise AssertionError(f"condition not reached before the deadline; last state {state}")
+
+    def dump_tasks(self) -> None:
+        """Ask the child to log its asyncio tasks (kept with RIVERBED_TEST_WORKER_LOGS)."""
+        if self.process.poll() is not None or self.log_path is None:
+            return
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # until the dump is written
+            with open(self.log_path, "rb") as written:
+                if b"asyncio tasks:" in written.read():
+                    return
+            time.sleep(0.05)
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

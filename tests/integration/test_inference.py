@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 
@@ -14,7 +15,7 @@ from streams.datasets import events
 from streams.deadletter import parse_headers
 from streams.produce import produce
 from tests.conftest import unique_settings
-from tests.helpers import collect, provision, running_worker, send_raw
+from tests.helpers import collect, provision, running_worker, send_raw, until
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +118,23 @@ async def test_restart_resumes_from_committed_offsets(settings: Settings) -> Non
     ids = [AvroCodec(load_schema("prediction")).decode(r.value)["event_id"] for r in predictions]
     assert len(set(ids)) == total  # every event predicted
     assert len(ids) == total       # a clean stop commits: nothing re-processed
+
+
+async def test_faust_flow_control_never_drops_fetched_batches(
+    example_settings: Settings, broker: object,
+) -> None:
+    """Faust suspends and then clears its channels' queues whenever its own consumer group
+    rebalances; the batch queue must not be one of them (it silently lost batches)."""
+    settings = unique_settings(example_settings, broker.bootstrap_servers,  # type: ignore[attr-defined]
+                               max_batch_records=200)  # many small batches to queue up
+    await provision(settings)
+    async with running_worker(settings) as worker:
+        report = await produce(settings, "agrawal", 10_000, seed=12)
+        for _ in range(3):
+            async with worker.model_lock:  # the inference task waits; fetched batches queue
+                await until(worker.batches.full, 30)
+                worker.app.flow_control.suspend()  # what Faust does on its rebalance ...
+                worker.app.flow_control.resume()   # ... which clears its channels' queues
+                assert worker.batches.full()
+        await until(lambda: all(lr.durable_seq == report.valid for lr in worker.learners), 60)
+    assert worker.stats.events == report.valid  # each event processed once, none dropped
