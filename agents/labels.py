@@ -18,7 +18,7 @@ history shows as learned, minus what expired meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Collection
 from typing import Any
 
 from agents.inference import BatchOutput, InputRecord, dead_letter
@@ -103,21 +103,43 @@ class LabelJoin:
             out.pending = encode_pending(self._new_events, self._new_labels)
             self._new_events, self._new_labels = [], []
 
-    async def rebuild(self, records: AsyncIterable[Any], learned: Any, now_ms: int) -> int:
-        """Restore the store from the pending log; ``learned(event_id)`` says what to drop."""
+    async def rebuild(self, records: AsyncIterable[Any], learned: Any, now_ms: int,
+                      partition: int | None = None, models: Collection[str] = ()) -> int:
+        """Restore the store from the pending log; ``learned(event_id)`` says what to drop.
+
+        With ``partition`` (a per-partition takeover), only that partition's entries are
+        added to what the store holds: events predicted by one of ``models`` and labels
+        read from that partition of the labels topic. Returns the entries added."""
         count = 0
         async for record in records:
             events, labels = decode_pending(record.value)
             for entry in events:
-                self.store.events[entry.event_id] = entry
+                if partition is None or any(made[0] in models for made in entry.predictions):
+                    self.store.events[entry.event_id] = entry
+                    count += 1
             for label in labels:
-                self.store.labels[label.event_id] = label
-            count += len(events) + len(labels)
+                if partition is None or label.origin[:2] == (self.topic, partition):
+                    self.store.labels[label.event_id] = label
+                    count += 1
         for store in (self.store.events, self.store.labels):
             for event_id in [e for e in store if learned(e)]:
                 del store[event_id]
+        self.store.sort_by_age()
         self.store.expire(now_ms)
         return count
+
+    def release(self, partition: int, models: Collection[str]) -> int:
+        """Drop the entries of a partition now owned elsewhere (its new owner rebuilds
+        them from the pending log); they are neither expired nor counted. Returns how many."""
+        events = [e.event_id for e in self.store.events.values()
+                  if any(made[0] in models for made in e.predictions)]
+        labels = [label.event_id for label in self.store.labels.values()
+                  if label.origin[:2] == (self.topic, partition)]
+        for event_id in events:
+            del self.store.events[event_id]
+        for event_id in labels:
+            del self.store.labels[event_id]
+        return len(events) + len(labels)
 
 
 class _Origin:

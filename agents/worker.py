@@ -166,21 +166,36 @@ class Worker:
         async with self.model_lock:
             owned = {p for p in self.processor.partitions if p is not None}
             for partition in sorted(owned - partitions):
-                self.processor.remove_partition(partition)
-                log.info("released the models of partition %d", partition)
+                removed = self.processor.remove_partition(partition)
+                if self.join is not None:  # its pending entries are the new owner's now
+                    self.join.release(partition, {f"{s.name}@p{partition}"
+                                                  for s in self.settings.models})
+                log.info("released the models of partition %d (%d learners)", partition,
+                         len(removed))
             for partition in sorted(partitions - owned):
                 await self._take_partition(partition)
 
     async def _take_partition(self, partition: int) -> None:
-        """Serve the per-partition models of ``partition`` (taking over their history)."""
+        """Serve the per-partition models of ``partition``: take over their history, then
+        their pending events and early labels (from the pending log)."""
+        learners: list[Learner] = []
         for spec in self.settings.models:
             model = OnlineModel(spec, name=f"{spec.name}@p{partition}")
             learner = self._learner(model) if self.settings.history.enabled else None
             if learner is not None:
                 await learner.takeover()
+                learners.append(learner)
             self.processor.add_model(model, learner, partition)
             self.stats.model_seq[model.name] = model.seq
             log.info("serving %s (partition %d)", model.name, partition)
+        if self.join is not None:
+            s = self.settings
+            names = {f"{spec.name}@p{partition}" for spec in s.models}
+            added = await self.join.rebuild(
+                read_partition(s.broker.bootstrap_servers, s.topics.pending, 0, None, 30.0),
+                lambda eid: any(lr.fold.seen(eid) for lr in learners),
+                int(time.time() * 1000), partition=partition, models=names)
+            log.info("partition %d: %d pending entries taken over", partition, added)
         if self._follower is None and self.learners:
             self._follower = asyncio.create_task(self._follow_history())
 
@@ -191,7 +206,7 @@ class Worker:
         for learner in self.learners:
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
-        if self.join is not None:
+        if self.join is not None and not self.per_partition:  # per partition: on takeover
             learners = self.learners
             await self.join.rebuild(
                 read_partition(self.settings.broker.bootstrap_servers,

@@ -113,6 +113,11 @@ class PendingStore:
         self.counters.expired_labels += len(labels)
         return events, labels
 
+    def sort_by_age(self) -> None:
+        """Restore age order after entries were merged in (a rebuild or a takeover)."""
+        self.events = OrderedDict(sorted(self.events.items(), key=lambda kv: kv[1].added_ms))
+        self.labels = OrderedDict(sorted(self.labels.items(), key=lambda kv: kv[1].added_ms))
+
     def forget(self, event_ids: set[str]) -> None:
         """Drop entries whose event was learned already (used when rebuilding)."""
         for event_id in event_ids & set(self.events):

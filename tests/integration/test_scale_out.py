@@ -98,3 +98,45 @@ async def _scenario(settings: Settings, kill: bool) -> None:
         assert len(applied) == len(set(applied))               # none learned twice
         assert set(applied) == expected[shard], shard          # only its partition, none lost
         assert final[shard]["seq"] == state.seq == len(expected[shard])
+
+
+async def test_a_survivor_takes_over_pending_events_and_learns_their_late_labels(
+    settings: Settings,
+) -> None:
+    """Unlabelled events wait in the pending store of their partition's owner; that owner
+    is SIGKILLed; the survivor rebuilds those pending events from the pending log when it
+    takes the partitions over, so the labels sent afterwards are all learned, once."""
+    await provision(settings)
+    env = {**worker_env(settings, os.urandom(32).hex()),
+           "RIVERBED_WORKER__MODEL_PER_PARTITION": "true"}
+    codec, label_codec = AvroCodec(load_schema("agrawal_event")), AvroCodec(load_schema("label"))
+    stream = list(events("agrawal", 4000, seed=9, label_fraction=0.0))
+    truth = list(events("agrawal", 4000, seed=9))
+    expected: dict[str, set[str]] = defaultdict(set)
+    for event in stream:
+        expected[f"agrawal-lr@p{partition_for(event['key'].encode(), 4)}"].add(event["event_id"])
+    first, second = WorkerChild(env), WorkerChild(env)
+    try:
+        split = await _wait(lambda s: all(p["partitions"] for p in s), [first, second],
+                            "/riverbed/stats", 90)
+        await send_raw(settings, [(e["key"].encode(), codec.encode(e)) for e in stream],
+                       partition=None)
+        await _wait(lambda s: sum(sum(p["predictions"].values()) for p in s) >= len(stream),
+                    [first, second], "/riverbed/stats", 90)
+        second.kill()
+        await send_raw(settings, partition=None, topic=settings.topics.labels, records=[
+            (e["key"].encode(), label_codec.encode(
+                {"event_id": e["event_id"], "label": t["label"], "time": e["timestamp"] + 5}))
+            for e, t in zip(stream, truth, strict=True)])
+        (final,) = await _wait(lambda s: sorted(s[0]) == SHARDS and sum(
+            _seqs(s).values()) >= len(stream), [first], "/riverbed/models", 120)
+    finally:
+        for worker in (first, second):
+            if worker.process.poll() is None:
+                worker.kill()
+    assert split[1]["partitions"]  # the killed worker did own partitions (and their pending)
+    assert sum(_seqs([final]).values()) == len(stream)
+    for shard in SHARDS:
+        _, effects = fold(shard, await read_model_history(settings, shard))
+        applied = [x.event_id for x in examples_of(effects)]
+        assert sorted(applied) == sorted(expected[shard]), shard  # each once, none lost

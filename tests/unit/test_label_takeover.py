@@ -1,0 +1,62 @@
+"""Per-partition pending takeover: a worker taking a partition over rebuilds exactly that
+partition's pending events and early labels from the pending log; one releasing it drops
+them without counting them as expired."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agents.labels import LabelJoin
+from streams.config import Settings
+from streams.pending import EarlyLabel, PendingEvent
+from streams.pending_codec import encode_pending
+
+
+@dataclasses.dataclass
+class _Record:
+    value: bytes
+
+
+def _event(event_id: str, partition: int, added_ms: int) -> PendingEvent:
+    made = (f"m@p{partition}", {"x": 1.0}, 0, {0: 0.6, 1: 0.4}, 3)
+    return PendingEvent(event_id, (made,), added_ms - 5, added_ms)
+
+
+def _label(join: LabelJoin, event_id: str, partition: int, added_ms: int) -> EarlyLabel:
+    return EarlyLabel(event_id, 1, added_ms, added_ms, b"raw", (join.topic, partition, 7))
+
+
+async def _log(*records: bytes) -> AsyncIterator[Any]:
+    for value in records:
+        yield _Record(value)
+
+
+async def test_takeover_adds_only_its_partition_and_skips_learned(
+    example_settings: Settings,
+) -> None:
+    join = LabelJoin(example_settings)
+    now = 1_000_000
+    log = [encode_pending([_event("a2", 2, now - 30), _event("b3", 3, now - 20)],
+                          [_label(join, "c2", 2, now - 25), _label(join, "d3", 3, now - 10)]),
+           encode_pending([_event("e2", 2, now - 40), _event("f2", 2, now - 5)], [])]
+    added = await join.rebuild(_log(*log), lambda eid: eid == "f2", now, partition=2,
+                               models={"m@p2"})
+    assert added == 4  # a2, e2, f2 and label c2 read; f2 is dropped as learned
+    assert list(join.store.events) == ["e2", "a2"]  # oldest first, so expiry stays in order
+    assert list(join.store.labels) == ["c2"]
+    assert join.store.counters.expired_events == 0
+
+
+async def test_release_drops_a_partitions_entries_without_counting_them(
+    example_settings: Settings,
+) -> None:
+    join = LabelJoin(example_settings)
+    now = 1_000_000
+    log = [encode_pending([_event("a2", 2, now), _event("b3", 3, now)],
+                          [_label(join, "c2", 2, now), _label(join, "d3", 3, now)])]
+    await join.rebuild(_log(*log), lambda eid: False, now)  # everything (one global model)
+    assert join.release(3, {"m@p3"}) == 2
+    assert set(join.store.events) == {"a2"} and set(join.store.labels) == {"c2"}
+    assert vars(join.store.counters) == vars(type(join.store.counters)())
