@@ -81,10 +81,13 @@ def run(script: str, args: list[str], label: str) -> dict[str, Any]:
 def throughput_table(result: dict[str, Any], base: str = "riverbed") -> list[str]:
     rows = result["results"]
     reference = rows[base]["events_per_s"]
-    lines = [f"| contender | events/s | {base} / contender |", "|---|---:|---:|"]
+    lines = [f"| contender | events/s | {base} / contender | CPU us/event: own, broker |",
+             "|---|---:|---:|---:|"]
     for name, row in rows.items():
+        cpu = (f"{row['cpu_us_per_event']:.1f}, {row['broker_cpu_us_per_event']:.1f}"
+               if "cpu_us_per_event" in row else "-")
         lines.append(f"| {name} | {row['events_per_s']:,.0f} | "
-                     f"{reference / row['events_per_s']:.2f}x |")
+                     f"{reference / row['events_per_s']:.2f}x | {cpu} |")
     return lines
 
 

@@ -71,8 +71,26 @@ def bench_settings(model: str) -> Settings:
     return settings
 
 
-def _report(first: float, last: float, count: int, extra: dict[str, Any]) -> None:
+def cpu_marks() -> tuple[float, float]:
+    """(CPU seconds of this process, of the broker) now; the broker's pid comes from the
+    parent (``RIVERBED_BENCH_BROKER_PID``). On 2 cores the broker competes with the worker,
+    so the CPU each spends per event explains a ratio as much as the wall clock does."""
+    broker = 0.0
+    pid = os.environ.get("RIVERBED_BENCH_BROKER_PID")
+    if pid and os.path.exists(f"/proc/{pid}/stat"):
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        broker = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return time.process_time(), broker
+
+
+def _report(first: float, last: float, count: int, extra: dict[str, Any],
+            cpu_first: tuple[float, float] | None = None) -> None:
     seconds = max(last - first, 1e-9)
+    if cpu_first is not None:  # CPU per event over the timed window: worker and broker
+        own, broker = cpu_marks()
+        extra = {**extra, "cpu_us_per_event": (own - cpu_first[0]) / count * 1e6,
+                 "broker_cpu_us_per_event": (broker - cpu_first[1]) / count * 1e6}
     print(json.dumps({"events": count, "seconds": seconds, "events_per_s": count / seconds,
                       **extra}), flush=True)
 
@@ -89,9 +107,12 @@ async def run_riverbed(settings: Settings, events: int) -> None:
     clock: dict[str, float] = {}
     done = asyncio.Event()
 
+    cpu: dict[str, tuple[float, float]] = {}
+
     def timed_process(records: Any) -> Any:
         began = time.perf_counter()
-        clock.setdefault("first", began)
+        if "first" not in clock:
+            clock["first"], cpu["first"] = began, cpu_marks()
         result = process(records)
         clock["process"] = clock.get("process", 0.0) + time.perf_counter() - began
         if sum(stats.learned.values()) >= events and not done.is_set():
@@ -105,7 +126,8 @@ async def run_riverbed(settings: Settings, events: int) -> None:
         await asyncio.wait_for(done.wait(), 600)
         _report(clock["first"], clock["last"], events, {
             "batches": stats.batches, "records": stats.events,
-            "process_s": clock["process"]})  # CPU in InferenceProcessor.process
+            "process_s": clock["process"]},  # CPU in InferenceProcessor.process
+            cpu.get("first"))
     finally:
         await worker.stop()
 
@@ -232,14 +254,14 @@ async def run_aiokafka_loop(settings: Settings, events: int, fetch_wait_ms: int 
                                 linger_ms=2, max_batch_size=1024 * 1024)
     await consumer.start()
     await producer.start()
-    n, first = 0, None
+    n, first, cpu_first = 0, None, None
     try:
         while n < events:
             fetched = await consumer.getmany(timeout_ms=1000, max_records=2000)
             futures = []
             for tp, records in fetched.items():
                 if first is None:
-                    first = time.perf_counter()
+                    first, cpu_first = time.perf_counter(), cpu_marks()
                 batch = producer.create_batch()
                 for record in records:
                     out = _predict_learn(decoder, encoder, features, model, record.value)
@@ -256,7 +278,7 @@ async def run_aiokafka_loop(settings: Settings, events: int, fetch_wait_ms: int 
             await asyncio.gather(*futures)
             if fetched:
                 await consumer.commit()
-        _report(first or time.perf_counter(), time.perf_counter(), n, {})
+        _report(first or time.perf_counter(), time.perf_counter(), n, {}, cpu_first)
     finally:
         await producer.stop()
         await consumer.stop()
@@ -306,14 +328,15 @@ def run_river_alone(settings: Settings, events: int) -> None:
 
 
 def contender(name: str, bootstrap: str, events: int, model: str,
-              timeout_s: float) -> dict[str, Any]:
+              timeout_s: float, broker_pid: int | None = None) -> dict[str, Any]:
     """Run one contender in a child process and parse its JSON line."""
     env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": bootstrap,
            "RIVERBED_WORKER__GROUP_ID": f"bench-{model}-{name}",
            "RIVERBED_TOPICS__PREDICTIONS": f"bench.predictions.{model}.{name}",
            "RIVERBED_TOPICS__HISTORY": f"bench.history.{model}.{name}",
            "RIVERBED_TOPICS__SNAPSHOTS": f"bench.snapshots.{model}.{name}",
-           "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex(), "PYTHONPATH": str(ROOT)}
+           "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex(), "PYTHONPATH": str(ROOT),
+           "RIVERBED_BENCH_BROKER_PID": str(broker_pid or "")}
     if name == "riverbed-labels":
         env.update({f"RIVERBED_TOPICS__{k}": v for k, v in LABELS_TOPICS.items()})
     proc = subprocess.Popen([sys.executable, __file__, "--contender", name, "--events",
@@ -373,12 +396,14 @@ async def make_backlogs(settings: Settings, chosen: list[str], events: int, mode
 def table(results: dict[str, Any]) -> str:
     """The markdown table of one run (ratios against riverbed's events/s)."""
     base = results.get("riverbed", {}).get("events_per_s")
-    lines = ["| contender | events | seconds | events/s | riverbed / contender |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| contender | events | seconds | events/s | riverbed / contender "
+             "| CPU us/event: own, broker |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         ratio_text = f"{base / r['events_per_s']:.2f}x" if base else "-"
+        cpu = (f"{r['cpu_us_per_event']:.1f}, {r['broker_cpu_us_per_event']:.1f}"
+               if "cpu_us_per_event" in r else "-")
         lines.append(f"| {name} | {r['events']:,} | {r['seconds']:.2f} | "
-                     f"{r['events_per_s']:,.0f} | {ratio_text} |")
+                     f"{r['events_per_s']:,.0f} | {ratio_text} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -407,7 +432,7 @@ def main() -> None:
         results = {}
         for name in chosen:
             results[name] = contender(name, broker.bootstrap_servers, args.events, args.model,
-                                      args.timeout)
+                                      args.timeout, broker.pid)
             print(f"{name}: {results[name]['events_per_s']:,.0f} events/s", file=sys.stderr)
     print(table(results))
     base = results.get("riverbed", {}).get("events_per_s")
