@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streams.codec import Decoder, Encoder
 from streams.config import Settings
 from streams.deadletter import DeadLetter
-from streams.errors import EventError, ValidationError
+from streams.errors import EventError, OwnershipError, ValidationError
 from streams.evaluation import ModelMonitor
 from streams.features import FeatureExtractor, validate_label
 from streams.history import Example
@@ -65,6 +65,8 @@ class BatchOutput:
     learn_s: list[float] = dataclasses.field(default_factory=list)
     #: History events to append after the outputs are acknowledged, per learner.
     history: list[tuple[Any, list[Any]]] = dataclasses.field(default_factory=list)
+    #: input sources ('topic:partition') with records but no model serving them here
+    unowned: set[str] = dataclasses.field(default_factory=set)
 
 
 class InferenceProcessor:
@@ -146,13 +148,15 @@ class InferenceProcessor:
                 serving = [lane for lane in lanes if lane.partition in (None, partition)
                            ] if sharded else lanes
                 covered_below = max((lane.covered_below(source) for lane in serving), default=0)
+                if not serving:
+                    out.unowned.add(source)
             offsets[source] = record.offset + 1
             if record.offset >= covered_below:
                 active = serving  # the common case: no model has learned this record yet
             else:
                 active = [lane for lane in serving if not lane.covered(source, record.offset)]
             if not active:
-                continue  # the history covers it (handled before a restart), or no model
+                continue  # the history covers it (handled before a restart), or unowned
             if topic == labels_topic:
                 assert self.join is not None
                 out.labels += 1
@@ -376,6 +380,11 @@ def register_inference_agent(
                 if batch.generation != ingest.offsets.generation:
                     continue  # fetched before a rewind/revoke: it will be fetched again
                 result = processor.process(batch.records)
+            if result.unowned:  # never commit records that no model learned: stop loudly
+                await app.crash(OwnershipError(
+                    f"records of {sorted(result.unowned)} reached a worker serving no model "
+                    "for them; stopping without committing them"))
+                return
             futures: list[Any] = []
             for partition, records in result.predictions.items():
                 futures += await output.publish(topics.predictions, partition, records)

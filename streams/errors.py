@@ -61,3 +61,8 @@ class SchemaRegistryError(RiverbedError):
     """The schema registry could not be reached or does not know a schema id."""
 
     retriable = True
+
+
+class OwnershipError(RiverbedError):
+    """Records arrived for an input partition no model of this worker serves (a broken
+    invariant: processing them would commit their offsets without learning them)."""

@@ -91,7 +91,8 @@ def test_per_partition_models_learn_only_their_partition(example_settings: Setti
         assert {p["model"] for p in predicted} == {model.name}
         assert model.seq == len(predicted) == 10
         assert processor.stats.predictions[model.name] == 10
-    assert 2 not in result.predictions  # no model serves partition 2: nothing published
+    assert 2 not in result.predictions  # no model serves partition 2: nothing published ...
+    assert result.unowned == {f"{records[0].topic}:2"}  # ... and the agent stops loudly
     assert processor.remove_partition(0) == [None]
     assert [m.name for m in processor.models] == [shards[1].name]
     assert set(processor.monitors) == {shards[1].name}
