@@ -104,21 +104,23 @@ class LabelJoin:
             self._new_events, self._new_labels = [], []
 
     async def rebuild(self, records: AsyncIterable[Any], learned: Any, now_ms: int,
-                      partition: int | None = None, models: Collection[str] = ()) -> int:
+                      partitions: Collection[int] | None = None,
+                      models: Collection[str] = ()) -> int:
         """Restore the store from the pending log; ``learned(event_id)`` says what to drop.
 
-        With ``partition`` (a per-partition takeover), only that partition's entries are
-        added to what the store holds: events predicted by one of ``models`` and labels
-        read from that partition of the labels topic. Returns the entries added."""
+        With ``partitions`` (a per-partition takeover), only their entries are added to
+        what the store holds: events predicted by one of ``models`` and labels read from
+        those partitions of the labels topic. Returns the entries added."""
+        wanted = None if partitions is None else {(self.topic, p) for p in partitions}
         count = 0
         async for record in records:
             events, labels = decode_pending(record.value)
             for entry in events:
-                if partition is None or any(made[0] in models for made in entry.predictions):
+                if wanted is None or any(made[0] in models for made in entry.predictions):
                     self.store.events[entry.event_id] = entry
                     count += 1
             for label in labels:
-                if partition is None or label.origin[:2] == (self.topic, partition):
+                if wanted is None or label.origin[:2] in wanted:
                     self.store.labels[label.event_id] = label
                     count += 1
         for store in (self.store.events, self.store.labels):

@@ -172,12 +172,20 @@ class Worker:
                                                   for s in self.settings.models})
                 log.info("released the models of partition %d (%d learners)", partition,
                          len(removed))
-            for partition in sorted(partitions - owned):
-                await self._take_partition(partition)
+            gained = sorted(partitions - owned)
+            learners = [lr for p in gained for lr in await self._take_partition(p)]
+            if gained and self.join is not None:  # one read of the pending log for all
+                s = self.settings
+                added = await self.join.rebuild(
+                    read_partition(s.broker.bootstrap_servers, s.topics.pending, 0, None, 30.0),
+                    lambda eid: any(lr.fold.seen(eid) for lr in learners),
+                    int(time.time() * 1000), partitions=gained,
+                    models={f"{spec.name}@p{p}" for spec in s.models for p in gained})
+                log.info("partitions %s: %d pending entries taken over", gained, added)
 
-    async def _take_partition(self, partition: int) -> None:
-        """Serve the per-partition models of ``partition``: take over their history, then
-        their pending events and early labels (from the pending log)."""
+    async def _take_partition(self, partition: int) -> list[Learner]:
+        """Serve the per-partition models of ``partition`` (taking over their history);
+        returns their learners."""
         learners: list[Learner] = []
         for spec in self.settings.models:
             model = OnlineModel(spec, name=f"{spec.name}@p{partition}")
@@ -188,16 +196,9 @@ class Worker:
             self.processor.add_model(model, learner, partition)
             self.stats.model_seq[model.name] = model.seq
             log.info("serving %s (partition %d)", model.name, partition)
-        if self.join is not None:
-            s = self.settings
-            names = {f"{spec.name}@p{partition}" for spec in s.models}
-            added = await self.join.rebuild(
-                read_partition(s.broker.bootstrap_servers, s.topics.pending, 0, None, 30.0),
-                lambda eid: any(lr.fold.seen(eid) for lr in learners),
-                int(time.time() * 1000), partition=partition, models=names)
-            log.info("partition %d: %d pending entries taken over", partition, added)
         if self._follower is None and self.learners:
             self._follower = asyncio.create_task(self._follow_history())
+        return learners
 
     async def start(self) -> None:
         """Provision topics, take over every model's history, then start Faust."""

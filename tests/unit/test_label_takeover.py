@@ -41,7 +41,7 @@ async def test_takeover_adds_only_its_partition_and_skips_learned(
     log = [encode_pending([_event("a2", 2, now - 30), _event("b3", 3, now - 20)],
                           [_label(join, "c2", 2, now - 25), _label(join, "d3", 3, now - 10)]),
            encode_pending([_event("e2", 2, now - 40), _event("f2", 2, now - 5)], [])]
-    added = await join.rebuild(_log(*log), lambda eid: eid == "f2", now, partition=2,
+    added = await join.rebuild(_log(*log), lambda eid: eid == "f2", now, partitions=[2],
                                models={"m@p2"})
     assert added == 4  # a2, e2, f2 and label c2 read; f2 is dropped as learned
     assert list(join.store.events) == ["e2", "a2"]  # oldest first, so expiry stays in order
