@@ -22,6 +22,7 @@ from schemas import load_schema
 from streams.app import make_faust_app
 from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from streams.config import Settings
+from streams.errors import TakeoverError
 from streams.history_log import HistoryLog, SnapshotIndex, read_partition
 from streams.ingest import Batch, BatchIngest
 from streams.models import OnlineModel
@@ -109,6 +110,7 @@ class Worker:
         async def expire_pending() -> None:
             await self.expire_pending()
         self._follower: asyncio.Task[None] | None = None
+        self._crash: asyncio.Future[None] | None = None
 
         @self.app.page("/riverbed/models")
         async def models_page(web: Any, request: Any) -> Any:
@@ -159,10 +161,23 @@ class Worker:
     async def _assigned(self, partitions: set[int]) -> None:
         """After a rebalance, before fetching: with per-partition models, release the
         models of partitions now owned elsewhere and take over those newly assigned
-        (their new owner's claim fences anything this worker still writes for them)."""
+        (their new owner's claim fences anything this worker still writes for them).
+        A failed takeover stops the worker with a TakeoverError (nothing of those
+        partitions is committed: see OwnershipError)."""
         self.stats.partitions = sorted(partitions)
         if not self.per_partition:
             return
+        try:
+            await self._move_models(partitions)
+        except Exception as exc:  # e.g. the history could not be read in time
+            log.error("taking over partitions %s failed: %r", sorted(partitions), exc)
+            # crash from outside aiokafka's rebalance callback (stopping the consumer
+            # from inside it would wait on itself)
+            self._crash = asyncio.ensure_future(self.app.crash(TakeoverError(
+                f"taking over the models of partitions {sorted(partitions)} failed: {exc!r}")))
+
+    async def _move_models(self, partitions: set[int]) -> None:
+        """Release the models of partitions not in ``partitions``, take over the others."""
         async with self.model_lock:
             owned = {p for p in self.processor.partitions if p is not None}
             for partition in sorted(owned - partitions):

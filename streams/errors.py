@@ -66,3 +66,7 @@ class SchemaRegistryError(RiverbedError):
 class OwnershipError(RiverbedError):
     """Records arrived for an input partition no model of this worker serves (a broken
     invariant: processing them would commit their offsets without learning them)."""
+
+
+class TakeoverError(RiverbedError):
+    """A worker could not take over the models of partitions it was assigned."""

@@ -4,6 +4,7 @@ is learned exactly once by its partition's model, also after one of them is SIGK
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections import defaultdict
@@ -11,14 +12,16 @@ from typing import Any
 
 import pytest
 
+from agents.learner import Learner
 from schemas import load_schema
 from streams.codec import AvroCodec
 from streams.config import Settings
 from streams.datasets import events
+from streams.errors import TakeoverError
 from streams.history import examples_of, fold
 from streams.partitioner import partition_for
 from streams.replay import read_model_history
-from tests.helpers import WorkerChild, provision, send_raw, worker_env
+from tests.helpers import WorkerChild, provision, running_worker, send_raw, until, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SHARDS = [f"agrawal-lr@p{p}" for p in range(4)]
@@ -140,3 +143,24 @@ async def test_a_survivor_takes_over_pending_events_and_learns_their_late_labels
         _, effects = fold(shard, await read_model_history(settings, shard))
         applied = [x.event_id for x in examples_of(effects)]
         assert sorted(applied) == sorted(expected[shard]), shard  # each once, none lost
+
+
+async def test_a_failed_takeover_stops_the_worker_with_a_clear_error(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If taking over a partition's models fails (here: the history cannot be read), the
+    worker stops with TakeoverError instead of fetching partitions no model serves."""
+    await provision(settings)
+    per_partition = dataclasses.replace(
+        settings, worker=dataclasses.replace(settings.worker, model_per_partition=True))
+
+    async def unreadable_history(self: Learner) -> None:
+        raise TimeoutError("riverbed.history: no progress at offset 0")
+
+    monkeypatch.setattr(Learner, "takeover", unreadable_history)
+    async with running_worker(per_partition) as worker:
+        await until(lambda: worker.app.crashed, 30)
+        reason = worker.app.crash_reason
+    assert isinstance(reason, TakeoverError)
+    assert "no progress at offset 0" in str(reason)
+    assert worker.processor.models == []  # nothing was served, so nothing was committed
