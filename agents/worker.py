@@ -44,6 +44,11 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 50)
 
 
+def shard_name(model: str, partition: int) -> str:
+    """The name of ``model``'s instance for one input partition (model_per_partition)."""
+    return f"{model}@p{partition}"
+
+
 def dump_tasks() -> None:
     """Log every asyncio task with its chain of awaits (diagnosing a stalled worker)."""
     tasks = asyncio.all_tasks()
@@ -159,9 +164,9 @@ class Worker:
                        probe_size=h.probe_size)
 
     async def _assigned(self, partitions: set[int]) -> None:
-        """After a rebalance, before fetching: with per-partition models, release the
-        models of partitions now owned elsewhere and take over those newly assigned
-        (their new owner's claim fences anything this worker still writes for them).
+        """After a rebalance, before any batch of it is processed: with per-partition
+        models, release the models of partitions now owned elsewhere and take over those
+        newly assigned (their new owner's claim fences anything this worker still writes).
         A failed takeover stops the worker with a TakeoverError (nothing of those
         partitions is committed: see OwnershipError)."""
         self.stats.partitions = sorted(partitions)
@@ -183,8 +188,7 @@ class Worker:
             for partition in sorted(owned - partitions):
                 removed = self.processor.remove_partition(partition)
                 if self.join is not None:  # its pending entries are the new owner's now
-                    self.join.release(partition, {f"{s.name}@p{partition}"
-                                                  for s in self.settings.models})
+                    self.join.release(partition, self._shard_names([partition]))
                 log.info("released the models of partition %d (%d learners)", partition,
                          len(removed))
             gained = sorted(partitions - owned)
@@ -195,15 +199,19 @@ class Worker:
                     read_partition(s.broker.bootstrap_servers, s.topics.pending, 0, None, 30.0),
                     lambda eid: any(lr.fold.seen(eid) for lr in learners),
                     int(time.time() * 1000), partitions=gained,
-                    models={f"{spec.name}@p{p}" for spec in s.models for p in gained})
+                    models=self._shard_names(gained))
                 log.info("partitions %s: %d pending entries taken over", gained, added)
+
+    def _shard_names(self, partitions: list[int]) -> set[str]:
+        """Names of the per-partition models of ``partitions``."""
+        return {shard_name(spec.name, p) for spec in self.settings.models for p in partitions}
 
     async def _take_partition(self, partition: int) -> list[Learner]:
         """Serve the per-partition models of ``partition`` (taking over their history);
         returns their learners."""
         learners: list[Learner] = []
         for spec in self.settings.models:
-            model = OnlineModel(spec, name=f"{spec.name}@p{partition}")
+            model = OnlineModel(spec, name=shard_name(spec.name, partition))
             learner = self._learner(model) if self.settings.history.enabled else None
             if learner is not None:
                 await learner.takeover()

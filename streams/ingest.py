@@ -4,8 +4,8 @@ A :class:`BatchIngest` is a mode Service started with the Faust app. Each fetche
 becomes ONE item on a bounded ``asyncio.Queue`` (backpressure: fetching waits while the
 agent is behind), so any per-item cost is paid per batch rather than per event. Not a
 Faust channel: Faust clears every channel's queue when its own consumer group rebalances
-(flow control), which silently dropped batches the consumer had already moved past. The agent calls
-:meth:`BatchIngest.done` once everything a batch produced is acknowledged; offsets are
+(flow control), which silently dropped batches the consumer had already moved past. The
+agent calls :meth:`BatchIngest.done` once everything a batch produced is acknowledged; offsets are
 committed only up to batches that are done (periodically, on revoke and on stop).
 
 Delivery guarantee: at-least-once. A crash or rebalance re-delivers batches that
@@ -66,8 +66,9 @@ class BatchIngest(Service):
         progress: dict[str, dict[str, int | None]] | None = None, **kwargs: Any,
     ) -> None:
         self.settings = settings
-        #: awaited with the assigned partition numbers after every rebalance, before
-        #: anything is fetched from them
+        #: awaited with the assigned partition numbers after every rebalance (aiokafka
+        #: may already fetch the new partitions meanwhile; the worker's model lock keeps
+        #: their batches from being processed until it returns)
         self.on_assign = on_assign
         self.topic_names = list(topics)
         self.queue = queue
