@@ -111,16 +111,16 @@ class LabelJoin:
         With ``partitions`` (a per-partition takeover), only their entries are added to
         what the store holds: events predicted by one of ``models`` and labels read from
         those partitions of the labels topic. Returns the entries added."""
-        wanted = None if partitions is None else {(self.topic, p) for p in partitions}
+        sources = None if partitions is None else self._label_sources(partitions)
         count = 0
         async for record in records:
             events, labels = decode_pending(record.value)
             for entry in events:
-                if wanted is None or any(made[0] in models for made in entry.predictions):
+                if sources is None or _predicted_by(entry, models):
                     self.store.events[entry.event_id] = entry
                     count += 1
             for label in labels:
-                if wanted is None or label.origin[:2] in wanted:
+                if sources is None or label.origin[:2] in sources:
                     self.store.labels[label.event_id] = label
                     count += 1
         for store in (self.store.events, self.store.labels):
@@ -133,15 +133,24 @@ class LabelJoin:
     def release(self, partition: int, models: Collection[str]) -> int:
         """Drop the entries of a partition now owned elsewhere (its new owner rebuilds
         them from the pending log); they are neither expired nor counted. Returns how many."""
-        events = [e.event_id for e in self.store.events.values()
-                  if any(made[0] in models for made in e.predictions)]
+        sources = self._label_sources([partition])
+        events = [e.event_id for e in self.store.events.values() if _predicted_by(e, models)]
         labels = [label.event_id for label in self.store.labels.values()
-                  if label.origin[:2] == (self.topic, partition)]
+                  if label.origin[:2] in sources]
         for event_id in events:
             del self.store.events[event_id]
         for event_id in labels:
             del self.store.labels[event_id]
         return len(events) + len(labels)
+
+    def _label_sources(self, partitions: Collection[int]) -> set[tuple[str, int]]:
+        """(labels topic, partition) of the early labels read from ``partitions``."""
+        return {(self.topic, p) for p in partitions}
+
+
+def _predicted_by(entry: PendingEvent, models: Collection[str]) -> bool:
+    """Did one of ``models`` predict this pending event (per partition: its owner's)?"""
+    return any(made[0] in models for made in entry.predictions)
 
 
 class _Origin:
