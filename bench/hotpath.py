@@ -4,7 +4,8 @@
     python bench/hotpath.py --events 100000 --rounds 7
 
 Runs the same Avro events through (a) the hand-written loop's per-event work (decode,
-extract, predict, learn, encode: ``bench/throughput.py``'s ``_predict_learn``) and (b)
+extract, predict, learn, encode: ``bench/throughput.py``'s ``_predict_learn``; with fastavro,
+and again with riverbed's cavro codec to show the codec's share) and (b)
 riverbed's :class:`InferenceProcessor` with a learner (dedup, examples, scoring, history
 records) plus the history encoding the confirm task does afterwards. Rounds are
 interleaved and the minimum is reported (this machine is noisy). Prints a table and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from agents.inference import InferenceProcessor  # noqa: E402
 from agents.learner import Learner  # noqa: E402
+from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
 from bench.throughput import CONFIG, _kit, _predict_learn  # noqa: E402
 from schemas import load_schema  # noqa: E402
 from streams.codec import AvroCodec  # noqa: E402
@@ -50,8 +53,9 @@ def _records(settings: Settings, n: int) -> list[_Record]:
             for i, e in enumerate(make_events("agrawal", n, seed=3))]
 
 
-def run_loop(settings: Settings, records: list[_Record]) -> float:
-    """Seconds per event of the hand-written loop's work."""
+def run_loop(settings: Settings, records: list[_Record], codec: str = "fastavro") -> float:
+    """Seconds per event of the hand-written loop's work, with ``codec`` for Avro."""
+    os.environ[CODEC_ENV] = codec
     decoder, encoder, features, model = _kit(settings)
     began = time.perf_counter()
     for record in records:
@@ -100,7 +104,8 @@ def main() -> None:
     gc.freeze()
     best: dict[str, float] = {}
     for _ in range(args.rounds):
-        rounds = {"loop": run_loop(settings, records)}
+        rounds = {"loop": run_loop(settings, records),
+                  "loop, riverbed's codec": run_loop(settings, records, "riverbed")}
         rb = run_riverbed(settings, records, args.batch)
         rounds["riverbed process"] = rb["process"]
         rounds["riverbed history encode"] = rb["history_encode"]

@@ -17,7 +17,9 @@ in which both workers own partitions and process events (the first to join the g
 starts alone), counting the events learned inside that window.
 
 Both contenders consume the same events topic (separate consumer groups), decode the
-same Avro, validate with the same FeatureExtractor, run the same River pipeline
+same Avro (riverbed with its cavro codec, the baselines with fastavro as a hand-written
+loop would; ``--baseline-codec riverbed`` gives them riverbed's codec too), validate with
+the same FeatureExtractor, run the same River pipeline
 (StandardScaler | LogisticRegression from config/riverbed.toml), predict then learn,
 and publish an Avro Prediction per event. Each runs in its own process; its clock
 starts at the first event it processes and stops at the last, so start-up and group
@@ -42,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.baseline_codec import CHOICES as CODECS  # noqa: E402
+from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
 from streams.broker import EmbeddedBroker, die_with_parent  # noqa: E402
 from streams.config import Settings, load_settings  # noqa: E402
 from streams.produce import produce  # noqa: E402
@@ -212,14 +216,15 @@ def run_naive_faust(settings: Settings, events: int) -> None:
 
 
 def _kit(settings: Settings) -> tuple[Any, Any, Any, Any]:
-    """The same decoder, encoder, feature extractor and model every contender uses."""
+    """The decoder, encoder, feature extractor and model every baseline uses: riverbed's
+    features and model; fastavro (or riverbed's codec, ``--baseline-codec``) for Avro."""
+    from bench.baseline_codec import baseline_codec
     from schemas import load_schema
-    from streams.codec import AvroCodec
     from streams.features import FeatureExtractor
     from streams.models import OnlineModel
 
     schema = load_schema(settings.event.schema)
-    return (AvroCodec(schema), AvroCodec(load_schema("prediction")),
+    return (baseline_codec(schema), baseline_codec(load_schema("prediction")),
             FeatureExtractor(schema, settings.event, settings.models[0], settings.limits),
             OnlineModel(settings.models[0]))
 
@@ -417,7 +422,10 @@ def main() -> None:
                         default=ROOT / "bench" / "results" / "throughput.json")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--fetch-wait", type=int, default=100, help="aiokafka-loop fetch wait ms")
+    parser.add_argument("--baseline-codec", choices=CODECS, default=os.environ.get(CODEC_ENV,
+                        "fastavro"), help="Avro codec of the baselines (riverbed: cavro)")
     args = parser.parse_args()
+    os.environ[CODEC_ENV] = args.baseline_codec  # the contenders' processes inherit it
     settings = bench_settings(args.model)
     if args.contender:
         run_contender(args.contender, settings, args.events, args.fetch_wait)
@@ -445,7 +453,7 @@ def main() -> None:
                     "platform": platform.platform()},
         "model": settings.models[0].name, "pipeline": [dict(p) for p in
                                                       settings.models[0].pipeline],
-        "dataset": "agrawal"}, indent=2, default=str))
+        "dataset": "agrawal", "baseline_codec": args.baseline_codec}, indent=2, default=str))
     print(f"wrote {args.output}", file=sys.stderr)
 
 

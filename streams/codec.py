@@ -5,10 +5,17 @@
 * Confluent: ``0x00`` + 4-byte big-endian schema id + Avro record; the writer schema is
   fetched from the registry by id and resolved against the reader schema (evolution).
 
-A decode must consume exactly the payload: fastavro happily ignores trailing bytes
-(and so reads a v2 record as v1), so every decoder checks the final position. Every
-failure -- truncation, trailing bytes, bad union index, unknown schema id -- becomes a
-:class:`~streams.errors.DecodeError` with a reason code.
+The hot path runs on cavro (compiled Avro; about half fastavro's time per decode on the
+demo event, measured in ``bench/hotpath.py``); fastavro parses and validates schemas and
+stays the reference codec that the property tests compare cavro against byte for byte.
+
+A decode must consume exactly the payload: Avro readers happily ignore trailing bytes
+(and so read a v2 record as v1). cavro does not expose its read position, so every
+decoder reads the payload followed by a 16-byte end marker (random per process) as a
+record with one extra ``fixed`` field: the marker comes back intact only when the record
+ended exactly at the end of the payload; a truncated payload leaves fewer than 16 bytes for
+it (EOF). Every failure -- truncation, trailing bytes, bad union index, unknown schema id
+-- becomes a :class:`~streams.errors.DecodeError` with a reason code.
 
 Logical types are stripped from the schemas used on the hot path: timestamps travel
 as epoch milliseconds (``int``) inside riverbed, which saves a ``datetime`` per field.
@@ -17,8 +24,8 @@ as epoch milliseconds (``int``) inside riverbed, which saves a ``datetime`` per 
 from __future__ import annotations
 
 import copy
-import io
 import json
+import os
 import struct
 import threading
 import urllib.error
@@ -26,10 +33,11 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import cavro
 import fastavro
 from fastavro.types import Schema
 
-from streams.errors import DecodeError, SchemaRegistryError
+from streams.errors import ConfigError, DecodeError, SchemaRegistryError
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -61,41 +69,65 @@ class Encoder(Protocol):
     def encode(self, record: Mapping[str, Any]) -> bytes: ...
 
 
-def _read_exact(payload: bytes, start: int, writer: Schema, reader: Schema | None) -> Any:
-    buffer = io.BytesIO(payload)
-    buffer.seek(start)
+_OPTIONS = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True, logical_types=())
+_END_FIELD = "riverbed_end_marker__"
+_END = os.urandom(16)
+
+
+def _compile(schema: Mapping[str, Any], end_marker: bool = False) -> Any:
+    """A cavro schema for ``schema`` (validated by fastavro first), optionally end-marked."""
+    parse(schema)
+    source = strip_logical_types(dict(schema))
+    if end_marker:
+        if source.get("type") != "record":
+            raise ConfigError("schema", f"{source.get('name')!r}: a topic schema must be a record")
+        marker = {"type": "fixed", "name": "riverbed.internal.EndMarker", "size": len(_END)}
+        source["fields"] = [*source["fields"], {"name": _END_FIELD, "type": marker}]
     try:
-        record = fastavro.schemaless_reader(buffer, writer, reader)
-    except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, ...
-        raise DecodeError(f"not a valid Avro record: {type(exc).__name__}: {exc}") from exc
-    consumed = buffer.tell()
-    if consumed != len(payload):
-        raise DecodeError(
-            f"record ended at byte {consumed} of {len(payload)}: trailing bytes "
-            "(wrong schema or wrong schema version)",
-            reason="trailing_bytes",
-        )
-    if not isinstance(record, dict):
-        raise DecodeError(f"expected a record, got {type(record).__name__}")
-    return record
+        return cavro.Schema(source, options=_OPTIONS)
+    except Exception as exc:  # cavro is stricter than fastavro about a few names
+        raise ConfigError("schema", f"{source.get('name')!r} not usable: {exc}") from exc
+
+
+class _ExactReader:
+    """Decodes one payload that must be exactly one record (see the module docstring)."""
+
+    def __init__(self, writer: Mapping[str, Any], reader: Mapping[str, Any] | None = None):
+        schema = _compile(writer, end_marker=True)
+        if reader is not None:
+            schema = _compile(reader, end_marker=True).reader_for_writer(schema)
+        self._schema = schema
+
+    def read(self, payload: bytes, start: int = 0) -> dict[str, Any]:
+        body = payload[start:] if start else payload
+        try:
+            record: dict[str, Any] = self._schema.binary_decode(body + _END)
+        except Exception as exc:  # EOFError, ValueError, UnicodeDecodeError, ...
+            raise DecodeError(f"not a valid Avro record: {type(exc).__name__}: {exc}") from exc
+        if record.pop(_END_FIELD) != _END:
+            raise DecodeError(
+                f"bytes left after the record in a {len(payload)}-byte payload: trailing "
+                "bytes (wrong schema or wrong schema version)",
+                reason="trailing_bytes",
+            )
+        return record
 
 
 class AvroCodec:
     """Plain Avro binary with one fixed schema (the embedded default)."""
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
-        self.schema = parse(schema)
+        self._reader = _ExactReader(schema)
+        self._writer = _compile(schema)
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """Decode ``payload``; raises DecodeError unless it is exactly one record."""
-        record: dict[str, Any] = _read_exact(payload, 0, self.schema, None)
-        return record
+        return self._reader.read(payload)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` (raises ValueError/TypeError for a record that does not fit)."""
-        buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, self.schema, dict(record))
-        return buffer.getvalue()
+        encoded: bytes = self._writer.binary_encode(record)
+        return encoded
 
 
 class SchemaRegistry(Protocol):
@@ -185,39 +217,40 @@ class ConfluentCodec:
         self, registry: SchemaRegistry, reader_schema: Mapping[str, Any], subject: str
     ) -> None:
         self.registry = registry
-        self.reader = parse(reader_schema)
         self._raw_reader = dict(reader_schema)
+        self._writer = _compile(reader_schema)
         self.subject = subject
-        self._writers: dict[int, Schema] = {}
+        self._readers: dict[int, _ExactReader] = {}
         self._own_id: int | None = None
 
-    def _writer(self, schema_id: int) -> Schema:
-        writer = self._writers.get(schema_id)
-        if writer is None:
+    def _reader_for(self, schema_id: int) -> _ExactReader:
+        reader = self._readers.get(schema_id)
+        if reader is None:
             raw = self.registry.schema_by_id(schema_id)
             if raw is None:
                 raise DecodeError(f"schema id {schema_id} is unknown", reason="unknown_schema_id")
-            writer = self._writers[schema_id] = parse(raw)
-        return writer
+            try:
+                reader = _ExactReader(raw, self._raw_reader)
+            except Exception as exc:  # not a record, or not resolvable against the reader
+                raise DecodeError(f"schema id {schema_id} cannot be read as "
+                                  f"{self._raw_reader.get('name')!r}: {exc}",
+                                  reason="incompatible_schema") from exc
+            self._readers[schema_id] = reader
+        return reader
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """Decode a framed payload, resolving the writer schema against the reader schema."""
         if len(payload) < _HEADER.size or payload[0] != MAGIC_BYTE:
             raise DecodeError("missing Confluent magic byte / schema id", reason="bad_framing")
         _, schema_id = _HEADER.unpack_from(payload)
-        record: dict[str, Any] = _read_exact(
-            payload, _HEADER.size, self._writer(schema_id), self.reader
-        )
-        return record
+        return self._reader_for(schema_id).read(payload, _HEADER.size)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode with the reader schema, registering it on first use."""
         if self._own_id is None:
             self._own_id = self.registry.register(self.subject, self._raw_reader)
-        buffer = io.BytesIO()
-        buffer.write(_HEADER.pack(MAGIC_BYTE, self._own_id))
-        fastavro.schemaless_writer(buffer, self.reader, dict(record))
-        return buffer.getvalue()
+        body: bytes = self._writer.binary_encode(record)
+        return _HEADER.pack(MAGIC_BYTE, self._own_id) + body
 
 
 def make_codec(
