@@ -11,7 +11,9 @@ import contextlib
 import gc
 import logging
 import signal
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from agents.inference import BatchOutput, InferenceProcessor, register_inference_agent
@@ -94,7 +96,9 @@ class Worker:
             models=models, stats=self.stats, learners=learners,
         )
         self.reporter = Reporter(self)
-        self.app = make_faust_app(settings, self.stats, web_port, [self.reporter.families])
+        self._faust_dir = tempfile.TemporaryDirectory(prefix="riverbed-faust-")
+        self.app = make_faust_app(settings, self.stats, Path(self._faust_dir.name), web_port,
+                                  [self.reporter.families])
         self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=4)  # see streams/ingest.py
         inputs = [topics.events] + ([topics.labels] if self.join is not None else [])
         self.ingest = BatchIngest(settings, inputs, self.batches, on_assign=self._assigned,
@@ -335,6 +339,7 @@ class Worker:
                 await self._follower
         await self.app.stop()
         await self.output.stop()
+        self._faust_dir.cleanup()
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         """Run until ``stop`` is set, SIGINT/SIGTERM, or a crash; returns an exit code."""

@@ -7,6 +7,7 @@ Faust provides the worker's lifecycle (services, agents, timers), its web server
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -20,9 +21,14 @@ def faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
 
 
-def make_faust_app(settings: Settings, stats: WorkerStats, web_port: int | None = None,
-                   extra_metrics: list[Any] | None = None) -> Any:
-    """A Faust app for one worker process; serves stats at /metrics and /riverbed/stats."""
+def make_faust_app(settings: Settings, stats: WorkerStats, datadir: Path,
+                   web_port: int | None = None, extra_metrics: list[Any] | None = None) -> Any:
+    """A Faust app for one worker process; serves stats at /metrics and /riverbed/stats.
+
+    riverbed keeps no Faust tables, but Faust creates ``<datadir>/v1/tables`` at start
+    (by default ``./<app id>-data`` in the working directory): the worker passes a private
+    temporary directory that it removes when it stops.
+    """
     w = settings.worker
     app = faust.App(
         f"{w.group_id}.app",
@@ -38,6 +44,7 @@ def make_faust_app(settings: Settings, stats: WorkerStats, web_port: int | None 
         broker_heartbeat_interval=w.heartbeat_interval_ms / 1000,
         producer_acks=-1,
         table_standby_replicas=0,
+        datadir=datadir,
     )
 
     @app.page("/metrics")

@@ -7,9 +7,11 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
@@ -118,9 +120,12 @@ class WorkerChild:
         self.log_path = os.path.join(log_dir, f"worker-{self.port}.log") if log_dir else None
         if self.log_path:
             output = open(self.log_path, "wb")  # noqa: SIM115
+        # its own TMPDIR: a SIGKILLed worker cannot remove its temporary files, kill() does
+        self.tmp = tempfile.mkdtemp(prefix="riverbed-test-worker-")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "-c", str(CONFIG),
-             "--web-port", str(self.port), "--log-level", level], env=env, cwd=ROOT,
+             "--web-port", str(self.port), "--log-level", level],
+            env={**env, "TMPDIR": self.tmp}, cwd=ROOT,
             preexec_fn=die_with_parent, stdout=output, stderr=output)
         if self.log_path:
             output.close()  # the child holds its own descriptor
@@ -158,3 +163,4 @@ class WorkerChild:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 
@@ -21,11 +22,15 @@ pytestmark = pytest.mark.integration
 
 async def test_one_prediction_per_valid_event(settings: Settings) -> None:
     await provision(settings)
-    async with running_worker(settings):
+    async with running_worker(settings) as worker:
         report = await produce(settings, "agrawal", 3000, bad_fraction=0.02, seed=11)
         predictions = await collect(settings, settings.topics.predictions, 4, report.valid,
                                     settle_s=1.0)
         dead = await collect(settings, settings.topics.dead_letters, 1, report.bad, settle_s=0.5)
+        faust_dir = worker.app.conf.datadir  # Faust's own data: not in the working directory
+        assert (faust_dir / "v1" / "tables").is_dir()
+        assert not (Path.cwd() / f"{settings.worker.group_id}.app-data").exists()
+    assert not faust_dir.exists()  # removed when the worker stopped
     decoder = AvroCodec(load_schema("prediction"))
     decoded = [decoder.decode(r.value) for r in predictions]
     assert len(decoded) == report.valid
