@@ -37,6 +37,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -200,13 +201,13 @@ def run_naive_faust(settings: Settings, events: int) -> None:
     @app.agent(source)
     async def naive(stream: Any) -> None:
         async for key, value in stream.items():
+            if state["first"] is None:
+                state["first"], state["cpu"] = time.perf_counter(), cpu_marks()
             out = _predict_learn(decoder, encoder, features, model, value)
             await sink.send(key=key, value=out)
             state["n"] += 1
-            if state["first"] is None:
-                state["first"] = time.perf_counter()
             if state["n"] == events:
-                _report(state["first"], time.perf_counter(), events, {})
+                _report(state["first"], time.perf_counter(), events, {}, state["cpu"])
                 os._exit(0)  # measurement done; skip Faust's slow shutdown
 
     import logging
@@ -305,11 +306,11 @@ def run_quixstreams(settings: Settings, events: int) -> None:
 
     def work(value: bytes) -> bytes:
         if state["first"] is None:
-            state["first"] = time.perf_counter()
+            state["first"], state["cpu"] = time.perf_counter(), cpu_marks()
         out = _predict_learn(decoder, encoder, features, model, value)
         state["n"] += 1
         if state["n"] == events:
-            _report(state["first"], time.perf_counter(), events, {})
+            _report(state["first"], time.perf_counter(), events, {}, state["cpu"])
             os._exit(0)  # measurement done
         return out
 
@@ -344,15 +345,20 @@ def contender(name: str, bootstrap: str, events: int, model: str,
            "RIVERBED_BENCH_BROKER_PID": str(broker_pid or "")}
     if name == "riverbed-labels":
         env.update({f"RIVERBED_TOPICS__{k}": v for k, v in LABELS_TOPICS.items()})
-    proc = subprocess.Popen([sys.executable, __file__, "--contender", name, "--events",
-                             str(events), "--model", model], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=die_with_parent)
-    try:
-        out, errors = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, errors = proc.communicate()
-        raise SystemExit(f"{name} timed out:\n{errors.decode()[-2000:]}") from None
+    # Faust and quixstreams keep state under the working directory (./<id>-data, ./state)
+    # and contenders end with os._exit: run each in a temporary directory removed afterwards.
+    with tempfile.TemporaryDirectory(prefix=f"riverbed-bench-{name}-") as scratch:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--contender",
+                                 name, "--events", str(events), "--model", model],
+                                env={**env, "TMPDIR": scratch}, cwd=scratch,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=die_with_parent)
+        try:
+            out, errors = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, errors = proc.communicate()
+            raise SystemExit(f"{name} timed out:\n{errors.decode()[-2000:]}") from None
     # Faust routes stdout through its logger, so find the JSON object inside the line
     text = out.decode() + "\n" + errors.decode()
     lines = [line[line.index('{"events"'):].strip() for line in text.splitlines()
