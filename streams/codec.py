@@ -5,17 +5,10 @@
 * Confluent: ``0x00`` + 4-byte big-endian schema id + Avro record; the writer schema is
   fetched from the registry by id and resolved against the reader schema (evolution).
 
-The hot path runs on cavro (compiled Avro; about half fastavro's time per decode on the
-demo event, measured in ``bench/hotpath.py``); fastavro parses and validates schemas and
-stays the reference codec that the property tests compare cavro against byte for byte.
-
-A decode must consume exactly the payload: Avro readers happily ignore trailing bytes
-(and so read a v2 record as v1). cavro does not expose its read position, so every
-decoder reads the payload followed by a 16-byte end marker (random per process) as a
-record with one extra ``fixed`` field: the marker comes back intact only when the record
-ended exactly at the end of the payload; a truncated payload leaves fewer than 16 bytes for
-it (EOF). Every failure -- truncation, trailing bytes, bad union index, unknown schema id
--- becomes a :class:`~streams.errors.DecodeError` with a reason code.
+The Avro engine is cavro, or fastavro where cavro is not installed
+(:mod:`streams.avro_backend`). A decode must consume exactly the payload. Every failure --
+truncation, trailing bytes, bad union index, unknown schema id -- becomes a
+:class:`~streams.errors.DecodeError` with a reason code.
 
 Logical types are stripped from the schemas used on the hot path: timestamps travel
 as epoch milliseconds (``int``) inside riverbed, which saves a ``datetime`` per field.
@@ -23,9 +16,7 @@ as epoch milliseconds (``int``) inside riverbed, which saves a ``datetime`` per 
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import struct
 import threading
 import urllib.error
@@ -33,28 +24,21 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import cavro
-import fastavro
-from fastavro.types import Schema
+from streams.avro_backend import (
+    DEFAULT_BACKEND,
+    Backend,
+    RecordReader,
+    RecordWriter,
+    parse,
+    strip_logical_types,
+)
+from streams.errors import DecodeError, SchemaRegistryError
 
-from streams.errors import ConfigError, DecodeError, SchemaRegistryError
+__all__ = ["AvroCodec", "ConfluentCodec", "HttpSchemaRegistry", "InMemorySchemaRegistry",
+           "make_codec", "parse", "strip_logical_types"]
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
-
-
-def strip_logical_types(schema: Any) -> Any:
-    """A deep copy of ``schema`` without ``logicalType`` annotations (same binary layout)."""
-    if isinstance(schema, dict):
-        return {k: strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [strip_logical_types(s) for s in schema]
-    return copy.copy(schema)
-
-
-def parse(schema: Mapping[str, Any]) -> Schema:
-    """Parse a schema for fastavro with logical types stripped."""
-    return fastavro.parse_schema(strip_logical_types(dict(schema)))
 
 
 class Decoder(Protocol):
@@ -69,56 +53,12 @@ class Encoder(Protocol):
     def encode(self, record: Mapping[str, Any]) -> bytes: ...
 
 
-_OPTIONS = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True, logical_types=())
-_END_FIELD = "riverbed_end_marker__"
-_END = os.urandom(16)
-
-
-def _compile(schema: Mapping[str, Any], end_marker: bool = False) -> Any:
-    """A cavro schema for ``schema`` (validated by fastavro first), optionally end-marked."""
-    parse(schema)
-    source = strip_logical_types(dict(schema))
-    if end_marker:
-        if source.get("type") != "record":
-            raise ConfigError("schema", f"{source.get('name')!r}: a topic schema must be a record")
-        marker = {"type": "fixed", "name": "riverbed.internal.EndMarker", "size": len(_END)}
-        source["fields"] = [*source["fields"], {"name": _END_FIELD, "type": marker}]
-    try:
-        return cavro.Schema(source, options=_OPTIONS)
-    except Exception as exc:  # cavro is stricter than fastavro about a few names
-        raise ConfigError("schema", f"{source.get('name')!r} not usable: {exc}") from exc
-
-
-class _ExactReader:
-    """Decodes one payload that must be exactly one record (see the module docstring)."""
-
-    def __init__(self, writer: Mapping[str, Any], reader: Mapping[str, Any] | None = None):
-        schema = _compile(writer, end_marker=True)
-        if reader is not None:
-            schema = _compile(reader, end_marker=True).reader_for_writer(schema)
-        self._schema = schema
-
-    def read(self, payload: bytes, start: int = 0) -> dict[str, Any]:
-        body = payload[start:] if start else payload
-        try:
-            record: dict[str, Any] = self._schema.binary_decode(body + _END)
-        except Exception as exc:  # EOFError, ValueError, UnicodeDecodeError, ...
-            raise DecodeError(f"not a valid Avro record: {type(exc).__name__}: {exc}") from exc
-        if record.pop(_END_FIELD) != _END:
-            raise DecodeError(
-                f"bytes left after the record in a {len(payload)}-byte payload: trailing "
-                "bytes (wrong schema or wrong schema version)",
-                reason="trailing_bytes",
-            )
-        return record
-
-
 class AvroCodec:
     """Plain Avro binary with one fixed schema (the embedded default)."""
 
-    def __init__(self, schema: Mapping[str, Any]) -> None:
-        self._reader = _ExactReader(schema)
-        self._writer = _compile(schema)
+    def __init__(self, schema: Mapping[str, Any], backend: Backend = DEFAULT_BACKEND) -> None:
+        self._reader = RecordReader(schema, backend=backend)
+        self._writer = RecordWriter(schema, backend)
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         """Decode ``payload``; raises DecodeError unless it is exactly one record."""
@@ -126,8 +66,7 @@ class AvroCodec:
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` (raises ValueError/TypeError for a record that does not fit)."""
-        encoded: bytes = self._writer.binary_encode(record)
-        return encoded
+        return self._writer.encode(record)
 
 
 class SchemaRegistry(Protocol):
@@ -214,23 +153,25 @@ class ConfluentCodec:
     """Confluent wire format: magic byte, schema id, Avro body; reader/writer resolution."""
 
     def __init__(
-        self, registry: SchemaRegistry, reader_schema: Mapping[str, Any], subject: str
+        self, registry: SchemaRegistry, reader_schema: Mapping[str, Any], subject: str,
+        backend: Backend = DEFAULT_BACKEND,
     ) -> None:
         self.registry = registry
         self._raw_reader = dict(reader_schema)
-        self._writer = _compile(reader_schema)
+        self._backend = backend
+        self._writer = RecordWriter(reader_schema, backend)
         self.subject = subject
-        self._readers: dict[int, _ExactReader] = {}
+        self._readers: dict[int, RecordReader] = {}
         self._own_id: int | None = None
 
-    def _reader_for(self, schema_id: int) -> _ExactReader:
+    def _reader_for(self, schema_id: int) -> RecordReader:
         reader = self._readers.get(schema_id)
         if reader is None:
             raw = self.registry.schema_by_id(schema_id)
             if raw is None:
                 raise DecodeError(f"schema id {schema_id} is unknown", reason="unknown_schema_id")
             try:
-                reader = _ExactReader(raw, self._raw_reader)
+                reader = RecordReader(raw, self._raw_reader, self._backend)
             except Exception as exc:  # not a record, or not resolvable against the reader
                 raise DecodeError(f"schema id {schema_id} cannot be read as "
                                   f"{self._raw_reader.get('name')!r}: {exc}",
@@ -249,8 +190,7 @@ class ConfluentCodec:
         """Encode with the reader schema, registering it on first use."""
         if self._own_id is None:
             self._own_id = self.registry.register(self.subject, self._raw_reader)
-        body: bytes = self._writer.binary_encode(record)
-        return _HEADER.pack(MAGIC_BYTE, self._own_id) + body
+        return _HEADER.pack(MAGIC_BYTE, self._own_id) + self._writer.encode(record)
 
 
 def make_codec(
