@@ -23,7 +23,10 @@ Takeover (``takeover``): read the newest snapshot from the index, fold the histo
 to the high-water mark, append ``Claimed{epoch+1}``, then fold on up to *our own Claimed
 record* (a concurrent claimer with a higher epoch would fence us, so we claim again).
 Only then does the learner learn. A learner fenced by a newer epoch keeps writing into
-the void: the fold ignores its records and counts them.
+the void: the fold ignores its records and counts them. Input offsets it committed
+meanwhile are not trusted: after every rebalance the worker seeks each input partition to
+the position its models' folds cover (``Worker.before_batch``), so the events whose
+records were ignored are learned by whoever owns the model next.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ class Worker:
         self.app.service(self.ingest)
         register_inference_agent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
-            before_batch=self.retake_if_fenced, guard=self.model_lock,
+            before_batch=self.before_batch, guard=self.model_lock,
             after_outputs=self._after_outputs,
         )
 
@@ -120,6 +120,9 @@ class Worker:
             await self.expire_pending()
         self._follower: asyncio.Task[None] | None = None
         self._crash: asyncio.Future[None] | None = None
+        #: Set by every rebalance: the inputs are sought to the history before any batch.
+        self._resume_from_history = False
+        self._resume: asyncio.Future[None] | None = None
 
         @self.app.page("/riverbed/models")
         async def models_page(web: Any, request: Any) -> Any:
@@ -174,6 +177,8 @@ class Worker:
         A failed takeover stops the worker with a TakeoverError (nothing of those
         partitions is committed: see OwnershipError)."""
         self.stats.partitions = sorted(partitions)
+        self._resume_from_history = True
+        self._resume = asyncio.ensure_future(self._resume_after_rebalance())  # after the lock
         if not self.per_partition:
             return
         try:
@@ -280,23 +285,55 @@ class Worker:
         if result.drifts:
             await self.reporter.publish("drift", sorted({name for name, _ in result.drifts}))
 
+    async def before_batch(self) -> None:
+        """Run under the model lock before each batch: resume from the history after a
+        rebalance; if a newer epoch fenced a model, rebuild it first."""
+        await self._resume_from_history_now()
+        await self.retake_if_fenced()
+
+    async def _resume_after_rebalance(self) -> None:
+        """Scheduled by every rebalance: resume even if no batch comes (the committed
+        offsets may point past everything there is)."""
+        try:
+            async with self.model_lock:
+                await self._resume_from_history_now()
+        except Exception as exc:  # e.g. the broker did not answer: stop, commit nothing
+            log.error("resuming the inputs from the history failed: %r", exc)
+            await self.app.crash(TakeoverError(f"resuming the inputs failed: {exc!r}"))
+
+    async def _resume_from_history_now(self) -> None:
+        """Once per rebalance, under the model lock: seek every input partition to where
+        the models' history ends (:meth:`_history_position`); batches fetched before are
+        void and fetched again."""
+        if self._resume_from_history and self.learners and not self.fenced_learners():
+            self._resume_from_history = False
+            await self.ingest.rewind(self._history_position)
+
+    def fenced_learners(self) -> list[Learner]:
+        """Learners whose model a newer epoch has claimed (noticed by the follower)."""
+        return [lr for lr in self.learners if lr.fenced]
+
+    def _history_position(self, tp: Any) -> int | None:
+        """Where learning resumes on ``tp``: the lowest position the models' histories
+        cover, or None (no model learned from it yet: the committed offset). The history,
+        not the committed offset, is the record of what was learned: a fenced owner that
+        had not noticed yet may have committed past batches its history records no longer
+        count, and the next owner must learn them."""
+        known = [lr.fold.offsets.get(f"{tp.topic}:{tp.partition}") for lr in self.learners]
+        return min((k for k in known if k is not None), default=None)
+
     async def retake_if_fenced(self) -> None:
         """If a newer epoch claimed a model (rollback, second worker), rebuild it from the
         history and re-read the input from what the history covers."""
-        fenced = [lr for lr in self.learners if lr.fenced]
+        fenced = self.fenced_learners()
         if not fenced:
             return
         for learner in fenced:
             log.warning("%s: fenced by a newer epoch; taking over again", learner.model.name)
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
-        learners = self.learners
-
-        def position_of(tp: Any) -> int | None:
-            known = [lr.fold.offsets.get(f"{tp.topic}:{tp.partition}") for lr in learners]
-            return min((k for k in known if k is not None), default=None)
-
-        await self.ingest.rewind(position_of)
+        self._resume_from_history = False
+        await self.ingest.rewind(self._history_position)
 
     async def _follow_history(self) -> None:
         """Watch the history for Claimed records of our models with a newer epoch."""
@@ -333,6 +370,8 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop agents and services; commits offsets of finished batches."""
+        if self._resume is not None and not self._resume.done():
+            self._resume.cancel()
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -76,6 +76,8 @@ class BatchIngest(Service):
         self.progress: dict[str, dict[str, int | None]] = {} if progress is None else progress
         self.consumer: AIOKafkaConsumer | None = None
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        #: Positions of a rewind, applied by the fetch loop (see :meth:`rewind`).
+        self._seek_to: dict[TopicPartition, int] | None = None
         #: Set once this worker owns at least one partition (group join done).
         self.assigned = asyncio.Event()
         super().__init__(**kwargs)
@@ -111,14 +113,15 @@ class BatchIngest(Service):
         assert self.consumer is not None
         max_records = self.settings.limits.max_batch_records
         while not self.should_stop:
+            self._apply_seeks()
             try:
                 fetched = await self.consumer.getmany(timeout_ms=500, max_records=max_records)
             except KafkaError as exc:  # transient broker trouble: log and fetch again
                 log.warning("fetch failed: %r", exc)
                 await self.sleep(0.5)
                 continue
-            if not fetched:
-                continue
+            if self._apply_seeks() or not fetched:
+                continue  # a rewind came while fetching: these records come again
             records: list[Any] = []
             next_offsets = {}
             for tp, part in fetched.items():
@@ -145,18 +148,33 @@ class BatchIngest(Service):
 
     async def rewind(self, position_of: Any) -> None:
         """Void in-flight batches and seek every assigned partition to ``position_of(tp)``
-        (an offset, or None to resume from the committed offset)."""
+        (an offset, or None to resume from the committed offset, else the beginning).
+
+        The batches already fetched are void at once (new generation); the seeks are
+        applied by the fetch loop between two fetches, because a fetch under way when we
+        seek may still return records from the old position and advance past the new one.
+        """
         assert self.consumer is not None
-        assigned = set(self.consumer.assignment())
-        self.offsets.revoke(assigned)
-        for tp in assigned:
+        positions = {}
+        for tp in self.consumer.assignment():
             position = position_of(tp)
             if position is None:
                 position = await self.consumer.committed(tp)
-            if position is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
+            # offset 0 below the log start resets to the earliest (auto_offset_reset)
+            positions[tp] = 0 if position is None else position
+        self._seek_to = positions
+        self.offsets.revoke(positions)
+
+    def _apply_seeks(self) -> bool:
+        """Apply a pending rewind (see :meth:`rewind`); True if there was one."""
+        positions, self._seek_to = self._seek_to, None
+        if positions is None or self.consumer is None:
+            return False
+        assigned = self.consumer.assignment()
+        for tp, position in positions.items():
+            if tp in assigned:  # a rebalance may have come meanwhile
                 self.consumer.seek(tp, position)
+        return True
 
     async def commit_done(self, only: set[TopicPartition] | None = None) -> None:
         """Commit offsets of done batches (optionally only for ``only`` partitions)."""

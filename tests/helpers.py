@@ -57,6 +57,30 @@ async def send_raw(settings: Settings, records: Sequence[tuple[bytes | None, byt
         await producer.stop()
 
 
+async def commit_as_group(settings: Settings, positions: dict[tuple[str, int], int]) -> None:
+    """Commit ``positions`` ((topic, partition) -> offset) in the worker's consumer group
+    as a member of it, the way an owner does (the group must have no other member)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
+                                group_id=settings.worker.group_id, enable_auto_commit=False,
+                                partition_assignment_strategy=(RangePartitionAssignor,))
+    await consumer.start()
+    try:
+        tps = {TopicPartition(t, p): o for (t, p), o in positions.items()}
+        consumer.subscribe(sorted({t for t, _ in positions}))
+        deadline = time.monotonic() + 30
+        while not set(tps) <= consumer.assignment():  # joined, owns them
+            assert time.monotonic() < deadline, f"not assigned {set(tps)} in time"
+            await consumer.getmany(timeout_ms=200)
+        await consumer.commit(tps)
+        for tp, offset in tps.items():
+            assert await consumer.committed(tp) == offset
+    finally:
+        await consumer.stop()
+
+
 async def until(predicate: Any, timeout_s: float) -> None:
     """Wait until ``predicate()`` holds; AssertionError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

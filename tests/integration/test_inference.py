@@ -15,7 +15,14 @@ from streams.datasets import events
 from streams.deadletter import parse_headers
 from streams.produce import produce
 from tests.conftest import unique_settings
-from tests.helpers import collect, provision, running_worker, send_raw, until
+from tests.helpers import (
+    collect,
+    commit_as_group,
+    provision,
+    running_worker,
+    send_raw,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +129,25 @@ async def test_restart_resumes_from_committed_offsets(settings: Settings) -> Non
     ids = [AvroCodec(load_schema("prediction")).decode(r.value)["event_id"] for r in predictions]
     assert len(set(ids)) == total  # every event predicted
     assert len(ids) == total       # a clean stop commits: nothing re-processed
+
+
+async def test_learning_resumes_where_the_history_ends_not_at_the_committed_offset(
+        settings: Settings) -> None:
+    """A fenced owner that has not noticed yet commits batches its history records no
+    longer count; whoever owns the model next must learn those events."""
+    await provision(settings)
+    async with running_worker(settings) as worker:
+        first = await produce(settings, "agrawal", 600, seed=1)
+        await until(lambda: worker.models[0].seq == first.valid, 60)
+    second = await produce(settings, "agrawal", 600, seed=2)
+    events_ = await collect(settings, settings.topics.events, 4, first.valid + second.valid)
+    ends = {}
+    for record in events_:
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+    await commit_as_group(settings, {(settings.topics.events, p): o for p, o in ends.items()})
+    async with running_worker(settings) as worker:
+        await until(lambda: worker.models[0].seq >= first.valid + second.valid, 60)
+        assert worker.models[0].seq == first.valid + second.valid  # each learned once
 
 
 async def test_faust_flow_control_never_drops_fetched_batches(
