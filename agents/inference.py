@@ -1,13 +1,15 @@
-"""The inference agent: decode, validate, predict, then learn -- one micro-batch at a time.
+"""The inference processor: decode, validate, predict, then learn -- one micro-batch at a time.
 
-Delivery guarantee: **at-least-once** predictions and dead letters. A batch's input
-offsets are committed only after every prediction and dead letter of that batch has
-been acknowledged by the broker (``acks=all``). After a crash, the uncommitted tail is
-processed again, so a prediction may be published twice (same ``event_id``); consumers
-deduplicate on ``(event_id, model)``. In this process learning is in-process and not yet
-deduplicated across restarts -- the event-sourced learner (issue 2/4) makes it exactly-once.
+Pure CPU work: it turns a batch of input records into outputs (predictions, dead letters)
+and history records; ``agents/batch_agent.py`` publishes them. Its part of the delivery
+guarantee: every event is validated for every model before any model predicts or learns
+(a bad event never touches state), and each model learns an event at most once -- records
+its history already covers are skipped by offset, and labelled events it has already
+learned (same ``event_id``) by the fold's id window. Predictions are at-least-once: a
+re-processed batch predicts again (same ``event_id``; consumers deduplicate on
+``(event_id, model)``).
 
-Why batches: Faust's per-message path costs 200-330 us per event here; this agent pays
+Why batches: Faust's per-message path costs 200-330 us per event here; this processor pays
 per-item costs once per *batch* (see ``streams/ingest.py``) and does only plain
 Python per event: one Avro decode, one feature dict, predict, learn, one Avro encode.
 """
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streams.codec import Decoder, Encoder
 from streams.config import Settings
 from streams.deadletter import DeadLetter
-from streams.errors import EventError, OwnershipError, ValidationError
+from streams.errors import EventError, ValidationError
 from streams.evaluation import ModelMonitor
 from streams.features import FeatureExtractor, validate_label
 from streams.history import Example
@@ -106,6 +108,8 @@ class InferenceProcessor:
         self.join = join
         #: events predicted so far (every TIMING_SAMPLE-th predict and learn is timed)
         self.predicted = 0
+        #: the model whose step is under way (named in a dead letter if it fails)
+        self._blame: str | None = None
 
     def add_model(self, model: OnlineModel, learner: Any = None,
                   partition: int | None = None) -> None:
@@ -178,63 +182,79 @@ class InferenceProcessor:
 
     def _event(self, record: InputRecord, active: list[_Lane], out: BatchOutput,
                now_ms: int) -> None:
-        ev = self.event
-        model_name: str | None = None
+        """Validate ``record`` for every active model, then predict and learn; a failure
+        dead-letters the event, blaming the model whose step failed (if any)."""
+        self._blame = None
         try:
-            value = record.value
-            if value is None or len(value) > self.max_bytes:
-                raise EventError(
-                    "empty (tombstone) value" if value is None else
-                    f"{len(value)} bytes > limit {self.max_bytes}", reason="bad_size")
-            event = self.decoder.decode(value)
-            event_id = event[ev.id_field]
-            if not event_id:
-                raise ValidationError("empty event id", reason="missing_event_id")
-            label = event.get(ev.label_field)
-            inputs = []
-            for lane in active:
-                model_name = lane.model.name
-                x = lane.extractor.extract(event)
-                y = None if label is None else validate_label(label, lane.model.task)
-                inputs.append((lane, x, y))
-            model_name = None
-            outputs, made = [], []
-            event_time = event[ev.timestamp_field]
-            self.predicted += 1
-            timed = self.predicted % TIMING_SAMPLE == 0
-            for lane, x, y in inputs:
-                model = lane.model
-                model_name = model.name
-                seq = model.seq
-                if timed:
-                    began = perf_counter()
-                    prediction, proba = model.predict(x)
-                    out.predict_s.append(perf_counter() - began)
-                else:
-                    prediction, proba = model.predict(x)
-                if y is not None:
-                    lane.learn(event_id, x, y, prediction, proba, now_ms - event_time, timed)
-                made.append((model.name, x, prediction, proba, seq))
-                outputs.append(self.encoder.encode({
-                    "event_id": event_id, "key": event[ev.key_field], "model": model.name,
-                    "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
-                    "probabilities": {str(k): float(v) for k, v in proba.items()},
-                    "event_time": event_time, "prediction_time": now_ms,
-                }))
-            predictions = out.predictions[record.partition]
-            for encoded in outputs:
-                predictions.append((record.key, encoded))
-            for lane, _, _ in inputs:
-                lane.predictions += 1
-            out.latencies.append(now_ms - event_time)
-            if label is None and self.join is not None:
-                self.join.hold(event_id, made, event_time, active, out, now_ms)
+            event, label, inputs = self._validated(record, active)
+            self._predict_and_learn(record, event, label, inputs, out, now_ms)
         except EventError as exc:
-            out.dead_letters.append(dead_letter(record, exc.reason, str(exc), model_name))
+            out.dead_letters.append(dead_letter(record, exc.reason, str(exc), self._blame))
         except Exception as exc:  # a model or encoder failure must not kill the worker
-            reason = "model_error" if model_name else "internal_error"
+            reason = "model_error" if self._blame else "internal_error"
             detail = f"{type(exc).__name__}: {exc}"
-            out.dead_letters.append(dead_letter(record, reason, detail, model_name))
+            out.dead_letters.append(dead_letter(record, reason, detail, self._blame))
+
+    def _validated(self, record: InputRecord, active: list[_Lane]) -> tuple[
+            dict[str, Any], Any, list[tuple[_Lane, dict[str, float], Any]]]:
+        """Decode ``record`` and build each active model's features and label; raises
+        :class:`EventError` before any model is touched."""
+        value = record.value
+        if value is None or len(value) > self.max_bytes:
+            raise EventError(
+                "empty (tombstone) value" if value is None else
+                f"{len(value)} bytes > limit {self.max_bytes}", reason="bad_size")
+        event = self.decoder.decode(value)
+        if not event[self.event.id_field]:
+            raise ValidationError("empty event id", reason="missing_event_id")
+        label = event.get(self.event.label_field)
+        inputs = []
+        for lane in active:
+            self._blame = lane.model.name
+            x = lane.extractor.extract(event)
+            y = None if label is None else validate_label(label, lane.model.task)
+            inputs.append((lane, x, y))
+        self._blame = None
+        return event, label, inputs
+
+    def _predict_and_learn(
+        self, record: InputRecord, event: dict[str, Any], label: Any,
+        inputs: list[tuple[_Lane, dict[str, float], Any]], out: BatchOutput, now_ms: int,
+    ) -> None:
+        """Predict, then learn from the label (if any), for every validated model."""
+        ev = self.event
+        event_id, event_time = event[ev.id_field], event[ev.timestamp_field]
+        outputs, made = [], []
+        self.predicted += 1
+        timed = self.predicted % TIMING_SAMPLE == 0
+        for lane, x, y in inputs:
+            model = lane.model
+            self._blame = model.name
+            seq = model.seq
+            if timed:
+                began = perf_counter()
+                prediction, proba = model.predict(x)
+                out.predict_s.append(perf_counter() - began)
+            else:
+                prediction, proba = model.predict(x)
+            if y is not None:
+                lane.learn(event_id, x, y, prediction, proba, now_ms - event_time, timed)
+            made.append((model.name, x, prediction, proba, seq))
+            outputs.append(self.encoder.encode({
+                "event_id": event_id, "key": event[ev.key_field], "model": model.name,
+                "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
+                "probabilities": {str(k): float(v) for k, v in proba.items()},
+                "event_time": event_time, "prediction_time": now_ms,
+            }))
+        predictions = out.predictions[record.partition]
+        for encoded in outputs:
+            predictions.append((record.key, encoded))
+        for lane, _, _ in inputs:
+            lane.predictions += 1
+        out.latencies.append(now_ms - event_time)
+        if label is None and self.join is not None:
+            lanes = [lane for lane, _, _ in inputs]
+            self.join.hold(event_id, made, event_time, lanes, out, now_ms)
 
     def _count(self, out: BatchOutput, lanes: list[_Lane]) -> None:
         stats = self.stats
@@ -334,85 +354,3 @@ def dead_letter(record: InputRecord, reason: str, detail: str, model: str | None
         source_topic=record.topic, source_partition=record.partition,
         source_offset=record.offset, model=model,
     )
-
-
-async def append_history(results: Sequence[BatchOutput]) -> None:
-    """Append the history records of ``results`` (in batch order) in one round trip, then
-    point the snapshot index at new snapshots and mark the records durable."""
-    pairs = [(learner, events) for result in results for learner, events in result.history]
-    if not pairs:
-        return
-    offsets = await pairs[0][0].history.append([e for _, events in pairs for e in events])
-    position = 0
-    for learner, events in pairs:
-        mine = offsets[position : position + len(events)]
-        position += len(events)
-        await learner.publish_index(events, mine)
-        learner.mark_durable(events)
-
-
-def register_inference_agent(
-    app: Any, batches: Any, processor: InferenceProcessor, output: Any, ingest: Any,
-    settings: Settings, before_batch: Any = None, guard: Any = None,
-    after_outputs: Any = None,
-) -> Any:
-    """Register the batch inference agent on ``app`` as a task reading ``batches`` (an
-    ``asyncio.Queue`` filled by :class:`streams.ingest.BatchIngest`).
-
-    Acks are awaited by a separate task, in batch order, so the agent can process the
-    next batch while the broker acknowledges the previous one; ``ingest.done`` is called
-    strictly in order, and a failed publish crashes the worker (nothing is committed
-    past it, so a restart re-processes it).
-    """
-    import asyncio
-
-    topics = settings.topics
-    pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(maxsize=8)
-
-    @app.task
-    async def inference() -> None:
-        lock = guard or asyncio.Lock()
-        while True:
-            batch = await batches.get()
-            async with lock:  # models are not touched by anyone else meanwhile
-                if before_batch is not None:
-                    await before_batch()  # e.g. take over again after being fenced
-                if batch.generation != ingest.offsets.generation:
-                    continue  # fetched before a rewind/revoke: it will be fetched again
-                result = processor.process(batch.records)
-            if result.unowned:  # never commit records that no model learned: stop loudly
-                await app.crash(OwnershipError(
-                    f"records of {sorted(result.unowned)} reached a worker serving no model "
-                    "for them; stopping without committing them"))
-                return
-            futures: list[Any] = []
-            for partition, records in result.predictions.items():
-                futures += await output.publish(topics.predictions, partition, records)
-            if result.dead_letters:
-                futures += await output.publish_dead_letters(
-                    topics.dead_letters, result.dead_letters
-                )
-            await pending.put((futures, result, batch))
-
-    @app.task
-    async def confirm_in_order() -> None:
-        # steps 2-4 of the learner's batch protocol (see agents/learner.py), for every
-        # batch waiting here at once: one round trip for their outputs' acks and one for
-        # their history records, however many batches queued up behind a slow ack
-        while True:
-            items = [await pending.get()]
-            while not pending.empty() and len(items) < 16:
-                items.append(pending.get_nowait())
-            try:
-                await asyncio.gather(*(f for futures, _, _ in items for f in futures))  # 2.
-                for _, result, _ in items:
-                    if after_outputs is not None:                       # pending log, drifts
-                        await after_outputs(result)
-                await append_history([result for _, result, _ in items])              # 3.
-            except Exception as exc:  # the broker refused our output: stop, do not commit
-                await app.crash(exc)
-                return
-            for _, _, batch in items:
-                ingest.done(batch)                                                  # 4.
-
-    return inference

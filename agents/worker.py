@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import tempfile
@@ -16,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.inference import BatchOutput, InferenceProcessor, register_inference_agent
+from agents.batch_agent import register_inference_agent
+from agents.inference import BatchOutput, InferenceProcessor
 from agents.labels import LabelJoin
 from agents.learner import ROLLBACK_OWNER, Learner
 from agents.reporter import Reporter
+from agents.runtime import dump_tasks, tune_gc
 from schemas import load_schema
 from streams.app import make_faust_app
 from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
@@ -36,37 +37,9 @@ from streams.topics import ensure_topics, riverbed_topics
 log = logging.getLogger(__name__)
 
 
-def tune_gc() -> None:
-    """Take start-up objects (Faust, aiokafka, River, the restored models) out of the
-    cyclic collector's view and collect young objects less often. Without this, full
-    collections over that heap cost ~10% of worker CPU (bench/throughput.py, gc off vs
-    on). Frozen objects are still freed by reference counting."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 50)
-
-
 def shard_name(model: str, partition: int) -> str:
     """The name of ``model``'s instance for one input partition (model_per_partition)."""
     return f"{model}@p{partition}"
-
-
-def dump_tasks() -> None:
-    """Log every asyncio task with its chain of awaits (diagnosing a stalled worker)."""
-    tasks = asyncio.all_tasks()
-    lines = [f"{len(tasks)} asyncio tasks:"]
-    for task in tasks:
-        chain: list[str] = []
-        awaited: Any = task.get_coro()
-        while awaited is not None:
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-            if frame is None:
-                chain.append(type(awaited).__name__)
-                break
-            chain.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-        lines.append("  " + " -> ".join(chain))
-    log.warning("\n".join(sorted(lines)))
 
 
 class Worker:
@@ -110,19 +83,21 @@ class Worker:
             before_batch=self.before_batch, guard=self.model_lock,
             after_outputs=self._after_outputs,
         )
+        self._register_timers_and_pages()
+        self._follower: asyncio.Task[None] | None = None
+        self._crash: asyncio.Future[None] | None = None
+        #: Set by every rebalance: the inputs are sought to the history before any batch.
+        self._resume_from_history = False
+        self._resume: asyncio.Future[None] | None = None
 
-        @self.app.timer(settings.labels.report_interval_s)
+    def _register_timers_and_pages(self) -> None:
+        @self.app.timer(self.settings.labels.report_interval_s)
         async def report_metrics() -> None:
             await self.reporter.publish()
 
         @self.app.timer(1.0)
         async def expire_pending() -> None:
             await self.expire_pending()
-        self._follower: asyncio.Task[None] | None = None
-        self._crash: asyncio.Future[None] | None = None
-        #: Set by every rebalance: the inputs are sought to the history before any batch.
-        self._resume_from_history = False
-        self._resume: asyncio.Future[None] | None = None
 
         @self.app.page("/riverbed/models")
         async def models_page(web: Any, request: Any) -> Any:

@@ -4,7 +4,7 @@
     python bench/hotpath.py --events 100000 --rounds 7
 
 Runs the same Avro events through (a) the hand-written loop's per-event work (decode,
-extract, predict, learn, encode: ``bench/throughput.py``'s ``_predict_learn``; with fastavro,
+extract, predict, learn, encode: ``bench/throughput.py``'s ``predict_learn``; with fastavro,
 and again with riverbed's cavro codec to show the codec's share) and (b)
 riverbed's :class:`InferenceProcessor` with a learner (dedup, examples, scoring, history
 records) plus the history encoding the confirm task does afterwards. Rounds are
@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 from agents.inference import InferenceProcessor  # noqa: E402
 from agents.learner import Learner  # noqa: E402
 from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
-from bench.throughput import CONFIG, _kit, _predict_learn  # noqa: E402
+from bench.baselines import kit, predict_learn  # noqa: E402
+from bench.throughput import CONFIG  # noqa: E402
 from schemas import load_schema  # noqa: E402
 from streams.codec import AvroCodec  # noqa: E402
 from streams.config import Settings, load_settings  # noqa: E402
@@ -56,10 +57,10 @@ def _records(settings: Settings, n: int) -> list[_Record]:
 def run_loop(settings: Settings, records: list[_Record], codec: str = "fastavro") -> float:
     """Seconds per event of the hand-written loop's work, with ``codec`` for Avro."""
     os.environ[CODEC_ENV] = codec
-    decoder, encoder, features, model = _kit(settings)
+    decoder, encoder, features, model = kit(settings)
     began = time.perf_counter()
     for record in records:
-        _predict_learn(decoder, encoder, features, model, record.value)  # type: ignore[arg-type]
+        predict_learn(decoder, encoder, features, model, record.value)  # type: ignore[arg-type]
     return (time.perf_counter() - began) / len(records)
 
 

@@ -32,8 +32,8 @@ from streams.config import load_settings  # noqa: E402
 from streams.datasets import events  # noqa: E402
 from streams.output import BatchProducer  # noqa: E402
 from streams.partitioner import partition_for  # noqa: E402
+from streams.tail import collect  # noqa: E402
 from streams.topics import ensure_topics, riverbed_topics  # noqa: E402
-from tests.helpers import collect  # noqa: E402
 
 
 async def open_loop(settings: Any, topic: str, rate: int, seconds: float) -> int:

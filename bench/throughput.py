@@ -45,8 +45,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import baselines  # noqa: E402
 from bench.baseline_codec import CHOICES as CODECS  # noqa: E402
 from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
+from bench.measure import cpu_marks, report  # noqa: E402
 from streams.broker import EmbeddedBroker, die_with_parent  # noqa: E402
 from streams.config import Settings, load_settings  # noqa: E402
 from streams.produce import produce  # noqa: E402
@@ -74,30 +76,6 @@ def bench_settings(model: str) -> Settings:
                                    pipeline=MODELS[model])
         settings = dataclasses.replace(settings, models=(spec,))
     return settings
-
-
-def cpu_marks() -> tuple[float, float]:
-    """(CPU seconds of this process, of the broker) now; the broker's pid comes from the
-    parent (``RIVERBED_BENCH_BROKER_PID``). On 2 cores the broker competes with the worker,
-    so the CPU each spends per event explains a ratio as much as the wall clock does."""
-    broker = 0.0
-    pid = os.environ.get("RIVERBED_BENCH_BROKER_PID")
-    if pid and os.path.exists(f"/proc/{pid}/stat"):
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        broker = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return time.process_time(), broker
-
-
-def _report(first: float, last: float, count: int, extra: dict[str, Any],
-            cpu_first: tuple[float, float] | None = None) -> None:
-    seconds = max(last - first, 1e-9)
-    if cpu_first is not None:  # CPU per event over the timed window: worker and broker
-        own, broker = cpu_marks()
-        extra = {**extra, "cpu_us_per_event": (own - cpu_first[0]) / count * 1e6,
-                 "broker_cpu_us_per_event": (broker - cpu_first[1]) / count * 1e6}
-    print(json.dumps({"events": count, "seconds": seconds, "events_per_s": count / seconds,
-                      **extra}), flush=True)
 
 
 async def run_riverbed(settings: Settings, events: int) -> None:
@@ -129,7 +107,7 @@ async def run_riverbed(settings: Settings, events: int) -> None:
     await worker.start()
     try:
         await asyncio.wait_for(done.wait(), 600)
-        _report(clock["first"], clock["last"], events, {
+        report(clock["first"], clock["last"], events, {
             "batches": stats.batches, "records": stats.events,
             "process_s": clock["process"]},  # CPU in InferenceProcessor.process
             cpu.get("first"))
@@ -172,7 +150,7 @@ async def run_riverbed_2w(events: int) -> None:
                     if window is None:
                         raise SystemExit("one worker learned everything before the other "
                                          "joined: use more --events")
-                    _report(window[0], now, learned - window[1],
+                    report(window[0], now, learned - window[1],
                             {"learned_before_window": window[1]})
                     return
             await asyncio.sleep(0.02)  # sampling the workers' counters, not synchronisation
@@ -181,156 +159,6 @@ async def run_riverbed_2w(events: int) -> None:
         for worker in workers:
             worker.kill()
             worker.wait()
-
-
-def run_naive_faust(settings: Settings, events: int) -> None:
-    """Contender: the textbook Faust agent (async for + await send per event)."""
-    import faust
-
-    from streams.app import faust_broker_url
-
-    decoder, encoder, features, model = _kit(settings)
-    app = faust.App(f"{settings.worker.group_id}-naive", broker=faust_broker_url(
-        settings.broker.bootstrap_servers), web_enabled=False, autodiscover=False,
-        store="memory://", broker_session_timeout=3.0, broker_heartbeat_interval=0.3,
-        topic_partitions=settings.topics.partitions)
-    source = app.topic(settings.topics.events, value_serializer="raw", key_serializer="raw")
-    sink = app.topic(settings.topics.predictions, value_serializer="raw", key_serializer="raw")
-    state: dict[str, Any] = {"n": 0, "first": None}
-
-    @app.agent(source)
-    async def naive(stream: Any) -> None:
-        async for key, value in stream.items():
-            if state["first"] is None:
-                state["first"], state["cpu"] = time.perf_counter(), cpu_marks()
-            out = _predict_learn(decoder, encoder, features, model, value)
-            await sink.send(key=key, value=out)
-            state["n"] += 1
-            if state["n"] == events:
-                _report(state["first"], time.perf_counter(), events, {}, state["cpu"])
-                os._exit(0)  # measurement done; skip Faust's slow shutdown
-
-    import logging
-    logging.basicConfig(level=logging.WARNING)
-    sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
-    app.main()
-
-
-def _kit(settings: Settings) -> tuple[Any, Any, Any, Any]:
-    """The decoder, encoder, feature extractor and model every baseline uses: riverbed's
-    features and model; fastavro (or riverbed's codec, ``--baseline-codec``) for Avro."""
-    from bench.baseline_codec import baseline_codec
-    from schemas import load_schema
-    from streams.features import FeatureExtractor
-    from streams.models import OnlineModel
-
-    schema = load_schema(settings.event.schema)
-    return (baseline_codec(schema), baseline_codec(load_schema("prediction")),
-            FeatureExtractor(schema, settings.event, settings.models[0], settings.limits),
-            OnlineModel(settings.models[0]))
-
-
-def _predict_learn(decoder: Any, encoder: Any, features: Any, model: Any, value: bytes) -> bytes:
-    event = decoder.decode(value)
-    x = features.extract(event)
-    seq = model.seq
-    prediction, proba = model.predict(x)
-    if event["label"] is not None:
-        model.learn(x, event["label"])
-    return encoder.encode({"event_id": event["event_id"], "key": event["key"], "model": model.name,
-                           "model_seq": seq, "lineage": 0, "prediction": prediction,
-                           "probabilities": {str(k): v for k, v in proba.items()},
-                           "event_time": event["timestamp"],
-                           "prediction_time": int(time.time() * 1000)})
-
-
-async def run_aiokafka_loop(settings: Settings, events: int, fetch_wait_ms: int = 100) -> None:
-    """Contender: the hand-written bound -- getmany batches, same work, batched sends,
-    commit after acks. No history, dedup, dead letters or metrics."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-    decoder, encoder, features, model = _kit(settings)
-    consumer = AIOKafkaConsumer(settings.topics.events,
-                                bootstrap_servers=settings.broker.bootstrap_servers,
-                                group_id=settings.worker.group_id, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=fetch_wait_ms,
-                                max_partition_fetch_bytes=4 * 1024 * 1024,
-                                session_timeout_ms=3000, heartbeat_interval_ms=300)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker.bootstrap_servers, acks="all",
-                                linger_ms=2, max_batch_size=1024 * 1024)
-    await consumer.start()
-    await producer.start()
-    n, first, cpu_first = 0, None, None
-    try:
-        while n < events:
-            fetched = await consumer.getmany(timeout_ms=1000, max_records=2000)
-            futures = []
-            for tp, records in fetched.items():
-                if first is None:
-                    first, cpu_first = time.perf_counter(), cpu_marks()
-                batch = producer.create_batch()
-                for record in records:
-                    out = _predict_learn(decoder, encoder, features, model, record.value)
-                    if batch.append(key=record.key, value=out, timestamp=None) is None:
-                        batch.close()
-                        futures.append(await producer.send_batch(
-                            batch, settings.topics.predictions, partition=tp.partition))
-                        batch = producer.create_batch()
-                        batch.append(key=record.key, value=out, timestamp=None)
-                batch.close()
-                futures.append(await producer.send_batch(batch, settings.topics.predictions,
-                                                         partition=tp.partition))
-                n += len(records)
-            await asyncio.gather(*futures)
-            if fetched:
-                await consumer.commit()
-        _report(first or time.perf_counter(), time.perf_counter(), n, {}, cpu_first)
-    finally:
-        await producer.stop()
-        await consumer.stop()
-
-
-def run_quixstreams(settings: Settings, events: int) -> None:
-    """Contender: quixstreams ``.apply`` with the same work per event."""
-    from quixstreams import Application
-
-    decoder, encoder, features, model = _kit(settings)
-    app = Application(broker_address=settings.broker.bootstrap_servers,
-                      consumer_group=settings.worker.group_id, auto_offset_reset="earliest",
-                      auto_create_topics=False, use_changelog_topics=False)
-    source = app.topic(settings.topics.events, value_deserializer="bytes",
-                       key_deserializer="bytes")
-    sink = app.topic(settings.topics.predictions, value_serializer="bytes",
-                     key_serializer="bytes")
-    state: dict[str, Any] = {"n": 0, "first": None}
-
-    def work(value: bytes) -> bytes:
-        if state["first"] is None:
-            state["first"], state["cpu"] = time.perf_counter(), cpu_marks()
-        out = _predict_learn(decoder, encoder, features, model, value)
-        state["n"] += 1
-        if state["n"] == events:
-            _report(state["first"], time.perf_counter(), events, {}, state["cpu"])
-            os._exit(0)  # measurement done
-        return out
-
-    app.dataframe(source).apply(work).to_topic(sink)
-    app.run()
-
-
-def run_river_alone(settings: Settings, events: int) -> None:
-    """Contender: River predict+learn on in-memory feature dicts (no Kafka, no Avro)."""
-    from streams.checks import FEATURES
-    from streams.datasets import events as dataset
-    from streams.models import OnlineModel
-
-    model = OnlineModel(settings.models[0])
-    data = [({f: float(e[f]) for f in FEATURES}, e["label"]) for e in dataset("agrawal", events)]
-    began = time.perf_counter()
-    for x, y in data:
-        model.predict(x)
-        model.learn(x, y)
-    _report(began, time.perf_counter(), events, {})
 
 
 def contender(name: str, bootstrap: str, events: int, model: str,
@@ -376,13 +204,13 @@ def run_contender(name: str, settings: Settings, events: int, fetch_wait_ms: int
     elif name == "riverbed-2w":
         asyncio.run(run_riverbed_2w(events))
     elif name == "naive-faust":
-        run_naive_faust(settings, events)
+        baselines.run_naive_faust(settings, events)
     elif name == "aiokafka-loop":
-        asyncio.run(run_aiokafka_loop(settings, events, fetch_wait_ms))
+        asyncio.run(baselines.run_aiokafka_loop(settings, events, fetch_wait_ms))
     elif name == "quixstreams":
-        run_quixstreams(settings, events)
+        baselines.run_quixstreams(settings, events)
     else:
-        run_river_alone(settings, events)
+        baselines.run_river_alone(settings, events)
 
 
 async def make_backlogs(settings: Settings, chosen: list[str], events: int, model: str

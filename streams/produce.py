@@ -13,7 +13,7 @@ import heapq
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from schemas import load_schema
@@ -56,6 +56,7 @@ async def produce(
         chunk = max(1, min(chunk, int(rate / 100)))
     report = ProduceReport(labels={} if labels is None else labels)
     delayed = DelayedLabels(settings, registry, label_delay_s, rng) if label_delay_s > 0 else None
+    chunker = _Chunker(codec, partitions, report, rng, bad_fraction, keep_labels, delayed)
     producer = BatchProducer(settings.broker.bootstrap_servers)
     await producer.start()
     start = time.monotonic()
@@ -63,26 +64,7 @@ async def produce(
     try:
         stream = events(dataset, count, seed=seed, label_fraction=label_fraction)
         while True:
-            by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-            n = 0
-            for event in stream:
-                key = event["key"].encode()
-                if bad_fraction and rng.random() < bad_fraction:
-                    bad = corrupt(event, rng.randrange(5))
-                    value = bad if isinstance(bad, bytes) else codec.encode(bad)
-                    report.bad += 1
-                else:
-                    if keep_labels and event["label"] is not None:
-                        report.labels[event["event_id"]] = event["label"]
-                    if delayed is not None and event["label"] is not None:
-                        delayed.schedule(key, event["event_id"], event["label"])
-                        event = {**event, "label": None}
-                    value = codec.encode(event)
-                    report.valid += 1
-                by_partition[partition_for(key, partitions)].append((key, value))
-                n += 1
-                if n >= chunk:
-                    break
+            by_partition, n = chunker.next_chunk(stream, chunk)
             if n == 0:
                 break
             for partition, records in by_partition.items():
@@ -106,6 +88,44 @@ async def produce(
         await producer.stop()
     report.seconds = time.monotonic() - start
     return report
+
+
+@dataclasses.dataclass
+class _Chunker:
+    """Encodes events (corrupting ``bad_fraction`` of them) into per-partition chunks."""
+
+    codec: Any
+    partitions: int
+    report: ProduceReport
+    rng: random.Random
+    bad_fraction: float
+    keep_labels: bool
+    delayed: DelayedLabels | None
+
+    def next_chunk(self, stream: Iterator[dict[str, Any]], size: int
+                   ) -> tuple[dict[int, list[tuple[bytes, bytes]]], int]:
+        """Up to ``size`` events of ``stream`` as (key, value) records by partition."""
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+        report, n = self.report, 0
+        for event in stream:
+            key = event["key"].encode()
+            if self.bad_fraction and self.rng.random() < self.bad_fraction:
+                bad = corrupt(event, self.rng.randrange(5))
+                value = bad if isinstance(bad, bytes) else self.codec.encode(bad)
+                report.bad += 1
+            else:
+                if self.keep_labels and event["label"] is not None:
+                    report.labels[event["event_id"]] = event["label"]
+                if self.delayed is not None and event["label"] is not None:
+                    self.delayed.schedule(key, event["event_id"], event["label"])
+                    event = {**event, "label": None}
+                value = self.codec.encode(event)
+                report.valid += 1
+            by_partition[partition_for(key, self.partitions)].append((key, value))
+            n += 1
+            if n >= size:
+                break
+        return by_partition, n
 
 
 class DelayedLabels:

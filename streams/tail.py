@@ -8,6 +8,7 @@ labels are Avro; dead letters are printed as headers plus the original bytes (ba
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -69,3 +70,32 @@ async def tail(
                     yield record, decode(record)
     finally:
         await consumer.stop()
+
+
+async def collect(settings: Settings, topic: str, partitions: int, expected: int,
+                  timeout_s: float = 60.0, settle_s: float = 0.0) -> list[Any]:
+    """Records of ``topic`` from the start until ``expected`` arrived (deadline ``timeout_s``).
+
+    With ``settle_s``, keep reading that long after reaching ``expected`` so that extra
+    (unexpected) records would be seen too.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
+                                group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout_s
+        settle_until = None
+        while time.monotonic() < deadline:
+            fetched = await consumer.getmany(timeout_ms=100)
+            for part in fetched.values():
+                records.extend(part)
+            if len(records) >= expected and settle_until is None:
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+    finally:
+        await consumer.stop()
+    return records

@@ -23,6 +23,7 @@ from agents.worker import Worker
 from streams.broker import die_with_parent, free_port
 from streams.config import Settings
 from streams.output import BatchProducer
+from streams.tail import collect  # noqa: F401 - the tests import it from here
 from streams.topics import ensure_topics, riverbed_topics
 from tests.conftest import CONFIG, ROOT
 
@@ -60,7 +61,6 @@ async def send_raw(settings: Settings, records: Sequence[tuple[bytes | None, byt
 async def commit_as_group(settings: Settings, positions: dict[tuple[str, int], int]) -> None:
     """Commit ``positions`` ((topic, partition) -> offset) in the worker's consumer group
     as a member of it, the way an owner does (the group must have no other member)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
@@ -87,35 +87,6 @@ async def until(predicate: Any, timeout_s: float) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached before the deadline"
         await asyncio.sleep(0.05)
-
-
-async def collect(settings: Settings, topic: str, partitions: int, expected: int,
-                  timeout_s: float = 60.0, settle_s: float = 0.0) -> list[Any]:
-    """Records of ``topic`` from the start until ``expected`` arrived (deadline ``timeout_s``).
-
-    With ``settle_s``, keep reading that long after reaching ``expected`` so that extra
-    (unexpected) records would be seen too.
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
-                                group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-        await consumer.seek_to_beginning()
-        deadline = time.monotonic() + timeout_s
-        settle_until = None
-        while time.monotonic() < deadline:
-            fetched = await consumer.getmany(timeout_ms=100)
-            for part in fetched.values():
-                records.extend(part)
-            if len(records) >= expected and settle_until is None:
-                settle_until = time.monotonic() + settle_s
-            if settle_until is not None and time.monotonic() >= settle_until:
-                break
-    finally:
-        await consumer.stop()
-    return records
 
 
 def worker_env(settings: Settings, key_hex: str) -> dict[str, str]:

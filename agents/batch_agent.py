@@ -1,0 +1,110 @@
+"""The inference agent's tasks: process fetched batches, publish, confirm in order.
+
+Delivery guarantee: at-least-once outputs, exactly-once learning. A batch's outputs are
+acknowledged (``acks=all``) before its history records are appended, and its input
+offsets are marked done only after both (the learner's batch protocol, see
+``agents/learner.py``); a failed publish or append crashes the worker without committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from agents.inference import BatchOutput, InferenceProcessor
+from streams.config import Settings
+from streams.errors import OwnershipError
+
+Hook = Callable[[], Awaitable[None]]
+OutputHook = Callable[[BatchOutput], Awaitable[None]]
+
+
+async def append_history(results: Sequence[BatchOutput]) -> None:
+    """Append the history records of ``results`` (in batch order) in one round trip, then
+    point the snapshot index at new snapshots and mark the records durable."""
+    pairs = [(learner, events) for result in results for learner, events in result.history]
+    if not pairs:
+        return
+    offsets = await pairs[0][0].history.append([e for _, events in pairs for e in events])
+    position = 0
+    for learner, events in pairs:
+        mine = offsets[position : position + len(events)]
+        position += len(events)
+        await learner.publish_index(events, mine)
+        learner.mark_durable(events)
+
+
+class InferenceAgent:
+    """Two Faust tasks around one :class:`InferenceProcessor`: ``process_batches`` reads
+    ``batches`` (an ``asyncio.Queue`` filled by :class:`streams.ingest.BatchIngest`),
+    processes each under the model lock and publishes its outputs; ``confirm_in_order``
+    awaits the acks, in batch order, so the next batch is processed while the broker
+    acknowledges the previous one. ``ingest.done`` is called strictly in order, and a
+    failed publish crashes the worker (nothing is committed past it, so a restart
+    re-processes it)."""
+
+    def __init__(
+        self, app: Any, batches: asyncio.Queue[Any], processor: InferenceProcessor,
+        output: Any, ingest: Any, settings: Settings, before_batch: Hook | None = None,
+        guard: asyncio.Lock | None = None, after_outputs: OutputHook | None = None,
+    ) -> None:
+        self.app, self.batches, self.processor = app, batches, processor
+        self.output, self.ingest, self.topics = output, ingest, settings.topics
+        #: run under the lock before each batch (e.g. take over again after being fenced)
+        self.before_batch = before_batch
+        self.lock = guard or asyncio.Lock()
+        #: run between a batch's acks and its history append (pending log, drift reports)
+        self.after_outputs = after_outputs
+        self.pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(8)
+
+    async def process_batches(self) -> None:
+        """Step 1 of the learner's batch protocol (agents/learner.py): process, publish."""
+        while True:
+            batch = await self.batches.get()
+            async with self.lock:  # models are not touched by anyone else meanwhile
+                if self.before_batch is not None:
+                    await self.before_batch()
+                if batch.generation != self.ingest.offsets.generation:
+                    continue  # fetched before a rewind/revoke: it will be fetched again
+                result = self.processor.process(batch.records)
+            if result.unowned:  # never commit records that no model learned: stop loudly
+                await self.app.crash(OwnershipError(
+                    f"records of {sorted(result.unowned)} reached a worker serving no model "
+                    "for them; stopping without committing them"))
+                return
+            futures: list[Any] = []
+            for partition, records in result.predictions.items():
+                futures += await self.output.publish(self.topics.predictions, partition, records)
+            if result.dead_letters:
+                futures += await self.output.publish_dead_letters(
+                    self.topics.dead_letters, result.dead_letters)
+            await self.pending.put((futures, result, batch))
+
+    async def confirm_in_order(self) -> None:
+        """Steps 2-4 of the batch protocol, for every batch waiting here at once: one
+        round trip for their outputs' acks and one for their history records, however
+        many batches queued up behind a slow ack."""
+        while True:
+            items = [await self.pending.get()]
+            while not self.pending.empty() and len(items) < 16:
+                items.append(self.pending.get_nowait())
+            try:
+                await asyncio.gather(*(f for futures, _, _ in items for f in futures))  # 2.
+                for _, result, _ in items:
+                    if self.after_outputs is not None:
+                        await self.after_outputs(result)
+                await append_history([result for _, result, _ in items])              # 3.
+            except Exception as exc:  # the broker refused our output: stop, do not commit
+                await self.app.crash(exc)
+                return
+            for _, _, batch in items:
+                self.ingest.done(batch)                                             # 4.
+
+
+def register_inference_agent(app: Any, *args: Any, **kwargs: Any) -> InferenceAgent:
+    """Build an :class:`InferenceAgent` (same arguments) and register its tasks on ``app``."""
+    agent = InferenceAgent(app, *args, **kwargs)
+    app.task(agent.process_batches)
+    app.task(agent.confirm_in_order)
+    return agent
