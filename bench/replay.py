@@ -63,7 +63,7 @@ async def build_history(settings: Any, data: list[Example], batch: int) -> Learn
         chunk = data[start : start + batch]
         seq_before = model.seq
         for ex in chunk:
-            model.learn(ex.x, ex.y)
+            model.learn(ex.x, ex.y)  # type: ignore[arg-type]
         history = learner.record_batch(seq_before, chunk, {"events:0": start + len(chunk)},
                                        [e.x for e in chunk])
         if learner.snapshot_due():
@@ -76,7 +76,7 @@ async def build_history(settings: Any, data: list[Example], batch: int) -> Learn
 
 def river_learn_only(settings: Any, data: list[Example]) -> float:
     model = OnlineModel(settings.models[0])
-    learn = model.estimator.learn_one
+    learn = model.estimator.learn_one  # type: ignore[attr-defined]
     began = time.perf_counter()
     with gc_paused():  # the same treatment as the replay (a fair bound)
         for ex in data:
@@ -116,7 +116,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         producer = BatchProducer(settings.broker.bootstrap_servers)
         await producer.start()
         log = HistoryLog(settings.broker.bootstrap_servers, settings.topics.history, producer)
-        index = SnapshotIndex(settings.broker.bootstrap_servers, settings.topics.snapshots, producer)
+        index = SnapshotIndex(settings.broker.bootstrap_servers, settings.topics.snapshots,
+                              producer)
         fresh = Learner(OnlineModel(settings.models[0]), log, index, KEY,
                         snapshot_every_steps=10_000, snapshot_every_s=60, id_window=200_000,
                         probe_size=16)

@@ -5,6 +5,7 @@
     python bench/throughput.py --only riverbed aiokafka-loop
     python bench/throughput.py --model hat --only riverbed aiokafka-loop river-alone
     python bench/throughput.py --only riverbed riverbed-labels   # the label-join path
+    python bench/throughput.py --events 30000 --rounds 3  # every contender 3x, interleaved
 
 Contenders: riverbed (all guarantees on: history, dedup, dead letters, metrics, label
 join), the hand-written aiokafka getmany loop (the bound), quixstreams ``.apply``, the
@@ -25,6 +26,10 @@ and publish an Avro Prediction per event. Each runs in its own process; its cloc
 starts at the first event it processes and stops at the last, so start-up and group
 join are excluded. The naive agent is the textbook Faust shape: ``async for`` over a
 topic and ``await topic.send`` per event.
+
+This host's speed drifts by 2x within minutes, so ``--rounds N`` runs every contender N
+times, interleaved (rotating the order each round), and reports the median events/s and
+riverbed's ratio to each contender per round (both timed in the same round) and its median.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -139,11 +145,11 @@ async def run_riverbed_2w(events: int) -> None:
         window: tuple[float, int] | None = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            pages = [await asyncio.to_thread(stats, port) for port in ports]
+            pages: list[Any] = [await asyncio.to_thread(stats, port) for port in ports]
             now = time.perf_counter()
             if all(pages):
-                learned = sum(sum(p["learned"].values()) for p in pages)  # type: ignore[index]
-                both = all(p["partitions"] and p["events"] for p in pages)  # type: ignore[index]
+                learned = sum(sum(p["learned"].values()) for p in pages)
+                both = all(p["partitions"] and p["events"] for p in pages)
                 if window is None and both:
                     window = (now, learned)
                 if learned >= events:
@@ -162,17 +168,21 @@ async def run_riverbed_2w(events: int) -> None:
 
 
 def contender(name: str, bootstrap: str, events: int, model: str,
-              timeout_s: float, broker_pid: int | None = None) -> dict[str, Any]:
-    """Run one contender in a child process and parse its JSON line."""
+              timeout_s: float, broker_pid: int | None = None, round_no: int = 0
+              ) -> dict[str, Any]:
+    """Run one contender in a child process and parse its JSON line. Every round reads
+    the same backlog with its own group, output and history topics (:func:`tag`)."""
+    t = tag(model, name, round_no)
     env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": bootstrap,
-           "RIVERBED_WORKER__GROUP_ID": f"bench-{model}-{name}",
-           "RIVERBED_TOPICS__PREDICTIONS": f"bench.predictions.{model}.{name}",
-           "RIVERBED_TOPICS__HISTORY": f"bench.history.{model}.{name}",
-           "RIVERBED_TOPICS__SNAPSHOTS": f"bench.snapshots.{model}.{name}",
+           "RIVERBED_WORKER__GROUP_ID": f"bench-{t}",
+           "RIVERBED_TOPICS__PREDICTIONS": f"bench.predictions.{t}",
+           "RIVERBED_TOPICS__HISTORY": f"bench.history.{t}",
+           "RIVERBED_TOPICS__SNAPSHOTS": f"bench.snapshots.{t}",
            "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex(), "PYTHONPATH": str(ROOT),
            "RIVERBED_BENCH_BROKER_PID": str(broker_pid or "")}
     if name == "riverbed-labels":
-        env.update({f"RIVERBED_TOPICS__{k}": v for k, v in LABELS_TOPICS.items()})
+        env.update({f"RIVERBED_TOPICS__{k}": v if k in ("EVENTS", "LABELS") else f"{v}.r{round_no}"
+                    for k, v in LABELS_TOPICS.items()})
     # Faust and quixstreams keep state under the working directory (./<id>-data, ./state)
     # and contenders end with os._exit: run each in a temporary directory removed afterwards.
     with tempfile.TemporaryDirectory(prefix=f"riverbed-bench-{name}-") as scratch:
@@ -197,6 +207,11 @@ def contender(name: str, bootstrap: str, events: int, model: str,
     return dict(json.loads(lines[-1]))
 
 
+def tag(model: str, name: str, round_no: int) -> str:
+    """The suffix of one contender's group and topics in one round."""
+    return f"{model}.{name}.r{round_no}"
+
+
 def run_contender(name: str, settings: Settings, events: int, fetch_wait_ms: int) -> None:
     """Inside a contender's child process: run it and print its JSON line."""
     if name in ("riverbed", "riverbed-labels"):
@@ -213,13 +228,13 @@ def run_contender(name: str, settings: Settings, events: int, fetch_wait_ms: int
         baselines.run_river_alone(settings, events)
 
 
-async def make_backlogs(settings: Settings, chosen: list[str], events: int, model: str
-                        ) -> None:
+async def make_backlogs(settings: Settings, chosen: list[str], events: int, model: str,
+                        rounds: int = 1) -> None:
     """The shared backlog (labels inline) and, for riverbed-labels, its own backlog of
     unlabelled events whose labels follow on the labels topic."""
     specs = riverbed_topics(settings) + [  # quixstreams does not create its output topic
-        TopicSpec(f"bench.predictions.{model}.{name}", settings.topics.partitions)
-        for name in chosen]
+        TopicSpec(f"bench.predictions.{tag(model, name, r)}", settings.topics.partitions)
+        for name in chosen for r in range(rounds)]
     if "riverbed-labels" in chosen:
         later = dataclasses.replace(settings, topics=dataclasses.replace(
             settings.topics, events=LABELS_TOPICS["EVENTS"], labels=LABELS_TOPICS["LABELS"]))
@@ -232,18 +247,54 @@ async def make_backlogs(settings: Settings, chosen: list[str], events: int, mode
         await produce(later, "agrawal", events, keep_labels=False, label_delay_s=0.005)
 
 
-def table(results: dict[str, Any]) -> str:
-    """The markdown table of one run (ratios against riverbed's events/s)."""
-    base = results.get("riverbed", {}).get("events_per_s")
-    lines = ["| contender | events | seconds | events/s | riverbed / contender "
-             "| CPU us/event: own, broker |", "|---|---:|---:|---:|---:|---:|"]
-    for name, r in results.items():
-        ratio_text = f"{base / r['events_per_s']:.2f}x" if base else "-"
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per contender: the median of each measure over the rounds, and riverbed's ratio to
+    it per round (riverbed and the contender timed in the same round) and its median."""
+    results = {}
+    for name, rows in runs.items():
+        keys = [k for k, v in rows[0].items() if isinstance(v, (int, float))
+                and all(k in row for row in rows)]
+        results[name] = {**{k: statistics.median(row[k] for row in rows) for k in keys},
+                         "rounds": rows}
+    ratios: dict[str, list[float]] = {}
+    if "riverbed" in runs:
+        ratios = {name: [mine["events_per_s"] / theirs["events_per_s"] for mine, theirs
+                         in zip(runs["riverbed"], rows, strict=True)]
+                  for name, rows in runs.items()}
+    return {"results": results, "riverbed_vs_rounds": ratios,
+            "riverbed_vs": {name: statistics.median(r) for name, r in ratios.items()}}
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The markdown table of one run: medians over the rounds, riverbed's median ratio
+    and the ratio of every round."""
+    vs, per_round = summary["riverbed_vs"], summary["riverbed_vs_rounds"]
+    lines = ["| contender | events | events/s (median) | riverbed / contender: median (rounds) "
+             "| CPU us/event: own, broker |", "|---|---:|---:|---:|---:|"]
+    for name, r in summary["results"].items():
+        ratio_text = (f"{vs[name]:.2f}x ({', '.join(f'{x:.2f}' for x in per_round[name])})"
+                      if name in vs else "-")
         cpu = (f"{r['cpu_us_per_event']:.1f}, {r['broker_cpu_us_per_event']:.1f}"
                if "cpu_us_per_event" in r else "-")
-        lines.append(f"| {name} | {r['events']:,} | {r['seconds']:.2f} | "
-                     f"{r['events_per_s']:,.0f} | {ratio_text} | {cpu} |")
+        lines.append(f"| {name} | {r['events']:,.0f} | {r['events_per_s']:,.0f} | "
+                     f"{ratio_text} | {cpu} |")
     return "\n".join(lines)
+
+
+def run_rounds(chosen: list[str], broker: EmbeddedBroker, args: argparse.Namespace
+               ) -> dict[str, list[dict[str, Any]]]:
+    """Every contender once per round; each round starts one contender later (rotating
+    the order), so a slow phase of the host does not always hit the same contender."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    for round_no in range(args.rounds):
+        shift = round_no % len(chosen)
+        for name in chosen[shift:] + chosen[:shift]:
+            row = contender(name, broker.bootstrap_servers, args.events, args.model,
+                            args.timeout, broker.pid, round_no)
+            runs[name].append(row)
+            print(f"round {round_no + 1}/{args.rounds} {name}: "
+                  f"{row['events_per_s']:,.0f} events/s", file=sys.stderr, flush=True)
+    return runs
 
 
 def main() -> None:
@@ -255,6 +306,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path,
                         default=ROOT / "bench" / "results" / "throughput.json")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Run every contender this many times, interleaved; report medians.")
     parser.add_argument("--fetch-wait", type=int, default=100, help="aiokafka-loop fetch wait ms")
     parser.add_argument("--baseline-codec", choices=CODECS, default=os.environ.get(CODEC_ENV,
                         "fastavro"), help="Avro codec of the baselines (riverbed: cavro)")
@@ -268,20 +321,14 @@ def main() -> None:
     with EmbeddedBroker() as broker:
         settings = settings.with_bootstrap(broker.bootstrap_servers)
         t0 = time.perf_counter()
-        asyncio.run(make_backlogs(settings, chosen, args.events, args.model))
+        asyncio.run(make_backlogs(settings, chosen, args.events, args.model, args.rounds))
         print(f"backlog: {args.events:,} events in {time.perf_counter() - t0:.1f}s",
               file=sys.stderr)
-        results = {}
-        for name in chosen:
-            results[name] = contender(name, broker.bootstrap_servers, args.events, args.model,
-                                      args.timeout, broker.pid)
-            print(f"{name}: {results[name]['events_per_s']:,.0f} events/s", file=sys.stderr)
-    print(table(results))
-    base = results.get("riverbed", {}).get("events_per_s")
+        summary = summarize(run_rounds(chosen, broker, args))
+    print(table(summary))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "benchmark": "throughput", "events": args.events, "results": results,
-        "riverbed_vs": {n: base / r["events_per_s"] for n, r in results.items()} if base else {},
+        "benchmark": "throughput", "events": args.events, "rounds": args.rounds, **summary,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform()},
