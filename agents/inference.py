@@ -63,6 +63,8 @@ class BatchOutput:
     drifts: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     #: encoded pending-store additions to persist before committing (agents/labels.py)
     pending: bytes | None = None
+    #: the event ids of the entries in ``pending``
+    pending_ids: list[str] = dataclasses.field(default_factory=list)
     predict_s: list[float] = dataclasses.field(default_factory=list)
     learn_s: list[float] = dataclasses.field(default_factory=list)
     #: History events to append after the outputs are acknowledged, per learner.
@@ -167,13 +169,17 @@ class InferenceProcessor:
                 self.join.on_label(record, active, out, now_ms)
             else:
                 self._event(record, active, out, now_ms)
+        mark = None
         if self.join is not None:
             self.join.end_batch(out, now_ms)
+            mark = self.join.low_water()
         for lane in lanes:
             lane.score()
             covered = offsets if lane.partition is None else {
                 s: o for s, o in offsets.items() if partition_of[s] == lane.partition}
             if lane.learner is not None and covered:
+                if mark is not None:  # where a restart starts reading the pending log
+                    covered = {**covered, self.join.log_source: mark}  # type: ignore[union-attr]
                 out.history.append((lane.learner, lane.history_events(covered)))
             out.drifts.extend((lane.model.name, seq) for seq in lane.drifts)
             out.learn_s.extend(lane.learn_s)

@@ -13,11 +13,16 @@ Delivery guarantee: exactly-once learning (through the learner's history protoco
 a pending store that **survives restarts**: each batch's new pending entries are appended
 to ``riverbed.pending`` after the batch's outputs are acknowledged and before its history
 record and offsets; on start the store is rebuilt from that log, minus everything the
-history shows as learned, minus what expired meanwhile.
+history shows as learned, minus what expired meanwhile. The rebuild does not read the
+log from its start: every ``Learned`` record carries the pending log's *low-water mark*
+(under the source ``<pending topic>:0`` of its offsets) -- an offset below which no
+record holds a live entry -- and the rebuild starts at the lowest mark of the models it
+serves (:meth:`LabelJoin.low_water`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterable, Collection
 from typing import Any
 
@@ -42,6 +47,16 @@ class LabelJoin:
         self.store = PendingStore(int(settings.labels.ttl_s * 1000), settings.labels.max_pending)
         self._new_events: list[PendingEvent] = []
         self._new_labels: list[EarlyLabel] = []
+        #: the source under which Learned records carry the pending log's low-water mark
+        self.log_source = f"{settings.topics.pending}:0"
+        #: pending-log records holding entries that may be live: [offset, event ids,
+        #: index of the first id not known to be gone], in offset order
+        self._log: deque[list[Any]] = deque()
+        #: the offset the next pending-log record will get at the earliest (None: unknown)
+        self._log_end: int | None = None
+        #: where the last rebuild started reading the pending log, and how many records
+        self.rebuilt_from: int | None = None
+        self.records_read = 0
 
     def hold(self, event_id: str, made: list[Any], event_time: int, lanes: list[Any],
              out: BatchOutput, now_ms: int) -> None:
@@ -101,28 +116,61 @@ class LabelJoin:
                 f"no event {label.event_id!r} arrived within the label TTL", None))
         if self._new_events or self._new_labels:
             out.pending = encode_pending(self._new_events, self._new_labels)
+            out.pending_ids = [e.event_id for e in self._new_events] + [
+                label.event_id for label in self._new_labels]
             self._new_events, self._new_labels = [], []
+
+    def appended(self, offset: int, event_ids: list[str]) -> None:
+        """The pending-log record holding ``event_ids`` was acknowledged at ``offset``
+        (records are appended one at a time, in batch order)."""
+        self._log.append([offset, event_ids, 0])
+        self._log_end = max(self._log_end or 0, offset + 1)
+
+    def low_water(self) -> int | None:
+        """An offset of the pending log below which no record holds a live entry (None
+        before the log's position is known). Entries not yet appended will land at or
+        above the current end, so the mark stays valid while appends are in flight."""
+        events, labels = self.store.events, self.store.labels
+        while self._log:
+            head = self._log[0]
+            ids, i = head[1], head[2]
+            while i < len(ids) and ids[i] not in events and ids[i] not in labels:
+                i += 1  # gone (joined, expired, evicted, released); a re-added id lives
+            if i < len(ids):  # in a later record too, so it is never needed from this one
+                head[2] = i
+                return int(head[0])
+            self._log.popleft()
+        return self._log_end
 
     async def rebuild(self, records: AsyncIterable[Any], learned: Any, now_ms: int,
                       partitions: Collection[int] | None = None,
-                      models: Collection[str] = ()) -> int:
-        """Restore the store from the pending log; ``learned(event_id)`` says what to drop.
+                      models: Collection[str] = (), start: int = 0) -> int:
+        """Restore the store from the pending log (``records``, read from offset ``start``:
+        see :func:`pending_log_start`); ``learned(event_id)`` says what to drop.
 
         With ``partitions`` (a per-partition takeover), only their entries are added to
         what the store holds: events predicted by one of ``models`` and labels read from
         those partitions of the labels topic. Returns the entries added."""
         sources = None if partitions is None else self._label_sources(partitions)
         count = 0
+        self.rebuilt_from, self.records_read = start, 0
+        self._log_end = max(self._log_end or 0, start)
         async for record in records:
+            self.records_read += 1
+            self._log_end = max(self._log_end, record.offset + 1)
             events, labels = decode_pending(record.value)
-            for entry in events:
-                if sources is None or _predicted_by(entry, models):
-                    self.store.events[entry.event_id] = entry
-                    count += 1
-            for label in labels:
-                if sources is None or label.origin[:2] in sources:
-                    self.store.labels[label.event_id] = label
-                    count += 1
+            kept = [e for e in events if sources is None or _predicted_by(e, models)]
+            kept_labels = [label for label in labels
+                           if sources is None or label.origin[:2] in sources]
+            for entry in kept:
+                self.store.events[entry.event_id] = entry
+            for label in kept_labels:
+                self.store.labels[label.event_id] = label
+            count += len(kept) + len(kept_labels)
+            if kept or kept_labels:
+                self._log.append([record.offset, [e.event_id for e in kept]
+                                  + [label.event_id for label in kept_labels], 0])
+        self._log = deque(sorted(self._log, key=lambda appended: int(appended[0])))
         for store in (self.store.events, self.store.labels):
             for event_id in [e for e in store if learned(e)]:
                 del store[event_id]
@@ -146,6 +194,13 @@ class LabelJoin:
     def _label_sources(self, partitions: Collection[int]) -> set[tuple[str, int]]:
         """(labels topic, partition) of the early labels read from ``partitions``."""
         return {(self.topic, p) for p in partitions}
+
+
+def pending_log_start(log_source: str, learners: Collection[Any]) -> int:
+    """Where a rebuild for ``learners`` starts reading the pending log: the lowest
+    low-water mark their histories carry (0 if one of them has none yet)."""
+    marks = [learner.fold.offsets.get(log_source) for learner in learners]
+    return min((0 if mark is None else mark for mark in marks), default=0)
 
 
 def _predicted_by(entry: PendingEvent, models: Collection[str]) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from agents.batch_agent import register_inference_agent
 from agents.inference import BatchOutput, InferenceProcessor
-from agents.labels import LabelJoin
+from agents.labels import LabelJoin, pending_log_start
 from agents.learner import ROLLBACK_OWNER, Learner
 from agents.reporter import Reporter
 from agents.runtime import dump_tasks, tune_gc
@@ -124,6 +124,9 @@ class Worker:
                 "durable_seq": learner.durable_seq if learner else None,
                 "durable_offsets": dict(learner.durable_offsets) if learner else {},
                 "pending": len(self.join.store.events) if self.join else 0,
+                "pending_log": {"read_from": self.join.rebuilt_from,
+                                "records_read": self.join.records_read,
+                                "low_water": self.join.low_water()} if self.join else None,
                 "fold_counters": vars(learner.fold.counters) if learner else None,
                 "epoch": learner.epoch if learner else None,
                 "fingerprint": fingerprint(model.estimator, probe) if created else None,
@@ -178,13 +181,23 @@ class Worker:
             gained = sorted(partitions - owned)
             learners = [lr for p in gained for lr in await self._take_partition(p)]
             if gained and self.join is not None:  # one read of the pending log for all
-                s = self.settings
-                added = await self.join.rebuild(
-                    read_partition(s.broker.bootstrap_servers, s.topics.pending, 0, None, 30.0),
-                    lambda eid: any(lr.fold.seen(eid) for lr in learners),
-                    int(time.time() * 1000), partitions=gained,
-                    models=self._shard_names(gained))
+                added = await self._rebuild_pending(learners, partitions=gained,
+                                                    models=self._shard_names(gained))
                 log.info("partitions %s: %d pending entries taken over", gained, added)
+
+    async def _rebuild_pending(self, learners: list[Learner], **only: Any) -> int:
+        """Rebuild the pending store for ``learners`` from the pending log, read from the
+        lowest low-water mark their histories carry (agents/labels.py)."""
+        assert self.join is not None
+        s = self.settings
+        start = pending_log_start(self.join.log_source, learners)
+        added = await self.join.rebuild(
+            read_partition(s.broker.bootstrap_servers, s.topics.pending, start, None, 30.0),
+            lambda eid: any(lr.fold.seen(eid) for lr in learners),
+            int(time.time() * 1000), start=start, **only)
+        log.info("pending log: %d records read from offset %d, %d entries kept",
+                 self.join.records_read, start, added)
+        return added
 
     def _shard_names(self, partitions: list[int]) -> set[str]:
         """Names of the per-partition models of ``partitions``."""
@@ -215,12 +228,7 @@ class Worker:
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
         if self.join is not None and not self.per_partition:  # per partition: on takeover
-            learners = self.learners
-            await self.join.rebuild(
-                read_partition(self.settings.broker.bootstrap_servers,
-                               self.settings.topics.pending, 0, None, 30.0),
-                lambda eid: any(lr.fold.seen(eid) for lr in learners),
-                int(time.time() * 1000))
+            await self._rebuild_pending(self.learners)
         if self.learners and self._follower is None:
             self._follower = asyncio.create_task(self._follow_history())
         await self.app.start()
@@ -255,8 +263,10 @@ class Worker:
         producer = self.output.producer
         assert producer is not None
         if result.pending is not None:
-            await (await producer.send(self.settings.topics.pending, value=result.pending,
-                                       partition=0))
+            sent = await (await producer.send(self.settings.topics.pending,
+                                              value=result.pending, partition=0))
+            assert self.join is not None
+            self.join.appended(sent.offset, result.pending_ids)
         if result.drifts:
             await self.reporter.publish("drift", sorted({name for name, _ in result.drifts}))
 

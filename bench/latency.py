@@ -2,6 +2,7 @@
 
     python bench/latency.py                      # 1k and 5k events/s, 10 s each
     python bench/latency.py --rates 1000 --seconds 5
+    python bench/latency.py --rounds 3           # each measure 3 times, interleaved; medians
 
 The producer stamps every event with its send time (ms) and sends on an open-loop
 schedule (it never waits for the consumer). Latency = the Prediction's
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -89,8 +91,10 @@ def quantiles(values: list[int]) -> dict[str, float]:
     return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": ordered[-1], "n": len(ordered)}
 
 
-async def measure(name: str, settings: Any, rate: int, seconds: float) -> dict[str, float]:
-    tag = f"{name}-{rate}"
+async def measure(name: str, settings: Any, rate: int, seconds: float,
+                  round_no: int = 0) -> dict[str, float]:
+    """One contender at one rate: its own topics, a fresh process, the open-loop producer."""
+    tag = f"{name}-{rate}-r{round_no}"
     env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": settings.broker.bootstrap_servers,
            "RIVERBED_WORKER__GROUP_ID": f"lat-{tag}", "RIVERBED_WORKER__PROFILE": "low-latency",
            "RIVERBED_TOPICS__EVENTS": f"lat.events.{tag}",
@@ -131,29 +135,41 @@ async def measure(name: str, settings: Any, rate: int, seconds: float) -> dict[s
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (contender, rate) once per round, interleaved; the medians over the rounds."""
     settings = load_settings(ROOT / "config" / "riverbed.toml")
-    results: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     with EmbeddedBroker() as broker:
         settings = settings.with_bootstrap(broker.bootstrap_servers)
-        for rate in args.rates:
-            for name in ("riverbed", "aiokafka-loop"):
-                results[f"{name}@{rate}"] = await measure(name, settings, rate, args.seconds)
-                print(f"{name}@{rate}: {results[f'{name}@{rate}']}", file=sys.stderr)
-    return results
+        for round_no in range(args.rounds):
+            for rate in args.rates:
+                for name in ("riverbed", "aiokafka-loop"):
+                    row = await measure(name, settings, rate, args.seconds, round_no)
+                    runs.setdefault(f"{name}@{rate}", []).append(row)
+                    print(f"round {round_no + 1}/{args.rounds} {name}@{rate}: {row}",
+                          file=sys.stderr, flush=True)
+    return {key: {**{k: statistics.median(row[k] for row in rows) for k in rows[0]},
+                  "p99_ms_rounds": [row["p99_ms"] for row in rows], "rounds": rows}
+            for key, rows in runs.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Measure every contender and rate this many times; report medians.")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latency.json")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
-    print("| contender @ rate | p50 ms | p99 ms | max ms | n |\n|---|---:|---:|---:|---:|")
+    print("| contender @ rate | p50 ms | p99 ms (rounds) | max ms | n |\n"
+          "|---|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['n']:,} |")
+        rounds = ", ".join(f"{x:g}" for x in r["p99_ms_rounds"])
+        print(f"| {name} | {r['p50_ms']:g} | {r['p99_ms']:g} ({rounds}) | {r['max_ms']:g} "
+              f"| {r['n']:,.0f} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "latency", "results": results,
+    args.output.write_text(json.dumps({"benchmark": "latency", "rounds": args.rounds,
+                                       "results": results,
                                        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
 
 

@@ -183,6 +183,12 @@ async def test_pending_labels_survive_kill_9(settings: Settings) -> None:
             for e, t in zip(stream, truth)]
         await send_raw(settings, partition=None, topic=settings.topics.labels, records= labels + labels[:300])  # + duplicates
         live = await worker.wait_for(lambda m: m["durable_seq"] >= 5000 and m["pending"] == 0, 90)
+        assert live["pending_log"]["read_from"] == 0 and live["pending_log"]["records_read"] > 0
+        worker.kill()  # nothing pending now: the next start reads none of the pending log
+        worker = WorkerChild(env)
+        again = await worker.wait_for(lambda m: m["pending_log"]["read_from"] is not None, 60)
+        assert again["pending_log"]["read_from"] > 0, again
+        assert again["pending_log"]["records_read"] == 0 and again["pending"] == 0
     finally:
         if worker.process.poll() is None:
             worker.kill()

@@ -17,6 +17,7 @@ from streams.pending_codec import encode_pending
 @dataclasses.dataclass
 class _Record:
     value: bytes
+    offset: int
 
 
 def _event(event_id: str, partition: int, added_ms: int) -> PendingEvent:
@@ -29,8 +30,8 @@ def _label(join: LabelJoin, event_id: str, partition: int, added_ms: int) -> Ear
 
 
 async def _log(*records: bytes) -> AsyncIterator[Any]:
-    for value in records:
-        yield _Record(value)
+    for offset, value in enumerate(records):
+        yield _Record(value, offset)
 
 
 async def test_takeover_adds_only_its_partition_and_skips_learned(
