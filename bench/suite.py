@@ -108,7 +108,11 @@ def targets(lr: dict[str, Any], scale_out: dict[str, Any]) -> list[str]:
         scales = [1 / x for x in scale_out["riverbed_vs_rounds"]["riverbed-2w"]]
         scale = 1 / scale_out["riverbed_vs"]["riverbed-2w"]
         rounds = ", ".join(f"{x:.2f}" for x in scales)
-        lines.append(f"| 2 workers >= 1.8x 1 worker | {scale:.2f}x ({rounds}) | "
+        ceiling = scale_out.get("host_two_process_scaling")
+        host = "" if ceiling is None else (
+            f"; host ceiling for two CPU-bound processes in the same rounds {ceiling:.2f}x ("
+            + ", ".join(f"{x:.2f}" for x in scale_out["host_two_process_scaling_rounds"]) + ")")
+        lines.append(f"| 2 workers >= 1.8x 1 worker | {scale:.2f}x ({rounds}){host} | "
                      f"{'yes' if scale >= 1.8 else 'no'} |")
     return lines
 

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from bench import baselines  # noqa: E402
 from bench.baseline_codec import CHOICES as CODECS  # noqa: E402
 from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
-from bench.measure import cpu_marks, report  # noqa: E402
+from bench.measure import cpu_marks, report, two_process_scaling  # noqa: E402
 from streams.broker import EmbeddedBroker, die_with_parent  # noqa: E402
 from streams.config import Settings, load_settings  # noqa: E402
 from streams.produce import produce  # noqa: E402
@@ -141,25 +141,33 @@ async def run_riverbed_2w(events: int) -> None:
                                  str(CONFIG), "--web-port", str(port)], env=env, cwd=ROOT,
                                 preexec_fn=die_with_parent, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for port in ports]
+    pids = tuple(worker.pid for worker in workers)
     try:
         window: tuple[float, int] | None = None
+        cpu_first: tuple[float, float] | None = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             pages: list[Any] = [await asyncio.to_thread(stats, port) for port in ports]
             now = time.perf_counter()
+            interval = 0.02
             if all(pages):
                 learned = sum(sum(p["learned"].values()) for p in pages)
                 both = all(p["partitions"] and p["events"] for p in pages)
                 if window is None and both:
-                    window = (now, learned)
+                    window, cpu_first = (now, learned), cpu_marks(pids)
                 if learned >= events:
                     if window is None:
                         raise SystemExit("one worker learned everything before the other "
                                          "joined: use more --events")
                     report(window[0], now, learned - window[1],
-                            {"learned_before_window": window[1]})
+                           {"learned_before_window": window[1]}, cpu_first, pids)
                     return
-            await asyncio.sleep(0.02)  # sampling the workers' counters, not synchronisation
+                if window is not None and learned > window[1]:
+                    # sample rarely mid-run (each sample costs both workers CPU, and on 2
+                    # cores they have none to spare), often near the expected end
+                    rate = (learned - window[1]) / max(now - window[0], 1e-3)
+                    interval = min(0.25, max(0.02, (events - learned) / rate / 4))
+            await asyncio.sleep(interval)  # sampling the workers' counters
         raise SystemExit("riverbed-2w did not finish in 600 s")
     finally:
         for worker in workers:
@@ -251,6 +259,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per contender: the median of each measure over the rounds, and riverbed's ratio to
     it per round (riverbed and the contender timed in the same round) and its median."""
     results = {}
+    ceiling = runs.pop("host-2-process-ceiling", None)
     for name, rows in runs.items():
         keys = [k for k, v in rows[0].items() if isinstance(v, (int, float))
                 and all(k in row for row in rows)]
@@ -261,8 +270,12 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         ratios = {name: [mine["events_per_s"] / theirs["events_per_s"] for mine, theirs
                          in zip(runs["riverbed"], rows, strict=True)]
                   for name, rows in runs.items()}
-    return {"results": results, "riverbed_vs_rounds": ratios,
-            "riverbed_vs": {name: statistics.median(r) for name, r in ratios.items()}}
+    summary = {"results": results, "riverbed_vs_rounds": ratios,
+               "riverbed_vs": {name: statistics.median(r) for name, r in ratios.items()}}
+    if ceiling:
+        summary["host_two_process_scaling_rounds"] = [row["ratio"] for row in ceiling]
+        summary["host_two_process_scaling"] = statistics.median(row["ratio"] for row in ceiling)
+    return summary
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -287,6 +300,9 @@ def run_rounds(chosen: list[str], broker: EmbeddedBroker, args: argparse.Namespa
     the order), so a slow phase of the host does not always hit the same contender."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for round_no in range(args.rounds):
+        if "riverbed-2w" in chosen:  # the host's own 2-process ceiling, in this round
+            runs.setdefault("host-2-process-ceiling", []).append(
+                {"ratio": two_process_scaling()})
         shift = round_no % len(chosen)
         for name in chosen[shift:] + chosen[:shift]:
             row = contender(name, broker.bootstrap_servers, args.events, args.model,
@@ -326,6 +342,10 @@ def main() -> None:
               file=sys.stderr)
         summary = summarize(run_rounds(chosen, broker, args))
     print(table(summary))
+    if "host_two_process_scaling" in summary:
+        print("host ceiling, two CPU-bound processes / one: "
+              f"{summary['host_two_process_scaling']:.2f}x (rounds: "
+              f"{', '.join(f'{x:.2f}' for x in summary['host_two_process_scaling_rounds'])})")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "benchmark": "throughput", "events": args.events, "rounds": args.rounds, **summary,
