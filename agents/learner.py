@@ -255,7 +255,8 @@ class Learner:
                             int(time.time() * 1000), body)
 
 
-async def rollback(learner: Learner, target_estimator: Any, to_seq: int, reason: str) -> dict[str, Any]:
+async def rollback(learner: Learner, target_estimator: Any, to_seq: int,
+                   reason: str) -> dict[str, Any]:
     """Append a rollback: claim (fencing the live learner), snapshot of the state at
     ``to_seq``, then ``Restored``. The live learner notices the newer epoch, takes over
     again and continues from the restored state with ``lineage + 1``."""

@@ -79,8 +79,8 @@ class Reporter:
     def families(self) -> Iterator[Any]:
         """Prometheus families computed at scrape time."""
         w = self.worker
-        metric = GaugeMetricFamily("riverbed_model_metric",
-                                   "Progressive-validation metric value", labels=["model", "metric"])
+        metric = GaugeMetricFamily("riverbed_model_metric", "Progressive-validation metric value",
+                                   labels=["model", "metric"])
         version = GaugeMetricFamily("riverbed_model_version_metric",
                                     "Metric over the current model version (lineage) only",
                                     labels=["model", "metric"])

@@ -28,7 +28,8 @@ err = Console(stderr=True)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "riverbed.toml"
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="riverbed TOML config.")]
 BootstrapOption = Annotated[
-    str | None, typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers (overrides config).")
+    str | None,
+    typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers (overrides config)."),
 ]
 
 
@@ -126,7 +127,8 @@ def tail(
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = True,
     idle_timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds.")] = 5.0,
-    max_records: Annotated[int, typer.Option("--max", help="Stop after N records (0 = no limit).")] = 0,
+    max_records: Annotated[
+        int, typer.Option("--max", help="Stop after N records (0 = no limit).")] = 0,
 ) -> None:
     """Print the decoded records of TOPIC as JSON lines."""
     from streams.tail import tail as tail_topic

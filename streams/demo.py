@@ -163,7 +163,8 @@ async def watch_outputs(
         await consumer.stop()
 
 
-def _score(progress: DemoProgress, predictions: list[dict[str, Any]], labels: dict[str, Any]) -> None:
+def _score(progress: DemoProgress, predictions: list[dict[str, Any]],
+           labels: dict[str, Any]) -> None:
     for p in predictions:
         progress.predictions += 1
         progress.model_seq = max(progress.model_seq, p["model_seq"])

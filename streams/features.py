@@ -110,10 +110,12 @@ def _coerce_slow(name: str, value: Any, limit: float) -> float:
     if isinstance(value, int) and -limit <= value <= limit:
         return float(value)
     if value is None:
-        raise ValidationError(f"feature {name!r} is null inside a map", reason="non_numeric_feature")
+        raise ValidationError(f"feature {name!r} is null inside a map",
+                              reason="non_numeric_feature")
     if not isinstance(value, int | float):
         raise ValidationError(
-            f"feature {name!r} is {type(value).__name__}, not a number", reason="non_numeric_feature"
+            f"feature {name!r} is {type(value).__name__}, not a number",
+            reason="non_numeric_feature",
         )
     if not -limit <= value <= limit:
         _reject(name, value, limit)

@@ -64,4 +64,5 @@ def _rows(body: dict[str, Any]) -> list[Any]:
     count = body["count"]
     return [e.x for e in decode_columns({
         "feature_names": body["names"], "event_ids": [""] * count, "labels": [None] * count,
-        "values": base64.b64decode(body["values"]), "dense": body["dense"], "columns": body["columns"]})]
+        "values": base64.b64decode(body["values"]), "dense": body["dense"],
+        "columns": body["columns"]})]

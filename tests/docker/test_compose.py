@@ -39,7 +39,8 @@ def test_grafana_dashboard_queries_metrics_the_worker_exports() -> None:
 
     from streams.telemetry import WorkerStats, exposition
 
-    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "riverbed.json").read_text())
+    dashboards = ROOT / "deploy" / "grafana" / "dashboards"
+    dashboard = json.loads((dashboards / "riverbed.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"riverbed_[a-z_]+", e)}
     exported = exposition(WorkerStats()).decode()

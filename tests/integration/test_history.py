@@ -84,7 +84,8 @@ async def test_replay_verifies_and_a_flipped_snapshot_byte_is_an_integrity_error
         assert done.returncode == 0, done.stderr
         assert summary["ok"] and summary["seq"] == report.valid
         assert summary["fingerprint"] == live_fingerprint
-    genesis = json.loads(_replay_cli(settings, "--verify", "--from-genesis").stdout.splitlines()[-1])
+    genesis = json.loads(
+        _replay_cli(settings, "--verify", "--from-genesis").stdout.splitlines()[-1])
     assert genesis["snapshots_checked"] >= 2 and genesis["fingerprints_verified"] > 5
     middle = json.loads(_replay_cli(settings, "--to-seq", "2500").stdout.splitlines()[-1])
     assert middle["seq"] == 2500

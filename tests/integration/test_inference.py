@@ -49,7 +49,8 @@ async def test_one_prediction_per_valid_event(settings: Settings) -> None:
         assert record.key is not None and record.key.startswith(b"k")
 
 
-def _bad_events(codec: AvroCodec, good: dict, other_schema: AvroCodec) -> list[tuple[str, bytes | None]]:
+def _bad_events(codec: AvroCodec, good: dict, other_schema: AvroCodec
+                ) -> list[tuple[str, bytes | None]]:
     ok = codec.encode(good)
     return [
         ("decode_error", b"\x07\x99not avro at all"),

@@ -65,7 +65,8 @@ async def test_delayed_labels_metrics_equal_progressive_validation_oracle(
 ) -> None:
     settings = _settings(settings)
     await provision(settings)
-    event_codec, label_codec = AvroCodec(load_schema("agrawal_event")), AvroCodec(load_schema("label"))
+    event_codec = AvroCodec(load_schema("agrawal_event"))
+    label_codec = AvroCodec(load_schema("label"))
     stream, label_sends, labelled_ids = _delayed_stream(3000, seed=8)
     by_position: dict[int, list[tuple[str, Any]]] = {}
     for eid, y, at in label_sends:
@@ -78,7 +79,8 @@ async def test_delayed_labels_metrics_equal_progressive_validation_oracle(
                       by_position.get(pos, [])]
             await send_raw(settings, partition=None, topic=settings.topics.labels, records=[
                 (stream[int(eid.rsplit("-", 1)[1])]["key"].encode(),
-                 label_codec.encode({"event_id": eid, "label": y, "time": 0})) for eid, y in labels])
+                 label_codec.encode({"event_id": eid, "label": y, "time": 0}))
+                for eid, y in labels])
             await send_raw(settings, partition=None, topic=settings.topics.events, records=
                            [(e["key"].encode(), event_codec.encode(e)) for e in chunk])
             sent += len(chunk) + len(labels)
@@ -181,7 +183,8 @@ async def test_pending_labels_survive_kill_9(settings: Settings) -> None:
         labels = [(e["key"].encode(), label_codec.encode(
             {"event_id": e["event_id"], "label": t["label"], "time": 0}))
             for e, t in zip(stream, truth)]
-        await send_raw(settings, partition=None, topic=settings.topics.labels, records= labels + labels[:300])  # + duplicates
+        await send_raw(settings, partition=None, topic=settings.topics.labels,
+                       records=labels + labels[:300])  # + duplicates
         live = await worker.wait_for(lambda m: m["durable_seq"] >= 5000 and m["pending"] == 0, 90)
         assert live["pending_log"]["read_from"] == 0 and live["pending_log"]["records_read"] > 0
         worker.kill()  # nothing pending now: the next start reads none of the pending log
@@ -235,7 +238,8 @@ async def test_label_for_unknown_event_is_dead_lettered_after_ttl(settings: Sett
     label_codec = AvroCodec(load_schema("label"))
     orphan = label_codec.encode({"event_id": "never-sent", "label": 1, "time": 0})
     async with running_worker(settings) as worker:
-        await send_raw(settings, partition=None, topic=settings.topics.labels, records=[(b"k", orphan)])
+        await send_raw(settings, partition=None, topic=settings.topics.labels,
+                       records=[(b"k", orphan)])
         await until(lambda: worker.join.store.labels, 30)  # type: ignore[union-attr]
         # no further traffic: the worker's expiry timer dead-letters the orphan
         dead = await collect(settings, settings.topics.dead_letters, 1, 1)

@@ -42,7 +42,8 @@ def test_environment_overrides() -> None:
     ({"models": [MODEL, MODEL]}, {}, "models.name"),
     ({"models": [{"name": "m", "pipeline": []}]}, {}, "models[0].pipeline"),
     ({"models": [{"name": "a b", "pipeline": MODEL["pipeline"]}]}, {}, "models[0].name"),
-    ({"broker": {"bootstrap_servers": "nohost"}, "models": [MODEL]}, {}, "broker.bootstrap_servers"),
+    ({"broker": {"bootstrap_servers": "nohost"}, "models": [MODEL]}, {},
+     "broker.bootstrap_servers"),
     ({"extra": {}, "models": [MODEL]}, {}, "extra"),
 ])
 def test_invalid_config_names_the_field(raw: dict, env: dict, field: str) -> None:
