@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import types
 from collections.abc import AsyncIterator
 
 from hypothesis import given, settings
@@ -35,6 +36,16 @@ async def _read(log: list[bytes], start: int) -> AsyncIterator[_Record]:
         yield _Record("riverbed.pending", 0, offset, log[offset])
 
 
+class _Lane:
+    """What the join asks of a model's lane: has it learned this event already (the
+    processor's dedup: the batch's ids and the fold's applied-id window)? It serves no
+    model of these entries, so nothing is learned here; ``joined`` records the joins."""
+
+    def __init__(self, joined: set[str]) -> None:
+        self.model = types.SimpleNamespace(name="no-model")
+        self.already_learned = joined.__contains__
+
+
 class _Run:
     """A live LabelJoin driven like the worker drives it, with its pending log."""
 
@@ -48,22 +59,25 @@ class _Run:
         self.label_offset = 0
         self.marks: list[int] = []
         self.released: set[str] = set()
+        self.lanes = [_Lane(self.joined)]
 
     def event(self, n: int) -> None:
         event_id = f"e{n}"
-        if event_id in self.join.store.labels:  # its label came first: joined now
-            self.joined.add(event_id)
+        early = event_id in self.join.store.labels  # its label came first: joined now
         made = [(f"m@p{n % 2}", {"x": float(n)}, 0, {0: 0.5, 1: 0.5}, 1)]
-        self.join.hold(event_id, made, self.now - 5, [], BatchOutput(), self.now)
+        self.join.hold(event_id, made, self.now - 5, self.lanes, BatchOutput(), self.now)
+        if early:
+            self.joined.add(event_id)
 
     def label(self, n: int) -> None:
         event_id = f"e{n}"
-        if event_id in self.join.store.events:
-            self.joined.add(event_id)
+        pending = event_id in self.join.store.events and event_id not in self.joined
         self.label_offset += 1
         value = LABELS.encode({"event_id": event_id, "label": 1, "time": self.now})
         record = _Record(self.join.topic, n % 2, self.label_offset, value)
-        self.join.on_label(record, [], BatchOutput(), self.now)
+        self.join.on_label(record, self.lanes, BatchOutput(), self.now)
+        if pending:  # joined (a duplicate label is dropped by the lane's dedup)
+            self.joined.add(event_id)
 
     def flush(self) -> None:
         """End of a batch: expire, append the new entries to the log, note the mark."""
