@@ -52,10 +52,37 @@ def parse(schema: Mapping[str, Any]) -> Schema:
     return fastavro.parse_schema(strip_logical_types(dict(schema)))
 
 
-def _cavro_schema(schema: Mapping[str, Any], end_marker: bool = False) -> Any:
+def ints_as_longs(schema: Any) -> Any:
+    """``schema`` with every ``int`` read as ``long`` (same binary layout). cavro wraps an
+    ``int`` varint that overflows 32 bits (a damaged payload) into a plausible value;
+    read as a long it comes back as written, out of range, as fastavro returns it --
+    and the feature validator refuses it (``limits.max_abs_value``)."""
+    if schema == "int":
+        return "long"
+    if isinstance(schema, list):
+        return [ints_as_longs(member) for member in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    kind = out.get("type")
+    if kind in ("record", "error"):
+        out["fields"] = [{**f, "type": ints_as_longs(f["type"])} for f in out["fields"]]
+    elif kind == "array":
+        out["items"] = ints_as_longs(out["items"])
+    elif kind == "map":
+        out["values"] = ints_as_longs(out["values"])
+    else:
+        out["type"] = ints_as_longs(kind)
+    return out
+
+
+def _cavro_schema(schema: Mapping[str, Any], end_marker: bool = False,
+                  read: bool = False) -> Any:
     if cavro is None:
         raise ConfigError("avro backend", "cavro is not installed (pip install cavro)")
     source = strip_logical_types(dict(schema))
+    if read:
+        source = ints_as_longs(source)
     if end_marker:
         if source.get("type") != "record":
             raise ConfigError("schema", f"{source.get('name')!r}: a topic schema must be a record")
@@ -79,9 +106,12 @@ class RecordReader:
         if backend == "fastavro":
             self._fastavro = parsed
         else:
-            schema = _cavro_schema(writer, end_marker=True)
+            schema = _cavro_schema(writer, end_marker=True, read=True)
             if reader is not None:
-                schema = _cavro_schema(reader, end_marker=True).reader_for_writer(schema)
+                # resolvable as declared (ints read as longs would also accept long -> int)
+                _cavro_schema(reader).reader_for_writer(_cavro_schema(writer))
+                schema = _cavro_schema(reader, end_marker=True, read=True
+                                       ).reader_for_writer(schema)
             self._cavro = schema
 
     def read(self, payload: bytes, start: int = 0) -> dict[str, Any]:

@@ -159,6 +159,41 @@ def test_trailing_bytes_of_every_length_are_refused(backend: str) -> None:
         assert info.value.reason == "trailing_bytes"
 
 
+def test_an_int_that_overflows_32_bits_decodes_as_written_and_fails_validation(
+        backend: str, example_settings: Any) -> None:
+    """One flipped bit can lengthen an int's varint past 32 bits (found by the property test
+    above): the engine must not wrap it into a plausible value; as written it is out of
+    range, and the feature extractor refuses it before any model sees it."""
+    from streams.errors import ValidationError
+    from streams.features import FeatureExtractor
+
+    schema = load_schema("agrawal_event")
+    record = {"event_id": "e", "key": "k", "timestamp": 1, "salary": 1.0, "commission": 0.0,
+              "age": 1, "elevel": 1, "car": 1048576, "zipcode": 8, "hvalue": 1.0,
+              "hyears": 1, "loan": 1.0, "label": None}
+    payload = bytearray(fastavro_encode(schema, record))
+    car = payload.index(bytes([0x80, 0x80, 0x80, 0x01, 0x10]))  # car = 1048576, zipcode = 8
+    payload[car + 3] ^= 0x80  # car's varint now runs into zipcode's byte: 5 bytes, > 2**32
+    payload = payload[: car + 5] + bytes([0x02]) + payload[car + 5:]  # a zipcode again
+    decoded = AvroCodec(schema, backend).decode(bytes(payload))  # type: ignore[arg-type]
+    assert same(decoded, fastavro_read_exactly(bytes(payload), schema))
+    assert decoded["car"] == 2**31 + 1048576 > 2**31 - 1
+    extractor = FeatureExtractor(schema, example_settings.event, example_settings.models[0],
+                                 example_settings.limits)
+    with pytest.raises(ValidationError):
+        extractor.extract(decoded)
+
+
+def test_reading_ints_as_longs_still_refuses_a_long_written_for_an_int(backend: str) -> None:
+    registry = InMemorySchemaRegistry()
+    writer = {"type": "record", "name": "R", "fields": [{"name": "i", "type": "long"}]}
+    reader = {"type": "record", "name": "R", "fields": [{"name": "i", "type": "int"}]}
+    payload = b"\x00" + struct.pack(">I", registry.register("s", writer))
+    payload += fastavro_encode(writer, {"i": 2**40})
+    with pytest.raises(DecodeError):
+        ConfluentCodec(registry, reader, "s", backend).decode(payload)  # type: ignore[arg-type]
+
+
 WRITER_V2 = {"type": "record", "name": "EveryType", "namespace": "test", "fields": [
     {"name": "i", "type": "int"},
     {"name": "gone", "type": "string"},
