@@ -58,6 +58,11 @@ class InferenceAgent:
         self.after_outputs = after_outputs
         self.pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(8)
 
+    def register(self) -> None:
+        """Run both tasks with the Faust app (started and stopped with it)."""
+        self.app.task(self.process_batches)
+        self.app.task(self.confirm_in_order)
+
     async def process_batches(self) -> None:
         """Step 1 of the learner's batch protocol (agents/learner.py): process, publish."""
         while True:
@@ -100,11 +105,3 @@ class InferenceAgent:
                 return
             for _, _, batch in items:
                 self.ingest.done(batch)                                             # 4.
-
-
-def register_inference_agent(app: Any, *args: Any, **kwargs: Any) -> InferenceAgent:
-    """Build an :class:`InferenceAgent` (same arguments) and register its tasks on ``app``."""
-    agent = InferenceAgent(app, *args, **kwargs)
-    app.task(agent.process_batches)
-    app.task(agent.confirm_in_order)
-    return agent

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.batch_agent import register_inference_agent
+from agents.batch_agent import InferenceAgent
 from agents.inference import BatchOutput, InferenceProcessor
 from agents.labels import LabelJoin, pending_log_start
 from agents.learner import ROLLBACK_OWNER, Learner
@@ -78,11 +78,11 @@ class Worker:
                                   progress=self.stats.inputs)
         self.model_lock = asyncio.Lock()
         self.app.service(self.ingest)
-        register_inference_agent(
+        InferenceAgent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
             before_batch=self.before_batch, guard=self.model_lock,
             after_outputs=self._after_outputs,
-        )
+        ).register()
         self._register_timers_and_pages()
         self._follower: asyncio.Task[None] | None = None
         self._crash: asyncio.Future[None] | None = None
