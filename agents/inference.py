@@ -193,7 +193,11 @@ class InferenceProcessor:
         self._blame = None
         try:
             event, label, inputs = self._validated(record, active)
-            self._predict_and_learn(record, event, label, inputs, out, now_ms)
+            made = self._predict_and_learn(record, event, inputs, out, now_ms)
+            if label is None and self.join is not None:  # wait for the label
+                ev = self.event
+                self.join.hold(event[ev.id_field], made, event[ev.timestamp_field], active,
+                               out, now_ms)
         except EventError as exc:
             out.dead_letters.append(dead_letter(record, exc.reason, str(exc), self._blame))
         except Exception as exc:  # a model or encoder failure must not kill the worker
@@ -224,10 +228,11 @@ class InferenceProcessor:
         return event, label, inputs
 
     def _predict_and_learn(
-        self, record: InputRecord, event: dict[str, Any], label: Any,
+        self, record: InputRecord, event: dict[str, Any],
         inputs: list[tuple[_Lane, dict[str, float], Any]], out: BatchOutput, now_ms: int,
-    ) -> None:
-        """Predict, then learn from the label (if any), for every validated model."""
+    ) -> list[Any]:
+        """Predict, then learn from the label (if any), for every validated model; returns
+        what each model predicted (for the pending store)."""
         ev = self.event
         event_id, event_time = event[ev.id_field], event[ev.timestamp_field]
         outputs, made = [], []
@@ -258,9 +263,7 @@ class InferenceProcessor:
         for lane, _, _ in inputs:
             lane.predictions += 1
         out.latencies.append(now_ms - event_time)
-        if label is None and self.join is not None:
-            lanes = [lane for lane, _, _ in inputs]
-            self.join.hold(event_id, made, event_time, lanes, out, now_ms)
+        return made
 
     def _count(self, out: BatchOutput, lanes: list[_Lane]) -> None:
         stats = self.stats

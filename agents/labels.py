@@ -22,6 +22,7 @@ serves (:meth:`LabelJoin.low_water`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import AsyncIterable, Collection
 from typing import Any
@@ -37,6 +38,16 @@ from streams.pending_codec import decode_pending, encode_pending
 from streams.telemetry import TIMING_SAMPLE
 
 
+@dataclasses.dataclass(slots=True)
+class _LogRecord:
+    """A pending-log record that may hold live entries."""
+
+    offset: int
+    event_ids: list[str]
+    #: index of the first id not known to be gone
+    cursor: int = 0
+
+
 class LabelJoin:
     """Join state and rules; called by the inference processor, one batch at a time."""
 
@@ -49,9 +60,8 @@ class LabelJoin:
         self._new_labels: list[EarlyLabel] = []
         #: the source under which Learned records carry the pending log's low-water mark
         self.log_source = f"{settings.topics.pending}:0"
-        #: pending-log records holding entries that may be live: [offset, event ids,
-        #: index of the first id not known to be gone], in offset order
-        self._log: deque[list[Any]] = deque()
+        #: pending-log records holding entries that may be live, in offset order
+        self._log: deque[_LogRecord] = deque()
         #: the offset the next pending-log record will get at the earliest (None: unknown)
         self._log_end: int | None = None
         #: where the last rebuild started reading the pending log, and how many records
@@ -123,7 +133,7 @@ class LabelJoin:
     def appended(self, offset: int, event_ids: list[str]) -> None:
         """The pending-log record holding ``event_ids`` was acknowledged at ``offset``
         (records are appended one at a time, in batch order)."""
-        self._log.append([offset, event_ids, 0])
+        self._log.append(_LogRecord(offset, event_ids))
         self._log_end = max(self._log_end or 0, offset + 1)
 
     def low_water(self) -> int | None:
@@ -133,12 +143,12 @@ class LabelJoin:
         events, labels = self.store.events, self.store.labels
         while self._log:
             head = self._log[0]
-            ids, i = head[1], head[2]
+            ids, i = head.event_ids, head.cursor
             while i < len(ids) and ids[i] not in events and ids[i] not in labels:
                 i += 1  # gone (joined, expired, evicted, released); a re-added id lives
             if i < len(ids):  # in a later record too, so it is never needed from this one
-                head[2] = i
-                return int(head[0])
+                head.cursor = i
+                return head.offset
             self._log.popleft()
         return self._log_end
 
@@ -168,9 +178,9 @@ class LabelJoin:
                 self.store.labels[label.event_id] = label
             count += len(kept) + len(kept_labels)
             if kept or kept_labels:
-                self._log.append([record.offset, [e.event_id for e in kept]
-                                  + [label.event_id for label in kept_labels], 0])
-        self._log = deque(sorted(self._log, key=lambda appended: int(appended[0])))
+                self._log.append(_LogRecord(record.offset, [e.event_id for e in kept]
+                                            + [label.event_id for label in kept_labels]))
+        self._log = deque(sorted(self._log, key=lambda appended: appended.offset))
         for store in (self.store.events, self.store.labels):
             for event_id in [e for e in store if learned(e)]:
                 del store[event_id]
