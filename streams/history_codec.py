@@ -119,14 +119,17 @@ def decode_event(payload: bytes, offset: int = -1) -> HistoryEvent:
         raise DecodeError(f"not a history event: {exc}") from exc
     if buffer.tell() != len(payload):
         raise DecodeError("trailing bytes after history event", reason="trailing_bytes")
-    name, body = raw["body"]
-    cls = _TYPES[name]
-    if cls is Learned:
-        value: Any = Learned(body["seq_from"], body["seq_to"], body["offsets"],
-                             decode_columns(body), body["fingerprint"])
-    elif cls is Created:
-        value = Created(body["spec"], body["spec_hash"], body["river_version"],
-                        tuple(body["probe"]))
-    else:
-        value = cls(**body)
+    try:
+        name, body = raw["body"]
+        cls = _TYPES[name]
+        if cls is Learned:
+            value: Any = Learned(body["seq_from"], body["seq_to"], body["offsets"],
+                                 decode_columns(body), body["fingerprint"])
+        elif cls is Created:
+            value = Created(body["spec"], body["spec_hash"], body["river_version"],
+                            tuple(body["probe"]))
+        else:
+            value = cls(**body)
+    except Exception as exc:  # a schema-valid record that is not a well-formed event
+        raise DecodeError(f"malformed history event: {type(exc).__name__}: {exc}") from exc
     return HistoryEvent(raw["model"], raw["epoch"], raw["time"], value, offset)

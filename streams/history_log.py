@@ -11,6 +11,7 @@ acknowledged every event (``acks=all``) and returns their offsets.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -18,9 +19,21 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.errors import DecodeError
 from streams.history import HistoryEvent
 from streams.history_codec import KIND_HEADER, decode_event, encode_event, kind_of
 from streams.output import BatchProducer
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedRecord:
+    """A record of the history topic that is not a decodable riverbed event: skipped, never
+    fatal (the history is read by every worker and by ``replay``; one garbage record must
+    not stop them). ``key`` tells whether it claims to belong to a model."""
+
+    offset: int
+    key: bytes | None
+    reason: str
 
 
 class HistoryLog:
@@ -41,11 +54,19 @@ class HistoryLog:
         return [metadata.offset for metadata in await asyncio.gather(*futures)]
 
     async def read(self, start: int = 0, until: int | None = None,
-                   idle_timeout_s: float = 30.0) -> AsyncIterator[HistoryEvent]:
-        """Events from ``start`` up to offset ``until`` (inclusive), else up to high-water."""
+                   idle_timeout_s: float = 30.0, *,
+                   skipped: list[SkippedRecord] | None = None) -> AsyncIterator[HistoryEvent]:
+        """Events from ``start`` up to offset ``until`` (inclusive), else up to high-water.
+
+        Records that do not decode as history events (garbage, another producer's data,
+        an unknown kind) are not yielded; each is appended to ``skipped`` if given."""
         async for record in read_partition(self.bootstrap_servers, self.topic, start, until,
                                            idle_timeout_s):
-            yield decode_event(record.value, record.offset)
+            try:
+                yield decode_event(record.value or b"", record.offset)
+            except DecodeError as exc:
+                if skipped is not None:
+                    skipped.append(SkippedRecord(record.offset, record.key, str(exc)))
 
 
 async def read_partition(bootstrap: str, topic: str, start: int, until: int | None,
@@ -102,5 +123,24 @@ class SnapshotIndex:
         found = []
         async for record in read_partition(self.bootstrap_servers, self.topic, 0, None, 30.0):
             if record.key == model.encode():
-                found.append(json.loads(record.value))
+                entry = _index_entry(record.value)
+                if entry is not None:
+                    found.append(entry)
         return found
+
+
+def _index_entry(value: bytes | None) -> dict[str, Any] | None:
+    """A well-formed index entry, or None (garbage on the index is skipped: the index only
+    speeds up restores; the history is the source of truth)."""
+    try:
+        entry = json.loads(value or b"")
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("epoch"), int):
+        return None
+    if entry.get("marker") == "claimed":
+        return entry
+    ints = ("offset", "chunks", "seq", "lineage")
+    if not all(isinstance(entry.get(k), int) and entry[k] >= 0 for k in ints):
+        return None
+    return entry if entry["chunks"] > 0 else None
