@@ -35,6 +35,56 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True if something already listens on ``host:port`` (or the port cannot be bound)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def split_bootstrap(bootstrap_servers: str) -> list[tuple[str, int]]:
+    """``"h1:9092,h2:9093"`` as ``[(h1, 9092), (h2, 9093)]``; BrokerError if malformed."""
+    addresses = []
+    for part in (p.strip() for p in bootstrap_servers.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BrokerError(f"bootstrap server {part!r} is not HOST:PORT")
+        addresses.append((host, int(port)))
+    if not addresses:
+        raise BrokerError("no bootstrap server given")
+    return addresses
+
+
+def probe_bootstrap(bootstrap_servers: str, timeout_s: float = 3.0) -> None:
+    """Raise BrokerError (one line) unless at least one bootstrap server accepts a TCP
+    connection within ``timeout_s``: fail fast and clearly before any Kafka client retries
+    (an unreachable broker otherwise surfaces as a client traceback, or a long hang)."""
+    problems = []
+    deadline = time.monotonic() + timeout_s
+    for host, port in split_bootstrap(bootstrap_servers):
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            problems.append(f"cannot resolve host {host!r}")
+            continue
+        try:
+            with socket.create_connection((host, port), timeout=remaining):
+                return
+        except TimeoutError:
+            problems.append(f"{host}:{port} did not answer within {timeout_s:g}s")
+        except OSError as exc:
+            problems.append(f"{host}:{port}: {(exc.strerror or str(exc)).lower()}")
+    raise BrokerError(f"no broker reachable at {bootstrap_servers}: " + "; ".join(problems))
+
+
 def broker_binary() -> str:
     """Path of the Tansu binary (``$CALF_TANSU_BIN`` overrides); BrokerError if none."""
     try:
@@ -80,6 +130,9 @@ class EmbeddedBroker:
         """Start the broker and wait until it accepts connections (BrokerError otherwise)."""
         if self.process is not None:
             raise BrokerError("broker already started")
+        if port_in_use(self.port, self.host):
+            raise BrokerError(f"port {self.port} is in use on {self.host} (another broker?"
+                              " pick another with --port)")
         binary = self.binary or broker_binary()
         url = f"tcp://{self.host}:{self.port}"
         log = tempfile.NamedTemporaryFile(prefix="riverbed-tansu-", suffix=".log", delete=False)

@@ -70,3 +70,13 @@ class OwnershipError(RiverbedError):
 
 class TakeoverError(RiverbedError):
     """A worker could not take over the models of partitions it was assigned."""
+
+
+class UsageError(RiverbedError):
+    """A command asks for something that does not exist or is out of range (an unknown
+    model or dataset, a negative count, a malformed time): the CLI exits 2."""
+
+
+class HistoryError(RiverbedError):
+    """A model's history cannot answer the request: no history, a seq or lineage it never
+    reached, a time before the model existed (the CLI exits 1)."""
