@@ -28,7 +28,7 @@ from streams.config import Settings
 from streams.deadletter import DeadLetter
 from streams.errors import EventError, ValidationError
 from streams.evaluation import ModelMonitor
-from streams.features import FeatureExtractor, validate_label
+from streams.features import FeatureExtractor
 from streams.history import Example
 from streams.models import OnlineModel
 from streams.telemetry import TIMING_SAMPLE, WorkerStats
@@ -118,7 +118,8 @@ class InferenceProcessor:
         """Serve ``model`` from the next batch on (only for ``partition`` if given)."""
         self.models.append(model)
         self.extractors.append(FeatureExtractor(self.event_schema, self.settings.event,
-                                                model.spec, self.settings.limits))
+                                                model.spec, self.settings.limits,
+                                                binary=model.is_binary))
         self.learners.append(learner)
         self.partitions.append(partition)
         self.monitors[model.name] = ModelMonitor(model.task, model.spec.metrics)
@@ -222,7 +223,7 @@ class InferenceProcessor:
         for lane in active:
             self._blame = lane.model.name
             x = lane.extractor.extract(event)
-            y = None if label is None else validate_label(label, lane.model.task)
+            y = None if label is None else lane.extractor.label_rule.check(label)
             inputs.append((lane, x, y))
         self._blame = None
         return event, label, inputs

@@ -31,8 +31,7 @@ from agents.inference import BatchOutput, InputRecord, dead_letter
 from schemas import load_schema
 from streams.codec import Decoder, make_codec
 from streams.config import Settings
-from streams.errors import DecodeError, ValidationError
-from streams.features import validate_label
+from streams.errors import EventError, ValidationError
 from streams.pending import EarlyLabel, PendingEvent, PendingStore
 from streams.pending_codec import decode_pending, encode_pending
 from streams.telemetry import TIMING_SAMPLE
@@ -67,6 +66,8 @@ class LabelJoin:
         #: where the last rebuild started reading the pending log, and how many records
         self.rebuilt_from: int | None = None
         self.records_read = 0
+        #: pending-log records that did not decode (skipped by rebuilds)
+        self.skipped_records = 0
 
     def hold(self, event_id: str, made: list[Any], event_time: int, lanes: list[Any],
              out: BatchOutput, now_ms: int) -> None:
@@ -76,30 +77,57 @@ class LabelJoin:
         if early is None:
             self._new_events.append(entry)
         else:
-            self._learn(entry, early.label, early.label_time, lanes, out, None)
+            self._learn(entry, early.label, early.label_time, lanes, out,
+                        _Origin(*early.origin, early.raw))
 
     def on_label(self, record: InputRecord, lanes: list[Any], out: BatchOutput,
                  now_ms: int) -> None:
-        """A record from the labels topic."""
+        """A record from the labels topic. Poison-proof: whatever the bytes or the value,
+        the record ends as a join, a held early label, a counted duplicate or a dead letter
+        (reason and original bytes) -- never an exception out of the batch."""
         try:
             label = self.decoder.decode(record.value or b"")
-        except DecodeError as exc:
+            event_id, value, label_time = label["event_id"], label["label"], label["time"]
+            if not event_id:
+                raise ValidationError("empty event id", reason="missing_event_id")
+            if any(lane.already_learned(event_id) for lane in lanes):
+                self.store.counters.duplicate_labels += 1
+                return
+            valid = self._valid_for(value, lanes)
+            if not valid:  # no model of this worker may learn it: dead letter, hold nothing
+                rule = lanes[0].extractor.label_rule if lanes else None
+                if rule is not None:
+                    rule.check(value)  # raises with the precise reason
+                raise ValidationError(f"label {value!r} for no model", reason="invalid_label")
+            entry = self.store.add_label(event_id, value, label_time, now_ms,
+                                         raw=record.value or b"",
+                                         origin=(record.topic, record.partition, record.offset))
+            if entry is not None:
+                self._learn(entry, value, label_time, lanes, out, record)
+            elif event_id in self.store.labels:
+                self._new_labels.append(self.store.labels[event_id])
+        except EventError as exc:
             out.dead_letters.append(dead_letter(record, exc.reason, str(exc), None))
-            return
-        event_id = label["event_id"]
-        if any(lane.already_learned(event_id) for lane in lanes):
-            self.store.counters.duplicate_labels += 1
-            return
-        entry = self.store.add_label(event_id, label["label"], label["time"], now_ms,
-                                     raw=record.value or b"",
-                                     origin=(record.topic, record.partition, record.offset))
-        if entry is not None:
-            self._learn(entry, label["label"], label["time"], lanes, out, record)
-        elif event_id in self.store.labels:
-            self._new_labels.append(self.store.labels[event_id])
+        except Exception as exc:  # a model failing on a validated label: never stop
+            out.dead_letters.append(dead_letter(record, "internal_error",
+                                                f"{type(exc).__name__}: {exc}", None))
+
+    @staticmethod
+    def _valid_for(label: Any, lanes: list[Any]) -> list[Any]:
+        """The lanes whose model may learn ``label`` (its LabelRule accepts it)."""
+        valid = []
+        for lane in lanes:
+            try:
+                lane.extractor.label_rule.check(label)
+            except ValidationError:
+                continue
+            valid.append(lane)
+        return valid
 
     def _learn(self, entry: PendingEvent, label: Any, label_time: int, lanes: list[Any],
                out: BatchOutput, record: InputRecord | None) -> None:
+        """Learn ``label`` for ``entry`` on every lane whose model predicted it; a model that
+        may not learn this label gets a dead letter ``invalid_label`` naming it."""
         made = {m[0]: m for m in entry.predictions}
         for lane in lanes:
             prediction = made.get(lane.model.name)
@@ -107,7 +135,7 @@ class LabelJoin:
                 continue
             _, x, predicted, proba, _ = prediction
             try:
-                y = validate_label(label, lane.model.task)
+                y = lane.extractor.label_rule.check(label)
             except ValidationError as exc:
                 if record is not None:
                     out.dead_letters.append(dead_letter(record, exc.reason, str(exc),
@@ -168,7 +196,11 @@ class LabelJoin:
         async for record in records:
             self.records_read += 1
             self._log_end = max(self._log_end, record.offset + 1)
-            events, labels = decode_pending(record.value)
+            try:
+                events, labels = decode_pending(record.value or b"")
+            except Exception:  # not ours / damaged: skipped and counted, never fatal
+                self.skipped_records += 1
+                continue
             kept = [e for e in events if sources is None or _predicted_by(e, models)]
             kept_labels = [label for label in labels
                            if sources is None or label.origin[:2] in sources]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streams.config import Settings, load_settings
-from streams.errors import RiverbedError
+from streams.errors import BrokerError, ConfigError, RiverbedError, UsageError
 
 app = typer.Typer(help="riverbed: online learning on Kafka streams.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -31,20 +34,108 @@ BootstrapOption = Annotated[
     str | None,
     typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers (overrides config)."),
 ]
+LineageOption = Annotated[int | None, typer.Option(
+    help="Model lineage (0 = before any rollback; default: the live lineage).")]
+#: how long a command waits for a TCP connection to the broker before giving up
+PROBE_TIMEOUT_S = 3.0
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _settings(config: Path, bootstrap: str | None = None) -> Settings:
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``error: message`` as ONE line on stderr and exit with ``code``."""
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def one_line_errors(command: F) -> F:
+    """Every user error of ``command`` becomes one stderr line, never a traceback:
+    exit 2 for usage and configuration, 1 for runtime (broker, history)."""
+    from aiokafka.errors import KafkaError
+
+    from streams.snapshots import SnapshotIntegrityError
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except (ConfigError, UsageError) as exc:
+            fail(str(exc), 2)
+        except SnapshotIntegrityError as exc:
+            fail(f"integrity error: {exc}", 2)
+        except RiverbedError as exc:
+            fail(str(exc), 1)
+        except KafkaError as exc:
+            fail(f"broker error: {exc}", 1)
+        except (TimeoutError, ConnectionError) as exc:
+            fail(f"broker did not answer: {exc or type(exc).__name__}", 1)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+    return run  # type: ignore[return-value]
+
+
+def _settings(config: Path, bootstrap: str | None = None, *, probe: bool = False) -> Settings:
+    """Load and check the config (ConfigError: exit 2); with ``probe``, make sure a broker
+    answers on the bootstrap servers within PROBE_TIMEOUT_S (BrokerError: exit 1)."""
+    from schemas import load_schema
+    from streams.broker import probe_bootstrap
+
+    if config.is_dir():
+        raise ConfigError("path", f"{config} is a directory, not a TOML config file")
     try:
         settings = load_settings(config)
-    except RiverbedError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    return settings.with_bootstrap(bootstrap) if bootstrap else settings
+    except OSError as exc:
+        raise ConfigError("path", f"cannot read {config}: {exc.strerror or exc}") from None
+    try:
+        load_schema(settings.event.schema, settings.base_dir)
+    except OSError as exc:
+        raise ConfigError("event.schema", f"cannot read schema {settings.event.schema!r}: "
+                          f"{exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError("event.schema",
+                          f"{settings.event.schema!r} is not JSON: {exc}") from None
+    if bootstrap:
+        settings = settings.with_bootstrap(bootstrap)
+    if probe:
+        probe_bootstrap(settings.broker.bootstrap_servers, PROBE_TIMEOUT_S)
+    return settings
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def _check_dataset(dataset: str) -> None:
+    from streams.datasets import DATASET_SCHEMAS
+
+    _check(dataset in DATASET_SCHEMAS,
+           f"unknown dataset {dataset!r}; choose from {', '.join(sorted(DATASET_SCHEMAS))}")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    _check(0.0 <= value <= 1.0, f"{name} must be between 0 and 1, got {value:g}")
 
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def _quiet_kafka_clients() -> Iterator[None]:
+    """aiokafka logs each failed connection attempt at ERROR; a command reports the one
+    resulting error itself."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @app.command()

@@ -6,13 +6,13 @@ Layout of the file (every key optional except ``[[models]]``)::
     [topics]   events, predictions, dead_letters, labels, training, history,
                snapshots, metrics, partitions, replication_factor
     [event]    schema, id_field, key_field, timestamp_field, label_field
-    [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes
+    [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes, max_classes
     [history]  enabled, snapshot_every_steps, snapshot_every_s, snapshot_key,
                snapshot_key_file, id_window, probe_size
     [labels]   enabled, ttl_s, max_pending, report_interval_s
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
                session_timeout_ms, heartbeat_interval_ms, commit_interval_s, model_per_partition
-    [[models]] name, task, pipeline, seed, features
+    [[models]] name, task, pipeline, seed, features, metrics, classes
 
 Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
 ``RIVERBED_BROKER__BOOTSTRAP_SERVERS=kafka:9092`` or ``RIVERBED_TOPICS__PARTITIONS=8``.
@@ -82,6 +82,8 @@ class LimitSettings:
     max_abs_value: float = 1e12
     max_batch_records: int = 2000
     max_event_bytes: int = 1_048_576
+    #: Distinct classes a multiclass model without a ``classes`` list may learn.
+    max_classes: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +159,10 @@ class ModelSettings:
     features: tuple[str, ...] | None = None
     #: River metric class names (``river.metrics``); None = defaults for the task.
     metrics: tuple[str, ...] | None = None
+    #: The classes a classifier may learn (labels outside are dead letters
+    #: ``invalid_label``); None: a binary model takes 0/1 (or False/True), a multiclass one
+    #: the event schema's label type up to ``limits.max_classes`` classes.
+    classes: tuple[bool | int | str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +250,14 @@ def _build_model(raw: Mapping[str, Any], index: int) -> ModelSettings:
         raise ConfigError(f"{where}.name", f"{model.name!r} must be a simple identifier")
     if not model.pipeline:
         raise ConfigError(f"{where}.pipeline", "must list at least one estimator")
+    if model.classes is not None:
+        classes = list(model.classes)
+        if model.task != "classification" or not classes:
+            raise ConfigError(f"{where}.classes", "a non-empty list, for classification only")
+        if not all(isinstance(c, bool | int | str) for c in classes) or len(
+                {(type(c), c) for c in classes}) != len(classes):
+            raise ConfigError(f"{where}.classes",
+                              f"distinct booleans, integers or strings, got {classes!r}")
     for step in model.pipeline:
         if not isinstance(step, Mapping) or len(step) != 1:
             raise ConfigError(f"{where}.pipeline", f"each step is a one-key table, got {step!r}")
@@ -310,6 +324,7 @@ def _check_ranges(s: Settings) -> None:
         "limits.max_abs_value": s.limits.max_abs_value,
         "limits.max_batch_records": s.limits.max_batch_records,
         "limits.max_event_bytes": s.limits.max_event_bytes,
+        "limits.max_classes": s.limits.max_classes,
         "worker.session_timeout_ms": s.worker.session_timeout_ms,
         "worker.heartbeat_interval_ms": s.worker.heartbeat_interval_ms,
         "worker.commit_interval_s": s.worker.commit_interval_s,

@@ -48,6 +48,8 @@ class FeatureExtractor:
         event: EventSettings,
         model: ModelSettings,
         limits: LimitSettings,
+        *,
+        binary: bool = False,
     ) -> None:
         metadata = {event.id_field, event.key_field, event.timestamp_field, event.label_field}
         allow = set(model.features) if model.features is not None else None
@@ -75,6 +77,12 @@ class FeatureExtractor:
         self.map_fields = tuple(maps)
         self.max_abs = float(limits.max_abs_value)
         self.max_features = limits.max_features
+        #: the labels this model may learn from (``binary``: a two-class classifier)
+        self.label_rule = LabelRule(
+            model.task, binary=binary and model.task == "classification",
+            classes=model.classes, label_type=schema_label_type(schema, event.label_field),
+            max_classes=limits.max_classes, max_abs_value=limits.max_abs_value,
+            model=model.name)
 
     def extract(self, record: Mapping[str, Any]) -> dict[str, float]:
         """Validated features of ``record``; raises ValidationError with a reason code."""
@@ -130,18 +138,91 @@ def _reject(name: str, value: float, limit: float) -> None:
     )
 
 
-def validate_label(label: Any, task: str) -> Any:
-    """The label if a model of ``task`` may learn from it; raises ValidationError otherwise."""
-    if label.__class__ is int and task == "classification":  # the common case, fast
-        return label
-    if task == "regression":
-        if isinstance(label, bool) or not isinstance(label, int | float):
+_LABEL_TYPES: dict[str, type] = {"int": int, "long": int, "boolean": bool, "string": str,
+                                 "float": float, "double": float}
+
+
+def schema_label_type(schema: Mapping[str, Any], label_field: str) -> type | None:
+    """The Python type of the event schema's label field (its non-null branch), if simple."""
+    for field in schema.get("fields", []):
+        if field["name"] == label_field:
+            base = _base_type(field["type"])
+            return _LABEL_TYPES.get(base) if isinstance(base, str) else None
+    return None
+
+
+class LabelRule:
+    """Which labels one model may learn from; checked before any model sees a label.
+
+    River mutates a model before it notices a bad label (a string label crashes a
+    logistic regression half-way; ``-2**31`` saturates its weights), so every label,
+    inline or from the labels topic, passes :meth:`check` first:
+
+    * classification with ``classes`` in the spec: exactly one of those values, of the
+      same type (``True`` is not ``1``);
+    * a binary classifier without ``classes``: the two classes of the event schema's label
+      type (``0``/``1`` for int, ``False``/``True`` for boolean);
+    * a multiclass classifier without ``classes``: a value of the event schema's label type,
+      at most ``max_classes`` distinct classes (remembered since the process started);
+    * regression: an int or float (not bool), finite, ``|y| <= max_abs_value``.
+
+    Anything else raises :class:`ValidationError` with reason ``invalid_label``.
+    """
+
+    def __init__(self, task: str, *, binary: bool, classes: tuple[Any, ...] | None,
+                 label_type: type | None, max_classes: int, max_abs_value: float,
+                 model: str = "model") -> None:
+        self.task = task
+        self.max_abs = float(max_abs_value)
+        self.max_classes = max_classes
+        self.label_type = label_type
+        self.open = False  # multiclass without a list: classes are learned up to the bound
+        self.open_types: tuple[type, ...] = ()
+        self.allowed: set[tuple[type, Any]] = set()
+        if task == "regression":
+            return
+        if classes is not None:
+            self.allowed = {(type(c), c) for c in classes}
+            if binary and len(self.allowed) != 2:
+                raise ConfigError(f"models[{model}].classes",
+                                  f"a binary classifier has 2 classes, got {list(classes)}")
+        elif binary:
+            if label_type is int:
+                self.allowed = {(int, 0), (int, 1)}
+            elif label_type is bool:
+                self.allowed = {(bool, False), (bool, True)}
+            else:
+                raise ConfigError(f"models[{model}].classes", "a binary classifier on "
+                                  f"{getattr(label_type, '__name__', 'these')} labels needs "
+                                  "its two classes listed")
+        else:
+            if label_type is float:
+                raise ConfigError(f"models[{model}].classes", "list the classes: the event "
+                                  "schema's label is a float, not a class")
+            self.open = True
+            #: no label field in the event schema (labels come from the labels topic only)
+            self.open_types = (label_type,) if label_type is not None else (int, str)
+
+    def check(self, label: Any) -> Any:
+        """``label`` if this model may learn from it; ValidationError otherwise."""
+        if self.task == "regression":
+            if label.__class__ is float or label.__class__ is int:
+                if -self.max_abs <= label <= self.max_abs:  # False for NaN and inf
+                    return label
+                raise ValidationError(f"label {label!r} is not finite or exceeds "
+                                      f"|{self.max_abs:g}|", reason="invalid_label")
             raise ValidationError(f"label {label!r} is not a number", reason="invalid_label")
-        if not math.isfinite(label):
-            raise ValidationError(f"label is {label}", reason="invalid_label")
-        return label
-    if isinstance(label, float) and not math.isfinite(label):
-        raise ValidationError(f"label is {label}", reason="invalid_label")
-    if not isinstance(label, bool | int | str | float) or label == "":
-        raise ValidationError(f"label {label!r} is not a class", reason="invalid_label")
-    return label
+        key = (label.__class__, label)
+        if key in self.allowed:
+            return label
+        if self.open and label.__class__ in self.open_types and label != "":
+            if len(self.allowed) < self.max_classes:
+                self.allowed.add(key)
+                return label
+            raise ValidationError(f"label {label!r} would be class {len(self.allowed) + 1} "
+                                  f"> limits.max_classes {self.max_classes}",
+                                  reason="invalid_label")
+        expected = (sorted((repr(v) for _, v in self.allowed)) if not self.open
+                    else f"a {getattr(self.label_type, '__name__', '?')}")
+        raise ValidationError(f"label {label!r} ({type(label).__name__}) is not a class of "
+                              f"this model (expected {expected})", reason="invalid_label")

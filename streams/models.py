@@ -115,6 +115,8 @@ class OnlineModel:
         self.seq = 0
         self.lineage = 0
         self.is_classifier = spec.task == "classification"
+        #: a two-class classifier (River's binary models learn ``bool(y)``)
+        self.is_binary = self.is_classifier and not getattr(self.estimator, "_multiclass", False)
         self.river_version = river.__version__
 
     def predict(self, x: dict[str, float]) -> tuple[Any, dict[Any, float]]:

@@ -1,7 +1,8 @@
 """Rebuild any past version of a model from its history, verifying fingerprints on the way.
 
 ``replay`` folds the history of one model into a fresh River model, from genesis or from
-the newest verified snapshot at or before the target, up to ``to_seq`` / ``to_time``.
+the newest verified snapshot before the target, up to ``to_seq`` / ``to_time`` in a
+``lineage`` (default: the live one).
 With ``verify``, every fingerprint recorded in a ``Learned`` batch or a snapshot is
 recomputed and compared, and every snapshot passed is integrity-checked (HMAC) and its
 own fingerprint compared: a mismatch is reported, a tampered snapshot raises
@@ -17,18 +18,26 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from streams.config import Settings
+from streams.config import ModelSettings, Settings
+from streams.errors import HistoryError, UsageError
 from streams.history import (
+    Created,
     HistoryEvent,
     HistoryFold,
     Learn,
     Learned,
     Load,
+    Snapshot,
     SnapshotChunk,
 )
-from streams.history_log import HistoryLog, SnapshotIndex
+from streams.history_log import HistoryLog, SkippedRecord, SnapshotIndex
 from streams.models import OnlineModel
-from streams.snapshots import fingerprint, load_snapshot, verify_snapshot
+from streams.snapshots import (
+    SnapshotIntegrityError,
+    fingerprint,
+    load_snapshot,
+    verify_snapshot,
+)
 
 
 def apply_effects(model: OnlineModel, effects: Sequence[Any], key: bytes) -> None:
@@ -69,80 +78,199 @@ class ReplayResult:
     steps: int = 0
     verified: int = 0
     mismatches: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    snapshots_checked: int = 0
+    #: ids of every snapshot whose digest and HMAC were checked (loaded or verified)
+    checked: set[str] = dataclasses.field(default_factory=set)
     started_from: str = "genesis"
     seconds: float = 0.0
+    #: snapshots refused on the way (skipped: replay fell back to an earlier point)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    #: undecodable history records keyed with this model's name (offset, reason)
+    skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def snapshots_checked(self) -> int:
+        """How many distinct snapshots were integrity-checked."""
+        return len(self.checked)
 
 
-async def read_model_history(settings: Settings, model: str, start: int = 0) -> list[HistoryEvent]:
-    """Every history event of ``model`` from offset ``start`` to the high-water mark."""
+def model_spec(settings: Settings, name: str) -> ModelSettings:
+    """The spec of model ``name`` (``<spec>@p<N>`` for a per-partition model);
+    :class:`UsageError` naming the known models otherwise."""
+    base, sep, shard = name.partition("@p")
+    spec = next((m for m in settings.models if m.name == base), None)
+    if spec is not None and (not sep or (shard.isdigit()
+                                         and int(shard) < settings.topics.partitions)):
+        return spec
+    known = ", ".join(m.name for m in settings.models)
+    raise UsageError(f"unknown model {name!r}: the config has {known}"
+                     + (" (per partition: <model>@p<N>)" if sep else ""))
+
+
+async def read_model_history(settings: Settings, model: str, start: int = 0, *,
+                             skipped: list[SkippedRecord] | None = None) -> list[HistoryEvent]:
+    """Every history event of ``model`` from offset ``start`` to the high-water mark.
+
+    Undecodable records keyed with ``model``'s name are appended to ``skipped``."""
     log = HistoryLog(settings.broker.bootstrap_servers, settings.topics.history, None)  # type: ignore[arg-type]
-    return [e async for e in log.read(start, None) if e.model == model]
+    every: list[SkippedRecord] = []
+    events = [e async for e in log.read(start, None, skipped=every) if e.model == model]
+    if skipped is not None:
+        skipped.extend(s for s in every if s.key == model.encode())
+    return events
+
+
+@dataclasses.dataclass
+class _Plan:
+    """Where a replay stops and which snapshots lie before that point (bookkeeping fold)."""
+
+    end: int  # events[:end] are folded (the last one possibly only in part)
+    lineage: int  # the lineage the target seq is reached in
+    checkpoints: list[tuple[int, Snapshot, int]]  # (index completing it, snapshot, epoch)
+    rollbacks: list[tuple[int, Snapshot]]  # (index of its Restored, snapshot)
+    created: Created | None
+
+
+def plan(events: Sequence[HistoryEvent], model: str, *, to_seq: int | None = None,
+         to_time_ms: int | None = None, lineage: int | None = None) -> _Plan:
+    """Fold bookkeeping only (no learning) and decide where a replay to (``lineage``,
+    ``to_seq``) and/or ``to_time_ms`` stops; :class:`HistoryError` if the history never
+    reached it. ``lineage`` None means the live (newest) lineage.
+
+    Version (L, N) with N below lineage L's restore point is the same state as (L-1, N)
+    (a rollback to seq r continues from lineage L-1's state at r), so the target is
+    looked up in the oldest lineage that holds it."""
+    probe = HistoryFold(model, id_window=1)
+    checkpoints: list[tuple[int, Snapshot, int]] = []
+    rollbacks: list[tuple[int, Snapshot]] = []
+    branch: dict[int, int] = {}  # lineage L >= 1 -> seq it was restored at
+    top: dict[int, int] = {0: 0}  # lineage -> highest seq reached
+    marks: list[tuple[int, int, int]] = []  # (index, lineage, seq) whenever seq/lineage moved
+    created_at = None
+    for index, event in enumerate(events):
+        seq, line, accepted = probe.seq, probe.lineage, len(probe.snapshots)
+        effect = probe.apply(event)
+        if probe.created is not None and created_at is None:
+            created_at = index
+            marks.append((index, 0, 0))
+        if len(probe.snapshots) > accepted:
+            checkpoints.append((index, probe.snapshots[-1], probe.epoch))
+        if isinstance(effect, Load):
+            rollbacks.append((index, effect.snapshot))
+            branch[probe.lineage] = probe.seq
+        if (probe.seq, probe.lineage) != (seq, line):
+            marks.append((index, probe.lineage, probe.seq))
+            top[probe.lineage] = max(top.get(probe.lineage, 0), probe.seq)
+    if created_at is None:
+        raise HistoryError(f"model {model!r} has no history")
+    live = probe.lineage
+    target_lineage = live if lineage is None else lineage
+    if not 0 <= target_lineage <= live:
+        raise HistoryError(f"model {model!r} has no lineage {target_lineage} "
+                           f"(lineages 0..{live})")
+    end, reached = len(events), target_lineage
+    if to_seq is not None:
+        while reached > 0 and to_seq < branch[reached]:
+            reached -= 1
+        hit = next((i for i, line, seq in marks if line == reached and seq >= to_seq), None)
+        if hit is None:
+            raise HistoryError(f"history of {model} only reaches seq {top.get(reached, 0)}"
+                               f" in lineage {target_lineage} (asked for seq {to_seq})")
+        end = hit + 1
+    elif lineage is not None and lineage != live:  # the newest state of an older lineage
+        end = max(i for i, line, _ in marks if line == target_lineage) + 1
+    if to_time_ms is not None:
+        by_time = next((i for i, e in enumerate(events) if e.time > to_time_ms), len(events))
+        if by_time <= created_at:
+            raise HistoryError(f"model {model!r} did not exist yet at {_iso(to_time_ms)} "
+                               f"(created {_iso(events[created_at].time)})")
+        if to_seq is not None and by_time < end:
+            raise HistoryError(f"seq {to_seq} of {model} was not reached by "
+                               f"{_iso(to_time_ms)}")
+        if lineage is not None and to_seq is None:
+            at_time = max((line for i, line, _ in marks if i < by_time), default=0)
+            if at_time != lineage:
+                raise HistoryError(f"at {_iso(to_time_ms)} {model} was in lineage {at_time},"
+                                   f" not {lineage}")
+        end = min(end, by_time)
+    return _Plan(end, reached, checkpoints, rollbacks, probe.created)
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
 async def replay(
     settings: Settings, model_name: str, key: bytes, *, to_seq: int | None = None,
     to_time_ms: int | None = None, from_genesis: bool = False, verify: bool = False,
-    on_progress: Callable[[int, int], None] | None = None,
+    lineage: int | None = None, on_progress: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
-    """Rebuild ``model_name`` as of ``to_seq``/``to_time_ms`` (default: latest)."""
-    spec = next((m for m in settings.models if m.name == model_name), None)
-    if spec is None:
-        raise KeyError(f"model {model_name!r} is not in the config")
+    """Rebuild ``model_name`` as of (``lineage``, ``to_seq``) and/or ``to_time_ms``
+    (default: the newest state of the live lineage).
+
+    Starts from the newest checkpoint snapshot before the target (by log position, so by
+    seq *and* time), unless ``from_genesis``. A snapshot that fails its integrity check is
+    skipped with a warning and replay falls back to an earlier one (or genesis); with
+    ``verify`` it raises :class:`SnapshotIntegrityError` instead."""
+    spec = model_spec(settings, model_name)
+    if to_seq is not None and to_seq < 0:
+        raise UsageError(f"--to-seq must be >= 0, got {to_seq}")
     began = time.perf_counter()
-    result = ReplayResult(OnlineModel(spec), HistoryFold(model_name, settings.history.id_window))
-    events = await read_model_history(settings, model_name)
+    result = ReplayResult(OnlineModel(spec, name=model_name),
+                          HistoryFold(model_name, settings.history.id_window))
+    skipped: list[SkippedRecord] = []
+    events = await read_model_history(settings, model_name, skipped=skipped)
+    result.skipped = [{"offset": s.offset, "reason": s.reason} for s in skipped]
+    target = plan(events, model_name, to_seq=to_seq, to_time_ms=to_time_ms, lineage=lineage)
     start = 0
+    if verify:  # every snapshot on the way is integrity-checked, also those we skip
+        on_the_way = [(i, s) for i, s, _ in target.checkpoints] + target.rollbacks
+        for _, snapshot in sorted((p for p in on_the_way if p[0] < target.end),
+                                  key=lambda p: p[0]):
+            verify_snapshot(snapshot, key)
+            result.checked.add(snapshot.snapshot_id)
     if not from_genesis:
-        start = _start_from_snapshot(result, events, key, to_seq, verify)
-    total = events[-1].body.seq_to if events and isinstance(events[-1].body, Learned) else 0
-    for event in events[start:]:
-        if to_time_ms is not None and event.time > to_time_ms:
-            break
-        if isinstance(event.body, Learned) and to_seq is not None and event.body.seq_from > to_seq:
-            if event.epoch == result.fold.epoch and event.body.seq_from == result.fold.seq + 1:
-                break
+        start = _start_from_snapshot(result, target, key, verify)
+    total = to_seq if to_seq is not None else max(
+        (e.body.seq_to for e in events[:target.end] if isinstance(e.body, Learned)), default=0)
+    for event in events[start:target.end]:
         effect = result.fold.apply(event)
-        _apply(result, event, effect, key, to_seq)
+        _apply(result, event, effect, key, to_seq if result.fold.lineage == target.lineage
+               else None)
         if verify:
             _verify(result, event, key)
         if on_progress and isinstance(event.body, Learned):
             on_progress(result.fold.seq, total)
-        if to_seq is not None and result.fold.seq >= to_seq:
-            break
     result.model.seq, result.model.lineage = result.fold.seq, result.fold.lineage
     result.seconds = time.perf_counter() - began
     return result
 
 
-def _start_from_snapshot(result: ReplayResult, events: list[HistoryEvent], key: bytes,
-                         to_seq: int | None, verify: bool) -> int:
-    """Find the newest checkpoint snapshot at or before ``to_seq`` by folding bookkeeping
-    only (no learning), load it, and return the index of the event after it. With
-    ``verify``, every snapshot on the way is integrity-checked too."""
-    probe = HistoryFold(result.fold.model)
-    best: tuple[int, Any, dict[str, Any]] | None = None
-    seen = 0
-    for index, event in enumerate(events):
-        probe.apply(event)
-        if to_seq is not None and probe.seq > to_seq:
-            break
-        if len(probe.snapshots) > seen:
-            seen = len(probe.snapshots)
+def _start_from_snapshot(result: ReplayResult, target: _Plan, key: bytes, verify: bool) -> int:
+    """Load the newest checkpoint snapshot completed before the target (one that fails
+    its integrity check is skipped with a warning, or raises with ``verify``); the index
+    of the event after it, or 0 (genesis)."""
+    for index, snapshot, epoch in reversed(target.checkpoints):
+        if index >= target.end:
+            continue
+        try:
+            estimator, fold_state = load_snapshot(snapshot, key)
+        except SnapshotIntegrityError as exc:
             if verify:
-                verify_snapshot(probe.snapshots[-1], key)
-                result.snapshots_checked += 1
-            best = (index, probe.snapshots[-1], probe.export_state())
-            best[2]["created"] = probe.created
-    if best is None:
-        return 0
-    index, snapshot, state = best
-    result.model.estimator, fold_state = load_snapshot(snapshot, key)
-    result.fold.import_state(fold_state)
-    result.fold.created = state["created"]
-    result.fold.epoch = state["epoch"]
-    result.started_from = f"snapshot {snapshot.snapshot_id[:12]} at seq {snapshot.seq}"
-    return index + 1
+                raise
+            result.warnings.append(f"snapshot {snapshot.snapshot_id[:12]} at seq "
+                                   f"{snapshot.seq} refused ({exc}); replayed from an "
+                                   "earlier snapshot or genesis")
+            continue
+        result.checked.add(snapshot.snapshot_id)
+        result.model.estimator = estimator
+        result.fold.import_state(fold_state)
+        result.fold.created = target.created
+        result.fold.epoch = epoch
+        result.started_from = f"snapshot {snapshot.snapshot_id[:12]} at seq {snapshot.seq}"
+        return index + 1
+    return 0
 
 
 def _apply(result: ReplayResult, event: HistoryEvent, effect: Any, key: bytes,
@@ -157,6 +285,8 @@ def _apply(result: ReplayResult, event: HistoryEvent, effect: Any, key: bytes,
         apply_effects(result.model, [effect], key)
         if isinstance(effect, Learn):
             result.steps += len(effect.examples)
+        else:  # a rollback snapshot, verified by load_snapshot
+            result.checked.add(effect.snapshot.snapshot_id)
 
 
 def _verify(result: ReplayResult, event: HistoryEvent, key: bytes) -> None:
@@ -169,7 +299,7 @@ def _verify(result: ReplayResult, event: HistoryEvent, key: bytes) -> None:
     elif isinstance(body, SnapshotChunk) and body.index == body.count - 1 \
             and result.fold.snapshots and result.fold.snapshots[-1].snapshot_id == body.snapshot_id:
         estimator, _ = load_snapshot(result.fold.snapshots[-1], key)  # integrity check
-        result.snapshots_checked += 1
+        result.checked.add(body.snapshot_id)
         _compare(result, body.seq, "Snapshot", body.fingerprint, fingerprint(estimator, probe))
         _compare(result, body.seq, "Snapshot vs replay", body.fingerprint,
                  fingerprint(result.model.estimator, probe))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from schemas import load_schema
 from streams.config import EventSettings, LimitSettings, ModelSettings
 from streams.errors import ConfigError, ValidationError
-from streams.features import FeatureExtractor, validate_label
+from streams.features import FeatureExtractor, LabelRule
 
 SCHEMA = load_schema("agrawal_event")
 MODEL = ModelSettings(name="m", pipeline=({"linear_model.LogisticRegression": {}},))
@@ -86,15 +86,84 @@ def test_a_value_passes_iff_finite_and_within_limit(value: float) -> None:
         assert ok and x["salary"] == value
 
 
-@pytest.mark.parametrize("label,task,ok", [
-    (1, "classification", True), (True, "classification", True), ("cat", "classification", True),
-    ("", "classification", False), (math.nan, "classification", False),
-    (1.5, "regression", True), (math.inf, "regression", False), ("1", "regression", False),
-    (True, "regression", False),
+def rule(task: str = "classification", *, binary: bool = False,
+         classes: tuple[object, ...] | None = None, label_type: type | None = int,
+         max_classes: int = 3) -> LabelRule:
+    return LabelRule(task, binary=binary, classes=classes, label_type=label_type,
+                     max_classes=max_classes, max_abs_value=1e6)
+
+
+HOSTILE = ["abc", -2147483648, -2**40, True, 2.5, -1e300, math.nan, math.inf, "", None, b"1"]
+
+
+@pytest.mark.parametrize("label", HOSTILE + [2, False])
+def test_a_binary_classifier_learns_only_its_two_classes(label: object) -> None:
+    """The labels that crashed or poisoned the demo's binary LR (issue riverbed 5)."""
+    with pytest.raises(ValidationError) as caught:
+        rule(binary=True).check(label)
+    assert caught.value.reason == "invalid_label"
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_a_binary_classifier_accepts_0_and_1(label: int) -> None:
+    assert rule(binary=True).check(label) == label
+
+
+def test_a_binary_classifier_on_boolean_labels_accepts_only_booleans() -> None:
+    booleans = rule(binary=True, label_type=bool)
+    assert booleans.check(True) is True and booleans.check(False) is False
+    for label in (0, 1, "True"):
+        with pytest.raises(ValidationError):
+            booleans.check(label)
+
+
+def test_listed_classes_are_matched_by_type_and_value() -> None:
+    listed = rule(classes=("cat", "dog", 2))
+    assert listed.check("dog") == "dog" and listed.check(2) == 2
+    for label in ("bird", 2.0, True, "2"):
+        with pytest.raises(ValidationError):
+            listed.check(label)
+
+
+def test_an_open_multiclass_model_takes_the_schema_type_up_to_max_classes() -> None:
+    open_rule = rule(max_classes=3)
+    for label in (0, 1, 2, 1, 0):
+        assert open_rule.check(label) == label
+    with pytest.raises(ValidationError, match="max_classes"):
+        open_rule.check(3)
+    for label in ("1", 1.0, True):  # mistyped for an int label schema
+        with pytest.raises(ValidationError):
+            open_rule.check(label)
+
+
+@pytest.mark.parametrize("label,ok", [
+    (1.5, True), (-7, True), (1e6, True), (1e6 + 1, False), (math.inf, False),
+    (math.nan, False), (-1e300, False), ("1", False), (True, False), (None, False),
 ])
-def test_labels(label: object, task: str, ok: bool) -> None:
+def test_regression_labels_are_finite_numbers_within_max_abs_value(label: object,
+                                                                   ok: bool) -> None:
     if ok:
-        assert validate_label(label, task) == label
+        assert rule("regression").check(label) == label
     else:
         with pytest.raises(ValidationError):
-            validate_label(label, task)
+            rule("regression").check(label)
+
+
+def test_a_binary_model_on_string_labels_must_list_its_classes() -> None:
+    with pytest.raises(ConfigError):
+        rule(binary=True, label_type=str)
+    with pytest.raises(ConfigError):
+        rule(binary=True, classes=("a", "b", "c"))
+    assert rule(binary=True, label_type=str, classes=("yes", "no")).check("no") == "no"
+
+
+@given(st.one_of(st.integers(), st.floats(allow_nan=True), st.text(), st.booleans(),
+                 st.none(), st.binary()))
+def test_the_binary_rule_accepts_exactly_0_and_1(label: object) -> None:
+    ok = label.__class__ is int and label in (0, 1)
+    try:
+        rule(binary=True).check(label)
+    except ValidationError:
+        assert not ok
+    else:
+        assert ok

@@ -17,6 +17,7 @@ from agents.labels import LabelJoin, pending_log_start
 from schemas import load_schema
 from streams.codec import AvroCodec
 from streams.config import Settings
+from streams.features import LabelRule
 
 LABELS = AvroCodec(load_schema("label"))
 TTL_MS = 1_000
@@ -44,6 +45,9 @@ class _Lane:
     def __init__(self, joined: set[str]) -> None:
         self.model = types.SimpleNamespace(name="no-model")
         self.already_learned = joined.__contains__
+        self.extractor = types.SimpleNamespace(label_rule=LabelRule(
+            "classification", binary=True, classes=None, label_type=int, max_classes=2,
+            max_abs_value=1.0))
 
 
 class _Run:
