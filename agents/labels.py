@@ -90,15 +90,13 @@ class LabelJoin:
             event_id, value, label_time = label["event_id"], label["label"], label["time"]
             if not event_id:
                 raise ValidationError("empty event id", reason="missing_event_id")
+            if not self._valid_for(value, lanes):  # no model here may learn it: dead letter
+                for lane in lanes:
+                    lane.extractor.label_rule.check(value)  # raises with the precise reason
+                raise ValidationError(f"label {value!r} for no model", reason="invalid_label")
             if any(lane.already_learned(event_id) for lane in lanes):
                 self.store.counters.duplicate_labels += 1
                 return
-            valid = self._valid_for(value, lanes)
-            if not valid:  # no model of this worker may learn it: dead letter, hold nothing
-                rule = lanes[0].extractor.label_rule if lanes else None
-                if rule is not None:
-                    rule.check(value)  # raises with the precise reason
-                raise ValidationError(f"label {value!r} for no model", reason="invalid_label")
             entry = self.store.add_label(event_id, value, label_time, now_ms,
                                          raw=record.value or b"",
                                          origin=(record.topic, record.partition, record.offset))

@@ -56,8 +56,11 @@ class Reporter:
         if consumer is not None:
             for tp in consumer.assignment():
                 highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    lags[tp] = max(0, highwater - (ingest.offsets.position(tp) or 0))
+                position = ingest.offsets.position(tp)
+                if position is None:  # nothing confirmed since (re)start: where fetching is
+                    position = _fetch_position(consumer, tp)
+                if highwater is not None and position is not None:
+                    lags[tp] = max(0, highwater - position)
         return lags
 
     async def publish(self, kind: str = "report", models: list[str] | None = None) -> None:
@@ -116,3 +119,11 @@ class Reporter:
         for tp, value in self.lag().items():
             lag.add_metric([tp.topic, str(tp.partition)], value)
         yield lag
+
+
+def _fetch_position(consumer: Any, tp: Any) -> int | None:
+    """The consumer's next fetch offset of ``tp`` (committed or sought), None if unknown yet
+    (aiokafka's ``position()`` is a coroutine that waits for it)."""
+    state = consumer._subscription.subscription  # noqa: SLF001
+    tp_state = state.assignment.state_value(tp) if state is not None else None
+    return tp_state.position if tp_state is not None and tp_state.has_valid_position else None

@@ -73,16 +73,16 @@ def probe_bootstrap(bootstrap_servers: str, timeout_s: float = 3.0) -> None:
         try:
             socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            problems.append(f"cannot resolve host {host!r}")
+            problems.append(f"{host}:{port} (cannot resolve host {host!r})")
             continue
         try:
             with socket.create_connection((host, port), timeout=remaining):
                 return
         except TimeoutError:
-            problems.append(f"{host}:{port} did not answer within {timeout_s:g}s")
+            problems.append(f"{host}:{port} (no answer within {timeout_s:g}s)")
         except OSError as exc:
-            problems.append(f"{host}:{port}: {(exc.strerror or str(exc)).lower()}")
-    raise BrokerError(f"no broker reachable at {bootstrap_servers}: " + "; ".join(problems))
+            problems.append(f"{host}:{port} ({(exc.strerror or str(exc)).lower()})")
+    raise BrokerError("no broker reachable: " + ", ".join(problems))
 
 
 def broker_binary() -> str:

@@ -49,9 +49,11 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def one_line_errors(command: F) -> F:
+def one_line_errors(command: F, *, quiet_clients: bool = True) -> F:
     """Every user error of ``command`` becomes one stderr line, never a traceback:
-    exit 2 for usage and configuration, 1 for runtime (broker, history)."""
+    exit 2 for usage and configuration, 1 for runtime (broker, history). With
+    ``quiet_clients``, the Kafka client's own connection-error logging is silenced (the
+    command reports the resulting error itself)."""
     from aiokafka.errors import KafkaError
 
     from streams.snapshots import SnapshotIntegrityError
@@ -59,7 +61,8 @@ def one_line_errors(command: F) -> F:
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with _quiet_kafka_clients() if quiet_clients else contextlib.nullcontext():
+                return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except (ConfigError, UsageError) as exc:
@@ -110,10 +113,9 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _check_dataset(dataset: str) -> None:
-    from streams.datasets import DATASET_SCHEMAS
+    from streams.datasets import check_dataset
 
-    _check(dataset in DATASET_SCHEMAS,
-           f"unknown dataset {dataset!r}; choose from {', '.join(sorted(DATASET_SCHEMAS))}")
+    check_dataset(dataset)
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -139,10 +141,12 @@ def _quiet_kafka_clients() -> Iterator[None]:
 
 
 @app.command()
+@one_line_errors
 def broker(port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 9092) -> None:
     """Run the embedded broker (Tansu, memory-only) on 127.0.0.1 until Ctrl-C."""
     from streams.broker import EmbeddedBroker
 
+    _check(0 <= port <= 65535, f"--port must be between 0 and 65535, got {port}")
     stop = threading.Event()
     # explicit handlers: a shell starting us in the background ignores SIGINT (no
     # KeyboardInterrupt then), and Ctrl-C / kill must both stop the broker cleanly
@@ -150,36 +154,37 @@ def broker(port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.
         signal.signal(sig, lambda *_: stop.set())
     with EmbeddedBroker(port=port or None) as b:
         err.print(f"embedded broker listening on [bold]{b.bootstrap_servers}[/bold] (pid {b.pid});"
-                  " memory-only, Ctrl-C stops it")
-        try:
-            while not stop.wait(0.5):
-                if b.process is None or b.process.poll() is not None:
-                    err.print("[red]broker exited[/red]")
-                    raise typer.Exit(1)
-        except KeyboardInterrupt:
-            pass
+                  " memory-only, Ctrl-C stops it", soft_wrap=True)
+        while not stop.wait(0.5):
+            if b.process is None or b.process.poll() is not None:
+                code = b.process.returncode if b.process is not None else None
+                raise BrokerError(f"the embedded broker exited (code {code})")
 
 
-@app.command()
-def worker(
+def _worker(
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
     web_port: Annotated[int | None, typer.Option(help="Web/metrics port (127.0.0.1).")] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "warning",
 ) -> None:
     """Run a worker: consume events, predict, learn, publish predictions."""
+    _check(web_port is None or 1 <= web_port <= 65535,
+           f"--web-port must be between 1 and 65535, got {web_port}")
+    _check(log_level.upper() in logging.getLevelNamesMapping(),
+           f"unknown --log-level {log_level!r}")
+    settings = _settings(config, bootstrap, probe=True)
+    _logging(log_level)
     from agents.worker import Worker
 
-    _logging(log_level)
-    settings = _settings(config, bootstrap)
-    try:
-        code = asyncio.run(Worker(settings, web_port=web_port).run())
-    except RiverbedError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    code = asyncio.run(Worker(settings, web_port=web_port).run())
     raise typer.Exit(code)
 
 
+# the worker logs its own broker trouble (its reconnect policy decides what to say)
+worker = app.command("worker")(one_line_errors(_worker, quiet_clients=False))
+
+
 @app.command("produce")
+@one_line_errors
 def produce_cmd(
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
     dataset: Annotated[str, typer.Option(help="agrawal, agrawal-drift or phishing.")] = "agrawal",
@@ -195,12 +200,18 @@ def produce_cmd(
     from streams.produce import produce
     from streams.topics import ensure_topics, riverbed_topics
 
-    settings = _settings(config, bootstrap)
+    _check_dataset(dataset)
+    _check(events >= 1, f"--events must be at least 1, got {events}")
+    _check(rate >= 0, f"--rate must be >= 0 (0 = as fast as possible), got {rate:g}")
+    _check_fraction("--label-fraction", label_fraction)
+    _check_fraction("--bad-fraction", bad_fraction)
+    _check(label_delay >= 0, f"--label-delay must be >= 0, got {label_delay:g}")
+    settings = _settings(config, bootstrap, probe=True)
 
     async def run() -> Any:
         await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(settings))
         with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=err) as bar:
+                      TimeRemainingColumn(), console=err, transient=True) as bar:
             task = bar.add_task("events", total=events)
             return await produce(settings, dataset, events, rate, label_fraction=label_fraction,
                                  bad_fraction=bad_fraction, seed=seed, keep_labels=False,
@@ -209,10 +220,12 @@ def produce_cmd(
 
     report = asyncio.run(run())
     err.print(f"sent {report.sent} events ({report.bad} bad) to {settings.topics.events} "
-              f"in {report.seconds:.2f}s ({report.sent / max(report.seconds, 1e-9):,.0f}/s)")
+              f"in {report.seconds:.2f}s ({report.sent / max(report.seconds, 1e-9):,.0f}/s)",
+              soft_wrap=True)
 
 
 @app.command()
+@one_line_errors
 def tail(
     topic: Annotated[str, typer.Argument(help="Topic to print.")],
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
@@ -222,9 +235,14 @@ def tail(
         int, typer.Option("--max", help="Stop after N records (0 = no limit).")] = 0,
 ) -> None:
     """Print the decoded records of TOPIC as JSON lines."""
+    from streams.tail import decoder_for
     from streams.tail import tail as tail_topic
 
+    _check(max_records >= 0, f"--max must be >= 0, got {max_records}")
+    _check(idle_timeout > 0, f"--idle-timeout must be > 0, got {idle_timeout:g}")
     settings = _settings(config, bootstrap)
+    decoder_for(settings, topic)  # an unknown topic is a usage error, before connecting
+    _settings(config, bootstrap, probe=True)
 
     async def run() -> None:
         n = 0
@@ -234,27 +252,28 @@ def tail(
             if max_records and n >= max_records:
                 return
 
-    try:
-        asyncio.run(run())
-    except RiverbedError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    asyncio.run(run())
 
 
 def _demo_table(p: Any, note: str) -> Table:
+    """The demo's live table; its numbers are those of ``p.summary()`` (the final table
+    and the printed summary agree)."""
+    summary = p.summary()
     table = Table(title="riverbed demo", show_header=True)
     for column in ("events sent", "predictions", "events/s", "accuracy", "model_seq",
                    "learned", "dead letters"):
         table.add_column(column, justify="right")
-    elapsed = max((p.last_output or p.started) - p.started, 1e-9)
-    table.add_row(f"{p.events:,}", f"{p.predictions:,}", f"{p.predictions / elapsed:,.0f}",
-                  f"{p.accuracy:.3f}", f"{p.model_seq:,}", f"{p.learned:,}", f"{p.dead_letters:,}")
+    table.add_row(f"{summary['events']:,}", f"{summary['predictions']:,}",
+                  f"{summary['events_per_s']:,.0f}", f"{summary['accuracy']:.3f}",
+                  f"{summary['model_seq']:,}", f"{summary['learned']:,}",
+                  f"{summary['dead_letters']:,}")
     if note:
         table.caption = note
     return table
 
 
 @app.command()
+@one_line_errors
 def demo(
     config: ConfigOption = DEFAULT_CONFIG,
     events: Annotated[int, typer.Option("--events", "-n", help="Events to stream.")] = 20_000,
@@ -271,6 +290,13 @@ def demo(
     """Embedded broker + worker + producer, with live progress and a summary."""
     from streams.demo import run_demo
 
+    _check_dataset(dataset)  # every check before anything starts
+    _check(events >= 1, f"--events must be at least 1, got {events}")
+    _check(rate >= 0, f"--rate must be >= 0 (0 = as fast as possible), got {rate:g}")
+    _check_fraction("--bad-fraction", bad_fraction)
+    _check(timeout > 0, f"--timeout must be > 0, got {timeout:g}")
+    _check(label_delay >= 0, f"--label-delay must be >= 0, got {label_delay:g}")
+    _check(scrape is None or not scrape.is_dir(), f"--scrape {scrape} is a directory")
     settings = _settings(config)
     console = Console(stderr=True)
     with Live(console=console, refresh_per_second=4, transient=False) as live:
@@ -279,13 +305,10 @@ def demo(
             parts = [_demo_table(progress, note)]
             if progress.top is not None:
                 parts.append(progress.top.table())
-            live.update(Group(*parts))
-        try:
-            progress = asyncio.run(run_demo(settings, config, events, dataset, rate,
-                                            bad_fraction, tick, timeout, label_delay, scrape))
-        except RiverbedError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
+            live.update(Group(*parts), refresh=True)
+        progress = asyncio.run(run_demo(settings, config, events, dataset, rate,
+                                        bad_fraction, tick, timeout, label_delay, scrape))
+        tick(progress, "done")  # the final table shows the numbers of the summary
     summary = progress.summary()
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
@@ -297,6 +320,7 @@ def demo(
 
 
 @app.command()
+@one_line_errors
 def history(
     model: Annotated[str, typer.Argument(help="Model name.")],
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
@@ -304,29 +328,43 @@ def history(
 ) -> None:
     """Show a model's history: seq, time, kind, snapshots, fingerprints."""
     from streams.cli_history import history_command
+    from streams.replay import model_spec
 
-    history_command(_settings(config, bootstrap), model, as_json)
+    settings = _settings(config, bootstrap)
+    model_spec(settings, model)
+    history_command(_settings(config, bootstrap, probe=True), model, as_json)
 
 
 @app.command("replay")
+@one_line_errors
 def replay_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
     to_seq: Annotated[int | None, typer.Option(help="Rebuild the state at this seq.")] = None,
-    to_time: Annotated[str | None, typer.Option(help="ISO time: the state at that time.")] = None,
+    to_time: Annotated[str | None, typer.Option(
+        help="ISO time (UTC unless it has an offset): the state at that time.")] = None,
+    lineage: LineageOption = None,
     from_genesis: Annotated[bool, typer.Option(help="Ignore snapshots.")] = False,
     verify: Annotated[bool, typer.Option(help="Check every recorded fingerprint.")] = False,
     output: Annotated[Path | None, typer.Option(help="Write the rebuilt model (pickle).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Rebuild a past model version; with --verify exit 1 on any mismatch (2: tampered)."""
-    from streams.cli_history import replay_command
+    from streams.cli_history import _check_target, parse_time, replay_command
+    from streams.replay import model_spec
 
-    raise typer.Exit(replay_command(_settings(config, bootstrap), model, to_seq, to_time,
-                                    from_genesis, verify, output, as_json))
+    settings = _settings(config, bootstrap)
+    model_spec(settings, model)
+    _check_target(to_seq, lineage)
+    if to_time is not None:
+        parse_time(to_time)
+    _check(output is None or not output.is_dir(), f"--output {output} is a directory")
+    raise typer.Exit(replay_command(_settings(config, bootstrap, probe=True), model, to_seq,
+                                    to_time, from_genesis, verify, output, as_json, lineage))
 
 
 @app.command()
+@one_line_errors
 def top(
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
     once: Annotated[bool, typer.Option(help="Print the current view and exit.")] = False,
@@ -335,7 +373,7 @@ def top(
     """Live per-model view: events/s, accuracy, model_seq, pending labels, drift, lag."""
     from streams.top import TopView, reports
 
-    settings = _settings(config, bootstrap)
+    settings = _settings(config, bootstrap, probe=True)
     view = TopView(settings)
 
     async def run_once() -> None:
@@ -362,30 +400,45 @@ def top(
 
 
 @app.command("rollback")
+@one_line_errors
 def rollback_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
     to_seq: Annotated[int, typer.Option(help="Restore the state at this seq.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the history).")],
+    lineage: LineageOption = None,
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
-    """Roll a model back to seq N; the rollback is itself a history event."""
-    from streams.cli_history import rollback_command
+    """Roll a model back to seq N (of --lineage L); the rollback is itself a history event."""
+    from streams.cli_history import _check_target, rollback_command
+    from streams.replay import model_spec
 
-    raise typer.Exit(rollback_command(_settings(config, bootstrap), model, to_seq, reason,
-                                      as_json))
+    settings = _settings(config, bootstrap)
+    model_spec(settings, model)
+    _check_target(to_seq, lineage)
+    raise typer.Exit(rollback_command(_settings(config, bootstrap, probe=True), model, to_seq,
+                                      reason, as_json, lineage))
 
 
 @app.command()
+@one_line_errors
 def score(
     model: Annotated[str, typer.Argument(help="Model name.")],
     seq: Annotated[int | None, typer.Option(help="Model version (default: latest).")] = None,
+    lineage: LineageOption = None,
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
 ) -> None:
-    """Score JSON-lines events from stdin with the model as of --seq."""
-    from streams.cli_history import score_command
+    """Score JSON-lines events from stdin with the model as of --seq (and --lineage).
 
-    raise typer.Exit(score_command(_settings(config, bootstrap), model, seq))
+    A line that cannot be scored is reported on stderr with its number; exit 1 at the end."""
+    from streams.cli_history import _check_target, score_command
+    from streams.replay import model_spec
+
+    settings = _settings(config, bootstrap)
+    model_spec(settings, model)
+    _check_target(seq, lineage)
+    raise typer.Exit(score_command(_settings(config, bootstrap, probe=True), model, seq,
+                                   lineage))
 
 
 def main() -> None:

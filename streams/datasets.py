@@ -20,8 +20,17 @@ from typing import Any
 from river import datasets
 from river.datasets import synth
 
+from streams.errors import UsageError
+
 DATASET_SCHEMAS = {"agrawal": "agrawal_event", "agrawal-drift": "agrawal_event",
                    "phishing": "phishing_event"}
+
+
+def check_dataset(name: str) -> None:
+    """UsageError unless ``name`` is a dataset riverbed ships."""
+    if name not in DATASET_SCHEMAS:
+        raise UsageError(f"unknown dataset {name!r}; choose from "
+                         f"{', '.join(sorted(DATASET_SCHEMAS))}")
 
 
 def _rows(name: str, n: int, seed: int) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -34,7 +43,7 @@ def _rows(name: str, n: int, seed: int) -> Iterator[tuple[dict[str, Any], Any]]:
     elif name == "phishing":
         yield from itertools.islice(itertools.cycle(list(datasets.Phishing())), n)
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASET_SCHEMAS)}")
+        check_dataset(name)
 
 
 def events(

@@ -26,6 +26,7 @@ from typing import Any
 
 from streams.broker import EmbeddedBroker, die_with_parent, free_port
 from streams.config import Settings
+from streams.datasets import check_dataset
 from streams.errors import RiverbedError
 from streams.produce import ProduceReport, produce
 from streams.tail import decoder_for
@@ -59,13 +60,14 @@ class DemoProgress:
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary printed at the end."""
-        elapsed = max(self.last_output - self.started, 1e-9)
+        elapsed = max(self.last_output - self.started, 0.0) if self.last_output else 0.0
         return {
             "events": self.events, "valid_events": self.valid_events,
             "bad_events": self.bad_events, "predictions": self.predictions,
             "dead_letters": self.dead_letters, "learned": self.learned,
             "accuracy": round(self.accuracy, 6), "model_seq": self.model_seq,
-            "events_per_s": round(self.events / elapsed, 1), "seconds": round(elapsed, 3),
+            "events_per_s": round(self.events / elapsed, 1) if elapsed > 0 else 0.0,
+            "seconds": round(elapsed, 3),
             "labelled": self.labelled,
             "broker_pid": self.broker_pid, "worker_pid": self.worker_pid,
         }
@@ -180,6 +182,7 @@ async def run_demo(
     label_delay_s: float = 0.0, scrape_to: Path | None = None,
 ) -> DemoProgress:
     """Run the whole demo; returns the final progress. Always cleans up."""
+    check_dataset(dataset)  # before anything starts
     progress = DemoProgress()
     with EmbeddedBroker() as broker:
         progress.broker_pid = broker.pid

@@ -19,7 +19,7 @@ from typing import Any
 from schemas import load_schema
 from streams.codec import SchemaRegistry, make_codec
 from streams.config import Settings
-from streams.datasets import DATASET_SCHEMAS, corrupt, events
+from streams.datasets import DATASET_SCHEMAS, check_dataset, corrupt, events
 from streams.output import BatchProducer
 from streams.partitioner import partition_for
 
@@ -47,8 +47,7 @@ async def produce(
     With ``label_delay_s``, events go out unlabelled and each label follows on the labels
     topic after a uniform random delay in ``[0, label_delay_s]`` seconds.
     """
-    if dataset not in DATASET_SCHEMAS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(DATASET_SCHEMAS)}")
+    check_dataset(dataset)
     topic, partitions = settings.topics.events, settings.topics.partitions
     codec = make_codec(load_schema(DATASET_SCHEMAS[dataset]), f"{topic}-value", registry)
     rng = random.Random(seed + 1)

@@ -2,7 +2,7 @@
 
 Partitions are assigned directly (no consumer group, nothing committed), so tailing
 never disturbs a deployment. The decoder is chosen by topic: events, predictions and
-labels are Avro; dead letters are printed as headers plus the original bytes (base64).
+labels and metrics reports (the schema ``top`` reads) are Avro; dead letters are printed as headers plus the original bytes (base64).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import load_schema
-from streams.codec import SchemaRegistry, make_codec
+from streams.codec import AvroCodec, SchemaRegistry, make_codec
 from streams.config import Settings
 from streams.deadletter import parse_headers
-from streams.errors import DecodeError, RiverbedError
+from streams.errors import DecodeError, UsageError
 
 
 def decoder_for(
@@ -27,15 +27,22 @@ def decoder_for(
     """A function turning a consumed record of ``topic`` into a JSON-ready dict."""
     t = settings.topics
     schema_name = {t.events: settings.event.schema, t.predictions: "prediction",
-                   t.labels: "label"}.get(topic)
+                   t.labels: "label", t.metrics: "metrics_report"}.get(topic)
     if topic == t.dead_letters:
         def dead(record: Any) -> dict[str, Any]:
             value = base64.b64encode(record.value or b"").decode()
             return {**parse_headers(record.headers), "value_base64": value}
         return dead
     if schema_name is None:
-        raise RiverbedError(f"riverbed does not know the schema of topic {topic!r}")
-    codec = make_codec(load_schema(schema_name, settings.base_dir), f"{topic}-value", registry)
+        known = ", ".join([t.events, t.predictions, t.labels, t.dead_letters, t.metrics])
+        raise UsageError(f"riverbed does not know the schema of topic {topic!r} "
+                         f"(it can tail {known})")
+    codec: Any
+    if topic == t.metrics:  # the reporter writes plain Avro, with or without a registry
+        codec = AvroCodec(load_schema(schema_name))
+    else:
+        codec = make_codec(load_schema(schema_name, settings.base_dir), f"{topic}-value",
+                           registry)
 
     def decode(record: Any) -> dict[str, Any]:
         try:

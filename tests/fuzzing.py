@@ -1,0 +1,205 @@
+"""Fuzzing a running worker: arbitrary bytes and schema-valid hostile records on the events
+and labels topics, with an oracle of what must come out.
+
+Used by ``tests/integration/test_fuzz.py`` (a few examples, seconds) and ``bench/fuzz.py``
+(a long run that prints records tried and crashes). The oracle decides each record's fate
+with the same public pieces a user would (the Avro codec, the feature extractor and the
+model's label rule): a dead letter, a prediction, a learn step, a held label or a
+duplicate. After every example the broker's topics must agree with it exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from schemas import load_schema
+from streams.codec import AvroCodec
+from streams.config import Settings
+from streams.errors import EventError
+from streams.features import FeatureExtractor
+from streams.history import examples_of, fold
+from streams.models import OnlineModel
+from streams.replay import read_model_history
+from streams.tail import collect
+
+EVENT_SCHEMA = load_schema("agrawal_event")
+LABEL_SCHEMA = load_schema("label")
+INT32 = st.integers(-(2**31), 2**31 - 1)
+LONG = st.integers(-(2**63), 2**63 - 1)
+HOSTILE_DOUBLE = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                           st.sampled_from([1e300, -1e300, 5e-324, -0.0, 2.0**63]))
+KEYS = st.one_of(st.none(), st.binary(max_size=64), st.just(b"\xff" * 20_000),
+                 st.text(max_size=20).map(str.encode))
+
+
+def event_values(event_id: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Schema-valid agrawal events: two in three sane, the others with hostile values."""
+    def fields(double: Any, int_: Any, label: Any, ids: Any) -> Any:
+        return st.fixed_dictionaries({
+            "event_id": ids, "key": st.text(max_size=30), "timestamp": LONG,
+            "salary": double(150_000), "commission": double(75_000), "age": int_(80),
+            "elevel": int_(4), "car": int_(20), "zipcode": int_(8), "hvalue": double(900_000),
+            "hyears": int_(30), "loan": double(500_000), "label": label})
+
+    sane = fields(lambda m: st.floats(0, m), lambda m: st.integers(0, m),
+                  st.sampled_from([None, 0, 1]), st.just(event_id))
+    hostile = fields(lambda m: st.one_of(st.floats(0, m), HOSTILE_DOUBLE),
+                     lambda m: st.one_of(st.integers(0, m), INT32),
+                     st.one_of(st.none(), st.sampled_from([0, 1]), INT32),
+                     st.sampled_from([event_id, ""]))
+    return st.one_of(sane, sane, hostile)
+
+
+@dataclasses.dataclass
+class Oracle:
+    """What the worker must have done, record by record (one binary model)."""
+
+    settings: Settings
+    valid_events: list[str] = dataclasses.field(default_factory=list)
+    learned: set[str] = dataclasses.field(default_factory=set)
+    pending: set[str] = dataclasses.field(default_factory=set)
+    dead_letters: int = 0
+    records: int = 0
+
+    def __post_init__(self) -> None:
+        spec = self.settings.models[0]
+        model = OnlineModel(spec)
+        self.events = AvroCodec(EVENT_SCHEMA)
+        self.labels = AvroCodec(LABEL_SCHEMA)
+        self.extractor = FeatureExtractor(EVENT_SCHEMA, self.settings.event, spec,
+                                          self.settings.limits, binary=model.is_binary)
+
+    def event(self, value: bytes | None) -> None:
+        self.records += 1
+        try:
+            if value is None or len(value) > self.settings.limits.max_event_bytes:
+                raise EventError("size")
+            event = self.events.decode(value)
+            if not event["event_id"]:
+                raise EventError("id")
+            self.extractor.extract(event)
+            label = event["label"]
+            if label is not None:
+                self.extractor.label_rule.check(label)
+        except EventError:
+            self.dead_letters += 1
+            return
+        self.valid_events.append(event["event_id"])
+        (self.learned if label is not None else self.pending).add(event["event_id"])
+
+    def label(self, value: bytes | None) -> None:
+        self.records += 1
+        try:
+            label = self.labels.decode(value or b"")
+            if not label["event_id"]:
+                raise EventError("id")
+            self.extractor.label_rule.check(label["label"])
+        except EventError:
+            self.dead_letters += 1
+            return
+        if label["event_id"] in self.pending:  # else: a duplicate, or held (unknown id)
+            self.pending.discard(label["event_id"])
+            self.learned.add(label["event_id"])
+
+
+def _raw_or(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes | None]:
+    return st.one_of(valid, valid, valid, valid, valid, valid, st.binary(max_size=120),
+                     st.none())
+
+
+async def _send(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]]
+                ) -> None:
+    from tests.helpers import send_raw
+
+    await send_raw(settings, records, partition=None, topic=topic)
+
+
+async def _settled(settings: Settings, oracle: Oracle, alive: Any, timeout_s: float) -> None:
+    """Wait until the predictions and dead letters the oracle expects are all there."""
+    deadline = time.monotonic() + timeout_s
+    predictions = dead = 0
+    while time.monotonic() < deadline:
+        assert alive(), "the worker died"
+        predictions = len(await collect(settings, settings.topics.predictions,
+                                        settings.topics.partitions, len(oracle.valid_events),
+                                        timeout_s=2))
+        dead = len(await collect(settings, settings.topics.dead_letters, 1,
+                                 oracle.dead_letters, timeout_s=2))
+        if predictions >= len(oracle.valid_events) and dead >= oracle.dead_letters:
+            return
+    raise AssertionError(f"predictions {predictions}/{len(oracle.valid_events)}, dead letters "
+                         f"{dead}/{oracle.dead_letters} before the deadline")
+
+
+def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None:
+    """Run ``examples`` Hypothesis examples against the worker (no shrinking: the worker is
+    stateful, so every example adds to what it must have done)."""
+    counter = iter(range(10**9))
+
+    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def one_example(data: st.DataObject) -> None:
+        round_ = next(counter)
+        events: list[tuple[bytes | None, bytes | None]] = []
+        for i in range(data.draw(st.integers(5, 40))):
+            valid = event_values(f"fz{round_}-{i}").map(oracle.events.encode)
+            value = data.draw(_raw_or(valid))
+            oracle.event(value)
+            events.append((data.draw(KEYS) if value is not None else b"tomb", value))
+        asyncio.run(_send(settings_, settings_.topics.events, events))
+        asyncio.run(_settled(settings_, oracle, alive, 60))  # labels come after their events
+        targets = sorted(oracle.pending) + sorted(oracle.learned)[:3] + ["ghost", ""]
+        labels: list[tuple[bytes | None, bytes | None]] = []
+        for _ in range(data.draw(st.integers(0, 30))):
+            valid = st.fixed_dictionaries({
+                "event_id": st.sampled_from(targets),
+                "label": st.one_of(st.sampled_from([0, 1]), st.sampled_from([0, 1]),
+                                   st.sampled_from([0, 1]), st.booleans(), LONG,
+                                   HOSTILE_DOUBLE, st.text(max_size=10)),
+                "time": LONG}).map(oracle.labels.encode)
+            value = data.draw(_raw_or(valid))
+            oracle.label(value)
+            labels.append((data.draw(KEYS) if value is not None else b"tomb", value))
+        asyncio.run(_send(settings_, settings_.topics.labels, labels))
+        asyncio.run(_settled(settings_, oracle, alive, 60))
+
+    one_example()
+
+
+async def check_outcome(settings: Settings, oracle: Oracle, alive: Any,
+                        env: dict[str, str]) -> None:
+    """After fuzzing: every valid event predicted once, learned steps == distinct valid
+    labelled ids, every bad record a dead letter, the history verifies."""
+    name = settings.models[0].name
+    deadline = time.monotonic() + 60
+    while True:  # the last batches' history records land after their outputs
+        _, effects = fold(name, await read_model_history(settings, name))
+        learned = [x.event_id for x in examples_of(effects)]
+        if len(learned) >= len(oracle.learned) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert alive(), "the worker died"
+    assert sorted(learned) == sorted(oracle.learned)  # each once, nothing else
+    predictions = await collect(settings, settings.topics.predictions,
+                                settings.topics.partitions, len(oracle.valid_events),
+                                settle_s=0.5)
+    codec = AvroCodec(load_schema("prediction"))
+    made = Counter(codec.decode(r.value)["event_id"] for r in predictions)
+    assert made == Counter(oracle.valid_events)
+    dead = await collect(settings, settings.topics.dead_letters, 1, oracle.dead_letters,
+                         settle_s=0.5)
+    assert len(dead) == oracle.dead_letters
+    verify = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "streams.cli", "replay", name, "--verify", "--json"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
