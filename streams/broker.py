@@ -16,6 +16,7 @@ import ctypes
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -63,26 +64,44 @@ def split_bootstrap(bootstrap_servers: str) -> list[tuple[str, int]]:
 
 
 def probe_bootstrap(bootstrap_servers: str, timeout_s: float = 3.0) -> None:
-    """Raise BrokerError (one line) unless at least one bootstrap server accepts a TCP
-    connection within ``timeout_s``: fail fast and clearly before any Kafka client retries
-    (an unreachable broker otherwise surfaces as a client traceback, or a long hang)."""
+    """Raise BrokerError (one line) unless at least one bootstrap server answers a Kafka
+    ``ApiVersions`` request within ``timeout_s``: fail fast and clearly before any Kafka
+    client retries (an unreachable broker otherwise surfaces as a client traceback, or a
+    long hang). A TCP connect alone is not enough: a proxy may accept any connection."""
     problems = []
     deadline = time.monotonic() + timeout_s
     for host, port in split_bootstrap(bootstrap_servers):
-        remaining = max(0.1, deadline - time.monotonic())
         try:
             socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
             problems.append(f"{host}:{port} (cannot resolve host {host!r})")
             continue
         try:
-            with socket.create_connection((host, port), timeout=remaining):
-                return
+            _api_versions(host, port, max(0.1, deadline - time.monotonic()))
+            return
         except TimeoutError:
-            problems.append(f"{host}:{port} (no answer within {timeout_s:g}s)")
+            problems.append(f"{host}:{port} (no Kafka answer within {timeout_s:g}s)")
         except OSError as exc:
             problems.append(f"{host}:{port} ({(exc.strerror or str(exc)).lower()})")
     raise BrokerError("no broker reachable: " + ", ".join(problems))
+
+
+def _api_versions(host: str, port: int, timeout_s: float) -> None:
+    """One Kafka ApiVersions v0 round trip; OSError/TimeoutError if there is no answer."""
+    client = b"riverbed-probe"
+    correlation = 0x52B0
+    body = struct.pack(">hhih", 18, 0, correlation, len(client)) + client
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.settimeout(timeout_s)
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        answer = b""
+        while len(answer) < 8:
+            chunk = sock.recv(8 - len(answer))
+            if not chunk:
+                raise ConnectionResetError(104, "connection closed without a Kafka answer")
+            answer += chunk
+    if struct.unpack(">i", answer[4:8])[0] != correlation:
+        raise ConnectionError(71, "not a Kafka broker")
 
 
 def broker_binary() -> str:

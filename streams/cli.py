@@ -129,15 +129,20 @@ def _logging(level: str) -> None:
 
 @contextlib.contextmanager
 def _quiet_kafka_clients() -> Iterator[None]:
-    """aiokafka logs each failed connection attempt at ERROR; a command reports the one
-    resulting error itself."""
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """aiokafka logs each failed connection attempt at ERROR (and asyncio reports a client
+    left unclosed by a failed start when it is collected, maybe at exit); a command reports
+    the one resulting error itself."""
+    loggers = [logging.getLogger("aiokafka"), logging.getLogger("asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
-    finally:
-        logger.setLevel(level)
+    except BaseException:
+        raise  # stay quiet: the client may be collected after the error line is printed
+    else:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @app.command()
@@ -211,7 +216,8 @@ def produce_cmd(
     async def run() -> Any:
         await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(settings))
         with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=err, transient=True) as bar:
+                      TimeRemainingColumn(), console=err, transient=True,
+                      disable=not err.is_terminal) as bar:
             task = bar.add_task("events", total=events)
             return await produce(settings, dataset, events, rate, label_fraction=label_fraction,
                                  bad_fraction=bad_fraction, seed=seed, keep_labels=False,

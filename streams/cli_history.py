@@ -116,7 +116,7 @@ def replay_command(
     to_time_ms = parse_time(to_time) if to_time is not None else None
     key = snapshot_key(settings)
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=err,
-                  transient=True) as bar:
+                  transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("steps", total=None)
 
         def progress(seq: int, total: int) -> None:

@@ -171,11 +171,14 @@ def plan(events: Sequence[HistoryEvent], model: str, *, to_seq: int | None = Non
     if to_seq is not None:
         while reached > 0 and to_seq < branch[reached]:
             reached -= 1
-        hit = next((i for i, line, seq in marks if line == reached and seq >= to_seq), None)
+        hit = next((n for n, (_, line, seq) in enumerate(marks)
+                    if line == reached and seq >= to_seq), None)
         if hit is None:
             raise HistoryError(f"history of {model} only reaches seq {top.get(reached, 0)}"
                                f" in lineage {target_lineage} (asked for seq {to_seq})")
-        end = hit + 1
+        end = marks[hit][0] + 1
+        if marks[hit][2] == to_seq:  # exactly reached: include what follows up to the next
+            end = marks[hit + 1][0] if hit + 1 < len(marks) else len(events)  # change
     elif lineage is not None and lineage != live:  # the newest state of an older lineage
         end = max(i for i, line, _ in marks if line == target_lineage) + 1
     if to_time_ms is not None:
