@@ -48,11 +48,19 @@ from streams.history import (
     HistoryFold,
     Learned,
     Restored,
+    Snapshot,
 )
-from streams.history_log import HistoryLog, SnapshotIndex
+from streams.history_log import HistoryLog, SkippedRecord, SnapshotIndex
 from streams.models import OnlineModel, build_estimator
 from streams.replay import apply_effects
-from streams.snapshots import fingerprint, load_snapshot, make_chunks
+from streams.snapshots import (
+    fingerprint,
+    index_entry_ok,
+    load_snapshot,
+    make_chunks,
+    sign_index_entry,
+    snapshot_verifier,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +104,7 @@ class Learner:
         self.history = log_
         self.index = index
         self.key = key
-        self.fold = HistoryFold(model.name, id_window)
+        self.fold = HistoryFold(model.name, id_window)  # replaced below, with verification
         self.owner = owner or f"{uuid.uuid4().hex[:8]}"
         self.epoch = 0
         self.snapshot_every_steps = snapshot_every_steps
@@ -114,6 +122,15 @@ class Learner:
         self.fenced = False
         #: Next history offset after our own Claimed (where a follower starts).
         self.history_position = 0
+        #: snapshots refused while folding (HMAC) and index entries whose snapshot did
+        #: not fit the history; reported once by report_integrity
+        self._refused_snapshots: list[tuple[Snapshot, str]] = []
+        self._refused: list[tuple[str, str]] = []
+        self._reported: set[str] = set()
+        self._reported_offsets: set[int] = set()
+        #: history records that did not decode (any key), skipped while reading
+        self.skipped: list[SkippedRecord] = []
+        self.fold = self._new_fold()
 
     # -- takeover ------------------------------------------------------------------------
     async def takeover(self) -> None:
@@ -134,38 +151,95 @@ class Learner:
                 self._last_snapshot_seq = self.fold.seq
                 self.durable_seq = self.fold.seq
                 self.history_position = position
-                await self.index.publish(self.model.name, {"marker": "claimed", "epoch": epoch})
+                await self._publish_entry({"marker": "claimed", "epoch": epoch})
                 log.info("%s: claimed epoch %d at seq %d", self.model.name, epoch, self.fold.seq)
+                await self.report_integrity()
                 return
         raise RuntimeError(f"{self.model.name}: could not claim ownership (contended)")
 
     async def catch_up(self) -> int:
-        """Rebuild state from scratch: newest valid snapshot, then the tail to high-water.
-        Returns the next history offset."""
-        self.fold = HistoryFold(self.model.name, self.fold.id_window)
-        self.model.estimator = build_estimator(self.model.spec)
+        """Rebuild state from scratch: the newest snapshot that verifies *and* fits the
+        history after it, else an older one, else genesis; then the tail to high-water.
+        Returns the next history offset. Refused snapshots are remembered for an integrity
+        alert once this learner may write (:meth:`report_integrity`)."""
         self.fenced = False
-        start = await self._restore_from_index()
-        return await self._fold_range(start, None)
+        signed = [e for e in await self.index.entries(self.model.name)
+                  if index_entry_ok(e, self.model.name, self.key)]
+        entries = list(reversed(valid_entries(signed)))
+        for entry in [*entries, None]:
+            self.fold = self._new_fold()
+            self.model.estimator = build_estimator(self.model.spec)
+            start = 0 if entry is None else await self._load_entry(entry)
+            if start is None:
+                continue
+            position = await self._fold_range(start, None)
+            if entry is None or self.fold.counters.gap_writes == 0:
+                return position
+            # the history after it does not continue from its seq: not at its place
+            self._refused.append((str(entry.get("snapshot_id")), "the history after it "
+                                  f"does not continue from its seq {entry['seq']}"))
+        raise AssertionError("unreachable: genesis always returns")
 
-    async def _restore_from_index(self) -> int:
-        for entry in reversed(valid_entries(await self.index.entries(self.model.name))):
-            events = [e async for e in self.history.read(entry["offset"],
-                                                          entry["offset"] + entry["chunks"] - 1)]
-            probe = HistoryFold(self.model.name)
-            probe.epoch, probe.seq, probe.lineage = entry["epoch"], entry["seq"], entry["lineage"]
-            for event in events:
-                probe.apply(event)
-            if probe.snapshots:
-                estimator, state = load_snapshot(probe.snapshots[-1], self.key)
-                self.model.estimator = estimator
-                self.fold.import_state(state)
-                self.fold.created = await self._created()
-                return int(entry["offset"])
-        return 0
+    def _new_fold(self) -> HistoryFold:
+        return HistoryFold(self.model.name, self.fold.id_window,
+                           verify=snapshot_verifier(self.key, self._refused_snapshots))
+
+    async def _load_entry(self, entry: Mapping[str, Any]) -> int | None:
+        """Load the snapshot an index entry points at; None if it is not there, does not
+        verify, or is not what the entry says (garbage or a forged entry)."""
+        first, last = entry["offset"], entry["offset"] + entry["chunks"] - 1
+        try:
+            events = [e async for e in self.history.read(first, last, idle_timeout_s=5.0,
+                                                          skipped=self.skipped)]
+        except TimeoutError:  # points past the end of the history
+            return None
+        probe = HistoryFold(self.model.name,
+                            verify=snapshot_verifier(self.key, self._refused_snapshots))
+        probe.epoch, probe.seq, probe.lineage = entry["epoch"], entry["seq"], entry["lineage"]
+        for event in events:
+            probe.apply(event)
+        if not probe.snapshots:
+            return None
+        snapshot = probe.snapshots[-1]
+        estimator, state = load_snapshot(snapshot, self.key)
+        if (state.get("seq"), state.get("lineage")) != (snapshot.seq, snapshot.lineage):
+            return None
+        self.model.estimator = estimator
+        self.fold.import_state(state)
+        self.fold.created = await self._created()
+        return int(entry["offset"])
+
+    @property
+    def rejected_snapshots(self) -> int:
+        """Snapshots refused so far (``riverbed_rejected_snapshots_total``)."""
+        return len({s.snapshot_id for s, _ in self._refused_snapshots}
+                   | {sid for sid, _ in self._refused})
+
+    async def report_integrity(self) -> None:
+        """Log each refused snapshot once and record it in the history as
+        ``Annotated{kind=integrity}`` (once per snapshot id, across restarts); log each
+        undecodable record under this model's key once, with its offset."""
+        found = [(s.snapshot_id, reason) for s, reason in self._refused_snapshots]
+        found += self._refused
+        new = [(sid, reason) for sid, reason in dict(found).items()
+               if sid not in self.fold.integrity_notes and sid not in self._reported]
+        for snapshot_id, reason in new:
+            log.error("%s: INTEGRITY ALERT: snapshot %s refused (%s); restored from the "
+                      "history instead", self.model.name, snapshot_id, reason)
+            self._reported.add(snapshot_id)
+        if new:
+            await self.history.append([self._event(Annotated(
+                self.fold.seq, "integrity", f"snapshot {sid} refused: {reason}"))
+                for sid, reason in new])
+        for skipped in self.skipped:
+            if skipped.offset not in self._reported_offsets and \
+                    skipped.key == self.model.name.encode():
+                log.error("%s: history record at offset %d is not a valid event (%s); "
+                          "skipped", self.model.name, skipped.offset, skipped.reason)
+                self._reported_offsets.add(skipped.offset)
 
     async def _created(self) -> Created | None:
-        async for event in self.history.read(0, None):
+        async for event in self.history.read(0, None, skipped=self.skipped):
             if event.model == self.model.name and isinstance(event.body, Created):
                 return event.body
         return None
@@ -174,7 +248,7 @@ class Learner:
         """Fold history events [start, until]; returns the next offset to read."""
         position = start
         batch: list[Any] = []
-        async for event in self.history.read(start, until):
+        async for event in self.history.read(start, until, skipped=self.skipped):
             effect = self.fold.apply(event)
             if effect is not None:
                 batch.append(effect)
@@ -231,7 +305,8 @@ class Learner:
         probe = self.fold.created.probe if self.fold.created else ()
         chunks = make_chunks(self.model.estimator, self.fold.export_state(), self.key,
                              purpose=purpose, seq=self.fold.seq, lineage=self.fold.lineage,
-                             model_fingerprint=fingerprint(self.model.estimator, probe))
+                             model_fingerprint=fingerprint(self.model.estimator, probe),
+                             model=self.model.name, epoch=self.epoch)
         self._last_snapshot_seq = self.fold.seq
         self._last_snapshot_time = time.monotonic()
         events = [self._event(c) for c in chunks]
@@ -246,9 +321,14 @@ class Learner:
         if chunks:
             first_event, first_offset = chunks[0]
             body: Any = first_event.body
-            await self.index.publish(self.model.name, {
+            await self._publish_entry({
                 "snapshot_id": body.snapshot_id, "seq": body.seq, "offset": first_offset,
                 "chunks": len(chunks), "epoch": first_event.epoch, "lineage": body.lineage})
+
+    async def _publish_entry(self, entry: dict[str, Any]) -> None:
+        """Publish a signed snapshot-index entry (unsigned or forged entries are ignored)."""
+        await self.index.publish(self.model.name,
+                                 sign_index_entry(entry, self.model.name, self.key))
 
     def _event(self, body: Any, epoch: int | None = None) -> HistoryEvent:
         return HistoryEvent(self.model.name, self.epoch if epoch is None else epoch,
@@ -268,14 +348,15 @@ async def rollback(learner: Learner, target_estimator: Any, to_seq: int,
     target_fingerprint = fingerprint(target_estimator, probe)
     chunks = make_chunks(target_estimator, learner.fold.export_state(), learner.key,
                          purpose="rollback", seq=to_seq, lineage=learner.fold.lineage,
-                         model_fingerprint=target_fingerprint)
+                         model_fingerprint=target_fingerprint, model=learner.model.name,
+                         epoch=learner.epoch)
     # one append: Claimed (fences the live learner), rollback snapshot, Restored. Followers
     # of a "riverbed-rollback" claim wait for its Restored before taking over again.
     events = [learner._event(Claimed(ROLLBACK_OWNER))]
     events += [learner._event(c) for c in chunks]
     events.append(learner._event(Restored(to_seq, chunks[0].snapshot_id, reason)))
     offsets = await learner.history.append(events)
-    await learner.index.publish(learner.model.name, {"marker": "claimed", "epoch": learner.epoch})
+    await learner._publish_entry({"marker": "claimed", "epoch": learner.epoch})
     for event in events:
         learner.fold.apply(event)
     return {"model": learner.model.name, "to_seq": to_seq, "epoch": learner.epoch,

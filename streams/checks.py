@@ -76,10 +76,12 @@ def check_snapshot_restore(spec: ModelSettings, n: int = 1000, after: int = 1000
     model, probe = _trained(spec, n)
     key = os.urandom(32)
     chunks = make_chunks(model.estimator, {}, key, purpose="checkpoint", seq=model.seq,
-                         lineage=0, model_fingerprint=fingerprint(model.estimator, probe))
+                         lineage=0, model_fingerprint=fingerprint(model.estimator, probe),
+                         model=spec.name, epoch=1)
     c = chunks[0]
     snapshot = Snapshot(c.snapshot_id, c.purpose, 1, c.seq, 0,
-                        b"".join(x.data for x in chunks), c.sha256, c.hmac, c.fingerprint, 0)
+                        b"".join(x.data for x in chunks), c.sha256, c.hmac, c.fingerprint, 0,
+                        spec.name)
     restored, _ = load_snapshot(snapshot, key)
     assert fingerprint(restored, probe) == c.fingerprint
     twin = OnlineModel(spec, restored)

@@ -17,7 +17,10 @@ Fold rules (DESIGN section 4):
   ``Learned`` -- offsets only -- applies again harmlessly: no examples, same offsets.)
 * Snapshot chunks assemble into a snapshot. A ``checkpoint`` snapshot is accepted when
   written in the current epoch and lineage at the current seq; a ``rollback`` snapshot
-  when written in the current epoch. Snapshots never change state.
+  when written in the current epoch; and, given a ``verify`` check, only if its HMAC
+  (which signs model, epoch, seq and lineage with the payload) holds. A snapshot
+  re-appended elsewhere is therefore never accepted, and an accepted one equals the
+  state the fold already describes. Snapshots never change state.
 * ``Restored`` in the current epoch, naming an accepted rollback snapshot, loads that
   snapshot: ``seq = to_seq``, ``lineage + 1``. Input offsets and the event-id window are
   kept, so examples discarded by the rollback are not learned again on redelivery.
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from typing import Any, NamedTuple
 
@@ -121,6 +124,7 @@ class Snapshot:
     hmac: str
     fingerprint: str
     offset: int  # log offset of the first chunk
+    model: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +159,16 @@ class FoldCounters:
 class HistoryFold:
     """Fold state of one model's history. Feed events with :meth:`apply`, in log order."""
 
-    def __init__(self, model: str, id_window: int = DEFAULT_ID_WINDOW) -> None:
+    def __init__(self, model: str, id_window: int = DEFAULT_ID_WINDOW,
+                 verify: Callable[[Snapshot], bool] | None = None) -> None:
         self.model = model
+        #: integrity check of assembled snapshots (HMAC; see streams.snapshots). A refused
+        #: snapshot is ignored: no checkpoint, no rollback target. None: accept (tests).
+        self.verify = verify
+        #: ids of snapshots the check refused, in log order
+        self.refused: list[str] = []
+        #: snapshot ids already reported by an ``Annotated{kind=integrity}`` event
+        self.integrity_notes: set[str] = set()
         self.seq = 0
         self.epoch = 0
         self.lineage = 0
@@ -169,6 +181,7 @@ class HistoryFold:
         self.snapshots: list[Snapshot] = []  # accepted, in log order (payloads dropped but last)
         self._chunks: dict[str, list[tuple[HistoryEvent, SnapshotChunk]]] = {}
         self._rollback: Snapshot | None = None
+        self._restored_ids: set[str] = set()
 
     # -- state that survives in snapshots -------------------------------------------------
     def export_state(self) -> dict[str, Any]:
@@ -218,6 +231,8 @@ class HistoryFold:
             self._chunk(event, body)
         elif isinstance(body, Restored):
             return self._restored(event, body)
+        elif isinstance(body, Annotated) and body.kind == "integrity":
+            self.integrity_notes.add(body.note.split(" ")[1] if " " in body.note else "")
         return None
 
     def _learned(self, event: HistoryEvent, body: Learned) -> Effect | None:
@@ -255,15 +270,20 @@ class HistoryFold:
             return
         snapshot = Snapshot(chunk.snapshot_id, chunk.purpose, event.epoch, chunk.seq,
                             chunk.lineage, b"".join(c.data for _, c in ordered), chunk.sha256,
-                            chunk.hmac, chunk.fingerprint, ordered[0][0].offset)
+                            chunk.hmac, chunk.fingerprint, ordered[0][0].offset, event.model)
         current = event.epoch == self.epoch
-        if chunk.purpose == "rollback" and current:
-            self._rollback = snapshot
-        elif (chunk.purpose == "checkpoint" and current and chunk.seq == self.seq
-              and chunk.lineage == self.lineage):
-            self.snapshots.append(snapshot)
-        else:
+        rollback = chunk.purpose == "rollback" and current
+        checkpoint = (chunk.purpose == "checkpoint" and current and chunk.seq == self.seq
+                      and chunk.lineage == self.lineage)
+        if not (rollback or checkpoint):  # not at its place: a stale or re-appended copy
             self.counters.rejected_snapshots += 1
+        elif self.verify is not None and not self.verify(snapshot):  # tampered / other key
+            self.counters.rejected_snapshots += 1
+            self.refused.append(snapshot.snapshot_id)
+        elif rollback:
+            self._rollback = snapshot
+        else:
+            self.snapshots.append(snapshot)
 
     def _restored(self, event: HistoryEvent, body: Restored) -> Effect | None:
         snapshot = self._rollback
@@ -272,6 +292,10 @@ class HistoryFold:
             self.counters.rejected_restores += 1
             return None
         self._rollback = None
+        if snapshot.snapshot_id in self._restored_ids:  # an authentic rollback re-appended
+            self.counters.rejected_restores += 1
+            return None
+        self._restored_ids.add(snapshot.snapshot_id)
         self.seq = body.to_seq
         self.lineage += 1
         self.fingerprint = snapshot.fingerprint

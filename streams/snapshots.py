@@ -19,7 +19,7 @@ import os
 import pickle
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,26 +56,70 @@ def sign(payload: bytes, key: bytes) -> str:
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
+def _place(model: str, purpose: str, epoch: int, seq: int, lineage: int,
+           snapshot_id: str) -> bytes:
+    """Where a snapshot belongs, signed together with its payload: a snapshot re-appended
+    elsewhere, or re-labelled with another model, epoch, seq or lineage, fails its HMAC."""
+    return json.dumps([2, model, purpose, epoch, seq, lineage, snapshot_id]).encode() + b"\n"
+
+
 def make_chunks(
     estimator: Any, fold_state: Mapping[str, Any], key: bytes, *, purpose: str, seq: int,
-    lineage: int, model_fingerprint: str, snapshot_id: str | None = None,
+    lineage: int, model_fingerprint: str, model: str, epoch: int,
+    snapshot_id: str | None = None,
 ) -> list[SnapshotChunk]:
-    """Pickle, sign and chunk a snapshot of ``estimator`` with the fold bookkeeping."""
+    """Pickle, sign and chunk a snapshot of ``estimator`` with the fold bookkeeping. The
+    HMAC covers the payload *and* its place: model, purpose, epoch, seq, lineage, id."""
     payload = pickle.dumps({"model": estimator, "fold": dict(fold_state)}, protocol=5)
     snapshot_id = snapshot_id or uuid.uuid4().hex
-    digest, signature = hashlib.sha256(payload).hexdigest(), sign(payload, key)
+    place = _place(model, purpose, epoch, seq, lineage, snapshot_id)
+    digest, signature = hashlib.sha256(payload).hexdigest(), sign(place + payload, key)
     parts = [payload[i : i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
     return [SnapshotChunk(snapshot_id, purpose, seq, lineage, i, len(parts), part, digest,
                           signature, model_fingerprint) for i, part in enumerate(parts)]
 
 
 def verify_snapshot(snapshot: Snapshot, key: bytes) -> None:
-    """Raise SnapshotIntegrityError unless digest and HMAC match (nothing is unpickled)."""
+    """Raise SnapshotIntegrityError unless digest and HMAC match for this snapshot at its
+    place (model, purpose, epoch, seq, lineage, id); nothing is unpickled."""
     if hashlib.sha256(snapshot.payload).hexdigest() != snapshot.sha256:
         raise SnapshotIntegrityError(f"snapshot {snapshot.snapshot_id}: sha256 mismatch")
-    if not hmac.compare_digest(sign(snapshot.payload, key), snapshot.hmac):
+    place = _place(snapshot.model, snapshot.purpose, snapshot.epoch, snapshot.seq,
+                   snapshot.lineage, snapshot.snapshot_id)
+    if not hmac.compare_digest(sign(place + snapshot.payload, key), snapshot.hmac):
         raise SnapshotIntegrityError(
-            f"snapshot {snapshot.snapshot_id}: HMAC mismatch (tampered, or another key)")
+            f"snapshot {snapshot.snapshot_id}: HMAC mismatch (tampered, moved to another "
+            "model/epoch/seq, or signed with another key)")
+
+
+def snapshot_verifier(key: bytes, refused: list[tuple[Snapshot, str]] | None = None
+                      ) -> Callable[[Snapshot], bool]:
+    """A check for :class:`~streams.history.HistoryFold`: True if the snapshot verifies;
+    a refused one is appended to ``refused`` with the reason (nothing is unpickled)."""
+    def check(snapshot: Snapshot) -> bool:
+        try:
+            verify_snapshot(snapshot, key)
+        except SnapshotIntegrityError as exc:
+            if refused is not None:
+                refused.append((snapshot, str(exc)))
+            return False
+        return True
+    return check
+
+
+def sign_index_entry(entry: Mapping[str, Any], model: str, key: bytes) -> dict[str, Any]:
+    """``entry`` (a snapshot-index entry or epoch marker) with an ``hmac`` over its fields
+    and the model: an entry cannot be forged or pointed at a re-appended copy."""
+    body = {k: v for k, v in entry.items() if k != "hmac"}
+    text = json.dumps([model, body], sort_keys=True)
+    return {**body, "hmac": sign(text.encode(), key)}
+
+
+def index_entry_ok(entry: Mapping[str, Any], model: str, key: bytes) -> bool:
+    """True if ``entry`` carries a valid :func:`sign_index_entry` HMAC for ``model``."""
+    signature = entry.get("hmac")
+    return isinstance(signature, str) and hmac.compare_digest(
+        sign_index_entry(entry, model, key)["hmac"], signature)
 
 
 def load_snapshot(snapshot: Snapshot, key: bytes) -> tuple[Any, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Fuzzing a running worker: arbitrary bytes and schema-valid hostile records on the events
 and labels topics, with an oracle of what must come out.
 
-Used by ``tests/integration/test_fuzz.py`` (a few examples, seconds) and ``bench/fuzz.py``
+Used by ``tests/integration/test_fuzz.py`` (a few examples, seconds) and ``tests/fuzz_long.py``
 (a long run that prints records tried and crashes). The oracle decides each record's fate
 with the same public pieces a user would (the Avro codec, the feature extractor and the
 model's label rule): a dead letter, a prediction, a learn step, a held label or a

@@ -1,7 +1,7 @@
 """Fuzz a running worker (issue riverbed 5): arbitrary bytes and schema-valid hostile records
 on the events and labels topics. The worker must stay up, predict every valid event once,
 learn every valid labelled id once, dead-letter every bad record, and its history must
-verify. ``bench/fuzz.py`` runs the same for longer."""
+verify. ``python -m tests.fuzz_long`` runs the same for longer."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Long fuzz run against a running worker (the suite's test_fuzz.py runs 4 examples).
 
-    python bench/fuzz.py --examples 200            # ~10-20k hostile records
+    python -m tests.fuzz_long --examples 200      # from the repository root
 
 Starts the embedded broker and a worker (child process), sends Hypothesis-generated
 arbitrary bytes and schema-valid hostile records to the events and labels topics, checks
@@ -33,7 +33,7 @@ from tests.helpers import WorkerChild, provision, worker_env  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200)
-    parser.add_argument("--output", default="bench/results/fuzz.json")
+    parser.add_argument("--output", default="fuzz-results.json")
     args = parser.parse_args()
     began = time.monotonic()
     crashed, failed = 0, False
