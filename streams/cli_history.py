@@ -213,7 +213,7 @@ def rollback_command(settings: Any, model: str, to_seq: int, reason: str, as_jso
     return 0
 
 
-UNTRAINED = "model_seq 0: the model has learned nothing yet, its predictions are not informed"
+UNTRAINED = "model_seq 0: the model is untrained (it has learned nothing yet)"
 
 
 def score_command(settings: Any, model: str, seq: int | None, lineage: int | None = None,
