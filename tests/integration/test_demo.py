@@ -30,6 +30,11 @@ def test_demo_json_summary_and_no_process_left_behind() -> None:
     assert summary["dead_letters"] == summary["bad_events"] > 0
     assert summary["accuracy"] > 0.5
     assert not pid_alive(summary["broker_pid"]) and not pid_alive(summary["worker_pid"])
+    final = done.stderr[done.stderr.rindex("riverbed demo"):]  # the last table shown
+    row = next(line for line in final.splitlines() if f"{summary['events']:,}" in line)
+    for value in (f"{summary['predictions']:,}", f"{summary['learned']:,}",
+                  f"{summary['events_per_s']:,.0f}", f"{summary['dead_letters']:,}"):
+        assert value in row, (value, row)
 
 
 def test_demo_delayed_label_mode_and_its_metrics_endpoint(tmp_path: Path) -> None:
