@@ -118,8 +118,10 @@ class Learner:
         self.durable_seq = 0
         #: Input positions covered by acknowledged Learned records.
         self.durable_offsets: dict[str, int] = {}
-        #: Set by the history follower when a newer epoch claims this model.
+        #: Set by the history follower when a newer epoch claims this model, and by whom
+        #: (``rollback`` or ``another worker``).
         self.fenced = False
+        self.fenced_by = ""
         #: Next history offset after our own Claimed (where a follower starts).
         self.history_position = 0
         #: snapshots refused while folding (HMAC) and index entries whose snapshot did
@@ -133,13 +135,27 @@ class Learner:
         self.fold = self._new_fold()
 
     # -- takeover ------------------------------------------------------------------------
-    async def takeover(self) -> None:
-        """Restore from the newest snapshot + tail, claim a new epoch, fold up to our claim.
+    async def restore(self) -> None:
+        """Rebuild the model from its history without writing anything (a worker restores
+        before it claims: a start that fails later leaves the history untouched)."""
+        self.history_position = await self.catch_up()
+        self.model.seq, self.model.lineage = self.fold.seq, self.fold.lineage
+
+    async def follow(self) -> int:
+        """Fold what was appended since :meth:`restore` (a standby keeping up); returns
+        the next history offset."""
+        self.history_position = await self._fold_range(self.history_position, None)
+        self.model.seq, self.model.lineage = self.fold.seq, self.fold.lineage
+        return self.history_position
+
+    async def takeover(self, restored: bool = False) -> None:
+        """Restore from the newest snapshot + tail (or, if ``restored``, fold on from
+        :meth:`restore`), claim a new epoch, fold up to our claim.
 
         Also used again after being fenced (a newer Claimed, e.g. by ``riverbed rollback``):
         the state is rebuilt from the history, which then includes the newer owner's records.
         """
-        position = await self.catch_up()
+        position = await self.follow() if restored else await self.catch_up()
         for _ in range(10):
             epoch = self.fold.epoch + 1
             (offset,) = await self.history.append([self._event(Claimed(self.owner), epoch)])

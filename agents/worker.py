@@ -25,9 +25,11 @@ from schemas import load_schema
 from streams.app import make_faust_app
 from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from streams.config import Settings
-from streams.errors import TakeoverError
+from streams.errors import DecodeError, LeaseLostError, TakeoverError
 from streams.history_log import HistoryLog, SnapshotIndex, read_partition
+from streams.history import Claimed, Restored
 from streams.ingest import Batch, BatchIngest
+from streams.lease import Lease
 from streams.models import OnlineModel
 from streams.output import BatchProducer
 from streams.snapshots import fingerprint, snapshot_key
@@ -75,9 +77,12 @@ class Worker:
         self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=4)  # see streams/ingest.py
         inputs = [topics.events] + ([topics.labels] if self.join is not None else [])
         self.ingest = BatchIngest(settings, inputs, self.batches, on_assign=self._assigned,
-                                  progress=self.stats.inputs)
+                                  progress=self.stats.inputs, may_commit=self._may_commit)
+        #: the global models' single-writer lease (None with per-partition models)
+        self.lease = None if self.per_partition else Lease(settings)
         self.model_lock = asyncio.Lock()
-        self.app.service(self.ingest)
+        #: background tasks that must never die silently (see _supervise)
+        self._tasks: list[asyncio.Task[None]] = []
         InferenceAgent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
             before_batch=self.before_batch, guard=self.model_lock,
@@ -156,7 +161,7 @@ class Worker:
         partitions is committed: see OwnershipError)."""
         self.stats.partitions = sorted(partitions)
         self._resume_from_history = True
-        self._resume = asyncio.ensure_future(self._resume_after_rebalance())  # after the lock
+        self._resume = self._supervise(self._resume_after_rebalance(), "resume")  # after lock
         if not self.per_partition:
             return
         try:
@@ -217,28 +222,99 @@ class Worker:
             self.stats.model_seq[model.name] = model.seq
             log.info("serving %s (partition %d)", model.name, partition)
         if self._follower is None and self.learners:
-            self._follower = asyncio.create_task(self._follow_history())
+            self._follower = self._supervise(self._follow_history(), "history follower")
         return learners
 
     async def start(self) -> None:
-        """Provision topics, take over every model's history, then start Faust."""
+        """Start in the order that makes a failed start harmless: provision topics, bind the
+        web server, restore every model from its history (nothing written yet); then, for
+        global models, wait as a *standby* until this worker holds the lease; only then
+        claim the models (the first write), rebuild the pending labels and consume."""
         await ensure_topics(self.settings.broker.bootstrap_servers, riverbed_topics(self.settings))
         await self.output.start()
+        await self.app.start()  # binds the web port: a port in use fails here, before a claim
         for learner in self.learners:
-            await learner.takeover()
+            await learner.restore()
             self.stats.model_seq[learner.model.name] = learner.model.seq
+        if self.lease is not None:
+            await self.lease.start()
+            await self._standby_until_leased()
+            self._supervise(self._watch_lease(), "lease watch")
+        for learner in self.learners:
+            await learner.takeover(restored=True)
+            self.stats.model_seq[learner.model.name] = learner.model.seq
+        self._count_integrity()
         if self.join is not None and not self.per_partition:  # per partition: on takeover
             await self._rebuild_pending(self.learners)
+        await self.app.add_runtime_dependency(self.ingest)  # join the inputs' group
         if self.learners and self._follower is None:
-            self._follower = asyncio.create_task(self._follow_history())
-        await self.app.start()
+            self._follower = self._supervise(self._follow_history(), "history follower")
         tune_gc()
+        self.stats.role = "active"
         wait_s = self.settings.worker.session_timeout_ms / 1000 * 10
         try:  # ready = consuming; another worker may hold every partition, so do not insist
             await asyncio.wait_for(self.ingest.assigned.wait(), wait_s)
             self.stats.ready = True
         except TimeoutError:
             log.warning("no input partitions assigned after %.0fs", wait_s)
+
+    async def _standby_until_leased(self) -> None:
+        """Follow the history until this worker holds the lease of the global models."""
+        assert self.lease is not None
+        waited = 0.0
+        while not self.lease.acquired.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.lease.acquired.wait(), 1.0)
+            waited += 1.0
+            if self.lease.acquired.is_set():
+                break
+            if self.stats.role != "standby" and waited >= 2:
+                self.stats.role = "standby"
+                log.warning("standby: another worker of group %r is active for %s; following "
+                            "the history, ready to take over",
+                            self.settings.worker.group_id, [m.name for m in self.models])
+            for learner in self.learners:  # keep up, so a takeover folds only a short tail
+                await learner.follow()
+                self.stats.model_seq[learner.model.name] = learner.model.seq
+        if self.stats.role == "standby":
+            log.warning("taking over as the active worker of group %r",
+                        self.settings.worker.group_id)
+
+    async def _watch_lease(self) -> None:
+        """Stop the worker (exit 1, for a supervisor to restart it as a standby) if the
+        lease moves elsewhere while this worker is active."""
+        assert self.lease is not None
+        await self.lease.lost.wait()
+        raise LeaseLostError("another worker holds the lease of the global models now "
+                             "(this one was unreachable past worker.lease_session_timeout_ms)")
+
+    def _supervise(self, coro: Any, name: str) -> asyncio.Task[None]:
+        """Run ``coro`` as a background task that cannot die silently: if it ends with an
+        exception, the traceback is logged and the worker stops (exit 1)."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if done.cancelled() or done.exception() is None:
+                return
+            exc = done.exception()
+            log.error("background task %r failed; stopping the worker", name, exc_info=exc)
+            self._crash = asyncio.ensure_future(self.app.crash(exc))
+
+        task.add_done_callback(ended)
+        self._tasks.append(task)
+        return task
+
+    def _may_commit(self) -> bool:
+        """Input offsets are committed only by a worker that holds its models' current
+        epoch (and the lease, for global models): a fenced worker's commits would make
+        the next owner skip events nobody learned."""
+        if self.fenced_learners():
+            return False
+        return self.lease is None or self.lease.holding
+
+    def _count_integrity(self) -> None:
+        self.stats.rejected_snapshots = sum(lr.rejected_snapshots for lr in self.learners)
+        self.stats.skipped_history_records = sum(len(lr.skipped) for lr in self.learners)
 
     async def expire_pending(self) -> None:
         """Expire pending entries even when no records arrive (orphan labels are
@@ -304,8 +380,12 @@ class Worker:
         not the committed offset, is the record of what was learned: a fenced owner that
         had not noticed yet may have committed past batches its history records no longer
         count, and the next owner must learn them."""
+        if not self.learners:
+            return None
         known = [lr.fold.offsets.get(f"{tp.topic}:{tp.partition}") for lr in self.learners]
-        return min((k for k in known if k is not None), default=None)
+        # a partition no history covers starts at the beginning, not at a committed offset
+        # (only a fenced worker could have committed there without a Learned record)
+        return min((k for k in known if k is not None), default=0)
 
     async def retake_if_fenced(self) -> None:
         """If a newer epoch claimed a model (rollback, second worker), rebuild it from the
@@ -314,7 +394,12 @@ class Worker:
         if not fenced:
             return
         for learner in fenced:
-            log.warning("%s: fenced by a newer epoch; taking over again", learner.model.name)
+            if learner.fenced_by == "rollback":
+                log.info("%s: rolled back by `riverbed rollback`; continuing from the "
+                         "restored version", learner.model.name)
+            else:
+                log.warning("%s: fenced by a newer epoch (%s); taking over again",
+                            learner.model.name, learner.fenced_by or "another worker")
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
         self._resume_from_history = False
@@ -340,14 +425,19 @@ class Worker:
                     kind = dict(record.headers or ()).get(KIND_HEADER)
                     if kind not in (b"Claimed", b"Restored"):
                         continue
-                    event = decode_event(record.value, record.offset)
+                    try:
+                        event = decode_event(record.value or b"", record.offset)
+                    except DecodeError:  # not ours or damaged: the folds skip it too
+                        continue
                     learner = by_name.get(event.model)
                     if learner is None or event.epoch <= learner.epoch:
                         continue
                     body: Any = event.body
-                    if kind == b"Claimed" and body.owner == ROLLBACK_OWNER:
+                    if isinstance(body, Claimed) and body.owner == ROLLBACK_OWNER:
                         continue  # its Restored follows; take over once it is written
                     learner.fenced = True
+                    learner.fenced_by = ("rollback" if isinstance(body, Restored)
+                                         else f"worker {getattr(body, 'owner', '?')}")
                     async with self.model_lock:  # take over now, not at the next batch
                         await self.retake_if_fenced()
         finally:
@@ -355,13 +445,14 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop agents and services; commits offsets of finished batches."""
-        if self._resume is not None and not self._resume.done():
-            self._resume.cancel()
-        if self._follower is not None:
-            self._follower.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._follower
+                await task
         await self.app.stop()
+        if self.lease is not None:
+            await self.lease.stop()  # after the last commit: a standby takes over at once
         await self.output.stop()
         self._faust_dir.cleanup()
 

@@ -447,10 +447,32 @@ def score(
                                    lineage))
 
 
+def _click_exceptions() -> Any:
+    try:  # typer >= 0.20 vendors click
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A usage error the parser finds (an unknown option or
+    command, a value of the wrong type, a missing argument) is one line too, exit 2."""
+    exceptions = _click_exceptions()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except exceptions.NoArgsIsHelpError:
+        app()  # the help, as usual
+    except exceptions.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "riverbed"
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())} "
+                         f"(see {command} --help)\n")
+        sys.exit(2)
+    except exceptions.Abort:
+        sys.stderr.write("error: aborted\n")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ Layout of the file (every key optional except ``[[models]]``)::
                snapshot_key_file, id_window, probe_size
     [labels]   enabled, ttl_s, max_pending, report_interval_s
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
-               session_timeout_ms, heartbeat_interval_ms, commit_interval_s, model_per_partition
+               session_timeout_ms, heartbeat_interval_ms, lease_session_timeout_ms,
+               commit_interval_s, model_per_partition
     [[models]] name, task, pipeline, seed, features, metrics, classes
 
 Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
@@ -98,6 +99,10 @@ class WorkerSettings:
     fetch_max_wait_ms: int | None = None
     session_timeout_ms: int = 3000
     heartbeat_interval_ms: int = 300
+    #: How long a dead active worker holds the lease of the global models before a standby
+    #: takes over (``streams/lease.py``). Apache Kafka refuses values below its
+    #: ``group.min.session.timeout.ms`` (6000 by default).
+    lease_session_timeout_ms: int = 1500
     commit_interval_s: float = 1.0
     #: One independent model (and history) per input partition, named ``<model>@p<N>``.
     #: Workers then scale out: each owns the models of the partitions it is assigned.
@@ -327,6 +332,7 @@ def _check_ranges(s: Settings) -> None:
         "limits.max_classes": s.limits.max_classes,
         "worker.session_timeout_ms": s.worker.session_timeout_ms,
         "worker.heartbeat_interval_ms": s.worker.heartbeat_interval_ms,
+        "worker.lease_session_timeout_ms": s.worker.lease_session_timeout_ms,
         "worker.commit_interval_s": s.worker.commit_interval_s,
         "history.snapshot_every_steps": s.history.snapshot_every_steps,
         "history.snapshot_every_s": s.history.snapshot_every_s,

@@ -80,3 +80,7 @@ class UsageError(RiverbedError):
 class HistoryError(RiverbedError):
     """A model's history cannot answer the request: no history, a seq or lineage it never
     reached, a time before the model existed (the CLI exits 1)."""
+
+
+class LeaseLostError(RiverbedError):
+    """An active worker lost the lease of its global models to another worker."""

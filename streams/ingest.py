@@ -63,9 +63,13 @@ class BatchIngest(Service):
     def __init__(
         self, settings: Settings, topics: Sequence[str], queue: asyncio.Queue[Batch],
         on_assign: Callable[[set[int]], Awaitable[None]] | None = None,
-        progress: dict[str, dict[str, int | None]] | None = None, **kwargs: Any,
+        progress: dict[str, dict[str, int | None]] | None = None,
+        may_commit: Callable[[], bool] | None = None, **kwargs: Any,
     ) -> None:
         self.settings = settings
+        #: asked before every commit: a worker that lost its models' epoch must not commit
+        self.may_commit = may_commit
+        self._refused_commit = False
         #: awaited with the assigned partition numbers after every rebalance (aiokafka
         #: may already fetch the new partitions meanwhile; the worker's model lock keeps
         #: their batches from being processed until it returns)
@@ -183,6 +187,13 @@ class BatchIngest(Service):
         pending = self.offsets.to_commit(only)
         if not pending:
             return
+        if self.may_commit is not None and not self.may_commit():
+            if not self._refused_commit:
+                log.warning("not committing input offsets: this worker does not hold its "
+                            "models' current epoch (the next owner resumes from the history)")
+            self._refused_commit = True
+            return
+        self._refused_commit = False
         try:
             await self.consumer.commit(pending)
             self.offsets.committed(pending)

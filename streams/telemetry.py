@@ -71,6 +71,14 @@ class WorkerStats:
     started_at: float = dataclasses.field(default_factory=time.time)
     #: True once the worker has taken over its models and owns input partitions.
     ready: bool = False
+    #: ``starting``, ``standby`` (another worker holds the global models' lease; this one
+    #: follows the history, ready to take over) or ``active``.
+    role: str = "starting"
+    #: False while the broker cannot be reached (``riverbed_broker_connected``).
+    broker_connected: bool = True
+    #: Snapshots refused by integrity checks and history records skipped (not decodable).
+    rejected_snapshots: int = 0
+    skipped_history_records: int = 0
     #: Input partition numbers this worker is assigned now.
     partitions: list[int] = dataclasses.field(default_factory=list)
     #: per input 'topic:partition': next offset fetched and the high-water mark
@@ -99,6 +107,10 @@ class WorkerStats:
         return {
             "uptime_s": round(time.time() - self.started_at, 3),
             "ready": self.ready,
+            "role": self.role,
+            "broker_connected": self.broker_connected,
+            "rejected_snapshots": self.rejected_snapshots,
+            "skipped_history_records": self.skipped_history_records,
             "partitions": list(self.partitions),
             "inputs": {source: dict(seen) for source, seen in self.inputs.items()},
             "events": self.events,
@@ -139,6 +151,19 @@ class StatsCollector(Collector):
                                        f"Model predict call (one in {TIMING_SAMPLE} timed)")
         yield s.learn_seconds.family("riverbed_learn_seconds",
                                      f"Model learn call (one in {TIMING_SAMPLE} timed)")
+        for name, doc, value, kind in (
+                ("riverbed_broker_connected", "1 while the broker answers, 0 while it is away",
+                 int(s.broker_connected), GaugeMetricFamily),
+                ("riverbed_standby", "1 while this worker is a standby for the global models",
+                 int(s.role == "standby"), GaugeMetricFamily),
+                ("riverbed_rejected_snapshots", "Snapshots refused by integrity checks "
+                 "(restored from an older snapshot or the history instead)",
+                 s.rejected_snapshots, CounterMetricFamily),
+                ("riverbed_skipped_history_records", "History records that are not riverbed "
+                 "events (skipped)", s.skipped_history_records, CounterMetricFamily)):
+            family = kind(name, doc, labels=[])
+            family.add_metric([], value)
+            yield family
         for extra in self.extra:
             yield from extra()
 

@@ -51,6 +51,7 @@ def main() -> int:
         except AssertionError as exc:
             crashed, failed = int(child.process.poll() is not None), True
             print(f"FAILED: {exc}", file=sys.stderr)
+            child.dump_tasks()  # kept with RIVERBED_TEST_WORKER_LOGS=DIR
         finally:
             child.kill()
     result = {"examples": args.examples, "records": oracle.records,
