@@ -84,7 +84,6 @@ def _settings(config: Path, bootstrap: str | None = None, *, probe: bool = False
     """Load and check the config (ConfigError: exit 2); with ``probe``, make sure a broker
     answers on the bootstrap servers within PROBE_TIMEOUT_S (BrokerError: exit 1)."""
     from schemas import load_schema
-    from streams.broker import probe_bootstrap
 
     if config.is_dir():
         raise ConfigError("path", f"{config} is a directory, not a TOML config file")
@@ -103,7 +102,15 @@ def _settings(config: Path, bootstrap: str | None = None, *, probe: bool = False
     if bootstrap:
         settings = settings.with_bootstrap(bootstrap)
     if probe:
-        probe_bootstrap(settings.broker.bootstrap_servers, PROBE_TIMEOUT_S)
+        _probe(settings)
+    return settings
+
+
+def _probe(settings: Settings) -> Settings:
+    """BrokerError (exit 1) unless a broker answers within PROBE_TIMEOUT_S."""
+    from streams.broker import probe_bootstrap
+
+    probe_bootstrap(settings.broker.bootstrap_servers, PROBE_TIMEOUT_S)
     return settings
 
 
@@ -136,13 +143,9 @@ def _quiet_kafka_clients() -> Iterator[None]:
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    except BaseException:
-        raise  # stay quiet: the client may be collected after the error line is printed
-    else:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+    yield  # on an error they stay quiet: a failed client may be collected after the line
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 @app.command()
@@ -248,7 +251,7 @@ def tail(
     _check(idle_timeout > 0, f"--idle-timeout must be > 0, got {idle_timeout:g}")
     settings = _settings(config, bootstrap)
     decoder_for(settings, topic)  # an unknown topic is a usage error, before connecting
-    _settings(config, bootstrap, probe=True)
+    _probe(settings)
 
     async def run() -> None:
         n = 0
@@ -338,7 +341,7 @@ def history(
 
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
-    history_command(_settings(config, bootstrap, probe=True), model, as_json)
+    history_command(_probe(settings), model, as_json)
 
 
 @app.command("replay")
@@ -365,7 +368,7 @@ def replay_cmd(
     if to_time is not None:
         parse_time(to_time)
     _check(output is None or not output.is_dir(), f"--output {output} is a directory")
-    raise typer.Exit(replay_command(_settings(config, bootstrap, probe=True), model, to_seq,
+    raise typer.Exit(replay_command(_probe(settings), model, to_seq,
                                     to_time, from_genesis, verify, output, as_json, lineage))
 
 
@@ -422,7 +425,7 @@ def rollback_cmd(
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
     _check_target(to_seq, lineage)
-    raise typer.Exit(rollback_command(_settings(config, bootstrap, probe=True), model, to_seq,
+    raise typer.Exit(rollback_command(_probe(settings), model, to_seq,
                                       reason, as_json, lineage))
 
 
@@ -443,7 +446,7 @@ def score(
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
     _check_target(seq, lineage)
-    raise typer.Exit(score_command(_settings(config, bootstrap, probe=True), model, seq,
+    raise typer.Exit(score_command(_probe(settings), model, seq,
                                    lineage))
 
 
@@ -469,7 +472,7 @@ def main() -> None:
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())} "
                          f"(see {command} --help)\n")
         sys.exit(2)
-    except exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("error: aborted\n")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

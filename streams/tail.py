@@ -1,8 +1,9 @@
 """Read a topic from its start (or end) and yield decoded records as JSON-ready dicts.
 
 Partitions are assigned directly (no consumer group, nothing committed), so tailing
-never disturbs a deployment. The decoder is chosen by topic: events, predictions and
-labels and metrics reports (the schema ``top`` reads) are Avro; dead letters are printed as headers plus the original bytes (base64).
+never disturbs a deployment. The decoder is chosen by topic: events, predictions, labels
+and metrics reports (the schema ``top`` reads) are Avro; dead letters are printed as
+headers plus the original bytes (base64).
 """
 
 from __future__ import annotations

@@ -67,6 +67,10 @@ CASES: list[tuple[str, list[str], str, int, str, str]] = [
      "none"),
     ("config-missing-schema", ["history", NAME, "-c", "{missing_schema_config}"], "", 2,
      "event.schema", "none"),
+    ("replay-seq-not-a-number", ["replay", NAME, "--to-seq", "abc"], "", 2,
+     "Invalid value for '--to-seq'", "none"),
+    ("unknown-option", ["produce", "--nope"], "", 2, "No such option: --nope", "none"),
+    ("unknown-command", ["bogus"], "", 2, "No such command 'bogus'", "none"),
     ("broker-port-in-use", ["broker", "--port", "{broker_port}"], "", 1,
      "port {broker_port} is in use", "none"),
     ("history-no-history", ["history", NAME], "", 1, "has no history", "empty"),
@@ -129,7 +133,7 @@ def test_user_error_is_one_line(histories: dict[str, Any], request: pytest.Fixtu
         settings = (histories["empty"] if where == "empty"
                     else request.getfixturevalue("history_settings"))
         env = worker_env(settings, (OTHER_KEY if where.endswith("other-key") else KEY).hex())
-    if "-c" not in args and args[0] != "broker":
+    if "-c" not in args and args[0] not in ("broker", "bogus"):
         args += ["-c", str(CONFIG)]
     done = subprocess.run([sys.executable, "-m", "streams.cli", *args], input=stdin, env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
