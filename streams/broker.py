@@ -127,10 +127,13 @@ class EmbeddedBroker:
     """A Tansu broker child process. Use as a context manager, or start()/stop()."""
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", binary: str | None = None
+        self, port: int | None = None, host: str = "127.0.0.1", binary: str | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        #: the port clients are told to use (a fault-injecting proxy in tests); own by default
+        self.advertised_port = advertised_port or self.port
         self.binary = binary
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
@@ -156,7 +159,8 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         log = tempfile.NamedTemporaryFile(prefix="riverbed-tansu-", suffix=".log", delete=False)
         self.log_path = Path(log.name)
-        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
+        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                    "--storage-engine", "memory://tansu/"]
         env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "CLUSTER_ID")}
         try:
