@@ -359,12 +359,12 @@ def replay_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Rebuild a past model version; with --verify exit 1 on any mismatch (2: tampered)."""
-    from streams.cli_history import _check_target, parse_time, replay_command
+    from streams.cli_history import check_target, parse_time, replay_command
     from streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
-    _check_target(to_seq, lineage)
+    check_target(to_seq, lineage)
     if to_time is not None:
         parse_time(to_time)
     _check(output is None or not output.is_dir(), f"--output {output} is a directory")
@@ -419,12 +419,12 @@ def rollback_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Roll a model back to seq N (of --lineage L); the rollback is itself a history event."""
-    from streams.cli_history import _check_target, rollback_command
+    from streams.cli_history import check_target, rollback_command
     from streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
-    _check_target(to_seq, lineage)
+    check_target(to_seq, lineage)
     raise typer.Exit(rollback_command(_probe(settings), model, to_seq,
                                       reason, as_json, lineage))
 
@@ -440,12 +440,12 @@ def score(
     """Score JSON-lines events from stdin with the model as of --seq (and --lineage).
 
     A line that cannot be scored is reported on stderr with its number; exit 1 at the end."""
-    from streams.cli_history import _check_target, score_command
+    from streams.cli_history import check_target, score_command
     from streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
-    _check_target(seq, lineage)
+    check_target(seq, lineage)
     raise typer.Exit(score_command(_probe(settings), model, seq,
                                    lineage))
 

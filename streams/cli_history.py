@@ -92,7 +92,7 @@ def parse_time(text: str) -> int:
     return int(when.timestamp() * 1000)
 
 
-def _check_target(to_seq: int | None, lineage: int | None) -> None:
+def check_target(to_seq: int | None, lineage: int | None) -> None:
     if to_seq is not None and to_seq < 0:
         raise UsageError(f"--to-seq must be >= 0, got {to_seq}")
     if lineage is not None and lineage < 0:
@@ -112,7 +112,7 @@ def replay_command(
     skipped record of the model under ``verify``). Raises UsageError / HistoryError /
     SnapshotIntegrityError for the CLI to report in one line."""
     model_spec(settings, model)
-    _check_target(to_seq, lineage)
+    check_target(to_seq, lineage)
     to_time_ms = parse_time(to_time) if to_time is not None else None
     key = snapshot_key(settings)
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=err,
@@ -179,7 +179,7 @@ def rollback_command(settings: Any, model: str, to_seq: int, reason: str, as_jso
     from streams.output import BatchProducer
 
     spec = model_spec(settings, model)
-    _check_target(to_seq, lineage)
+    check_target(to_seq, lineage)
     if not reason.strip():
         raise UsageError("--reason must say why (it is recorded in the history)")
     key = snapshot_key(settings)
@@ -227,7 +227,7 @@ def score_command(settings: Any, model: str, seq: int | None, lineage: int | Non
     from streams.features import FeatureExtractor
 
     model_spec(settings, model)
-    _check_target(seq, lineage)
+    check_target(seq, lineage)
     key = snapshot_key(settings)
     result = asyncio.run(replay(settings, model, key, to_seq=seq, lineage=lineage))
     _warn(result.warnings)
