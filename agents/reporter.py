@@ -7,14 +7,18 @@ resolution, not totals.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from schemas import load_schema
 from streams.codec import AvroCodec
+
+log = logging.getLogger(__name__)
 
 
 class Reporter:
@@ -70,12 +74,17 @@ class Reporter:
             return
         topic = self.worker.settings.topics.metrics
         futures = []
-        for model in self.worker.models:
-            if models is None or model.name in models:
-                value = self.codec.encode(self.report(model, kind))
-                futures.append(await producer.send(topic, value=value, key=model.name.encode()))
-        for future in futures:
-            await future
+        try:  # telemetry: a report lost while the broker is away is skipped, not fatal
+            for model in self.worker.models:
+                if models is None or model.name in models:
+                    value = self.codec.encode(self.report(model, kind))
+                    futures.append(await producer.send(topic, value=value,
+                                                       key=model.name.encode()))
+            for future in futures:
+                await future
+        except KafkaError as exc:
+            log.warning("metrics report not published: %r", exc)
+            return
         if kind == "report":
             self._last = (time.monotonic(), self.worker.stats.events)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,43 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 50)
+
+
+class ClientLogLimiter(logging.Filter):
+    """Keeps a broker outage from flooding the log: aiokafka, Faust and mode log every
+    failed connection and metadata attempt (~80 lines/s). Their warnings and errors pass at
+    most once per ``interval_s`` per library, and not at all while :attr:`away` is set (the
+    worker's broker watch then says what is going on, once per interval)."""
+
+    PREFIXES = ("aiokafka", "faust", "mode", "streams.ingest", "asyncio")
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.away = False
+        self.suppressed = 0
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(self.PREFIXES):
+            return True
+        if record.levelno >= logging.CRITICAL or "rash" in str(record.msg):
+            return True  # a crash report is never noise
+        if self.away:
+            self.suppressed += 1
+            return False
+        now = time.monotonic()
+        key = record.name.split(".")[0]  # one line per library per interval
+        if now - self._last.get(key, -1e9) < self.interval_s:
+            self.suppressed += 1
+            return False
+        self._last[key] = now
+        return True
+
+    def install(self) -> None:
+        """Filter every handler of the root logger (records of child loggers pass there)."""
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self)
 
 
 def dump_tasks() -> None:

@@ -20,12 +20,20 @@ from agents.inference import BatchOutput, InferenceProcessor
 from agents.labels import LabelJoin, pending_log_start
 from agents.learner import ROLLBACK_OWNER, Learner
 from agents.reporter import Reporter
-from agents.runtime import dump_tasks, tune_gc
+from agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
 from schemas import load_schema
 from streams.app import make_faust_app
 from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from streams.config import Settings
-from streams.errors import DecodeError, LeaseLostError, TakeoverError
+from streams.broker import probe_bootstrap
+from streams.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    DecodeError,
+    LeaseLostError,
+    RiverbedError,
+    TakeoverError,
+)
 from streams.history_log import HistoryLog, SnapshotIndex, read_partition
 from streams.history import Claimed, Restored
 from streams.ingest import Batch, BatchIngest
@@ -58,7 +66,10 @@ class Worker:
         event_schema = load_schema(settings.event.schema, settings.base_dir)
         topics = settings.topics
         self.per_partition = settings.worker.model_per_partition
-        self.output = BatchProducer(settings.broker.bootstrap_servers)
+        self.output = BatchProducer(settings.broker.bootstrap_servers,
+                                    request_timeout_s=settings.broker.reconnect_timeout_s + 10)
+        #: keeps aiokafka/Faust from logging every failed attempt while the broker is away
+        self.log_limiter = ClientLogLimiter()
         self._history: tuple[HistoryLog, SnapshotIndex, bytes] | None = None
         models = [] if self.per_partition else [OnlineModel(spec) for spec in settings.models]
         learners = [self._learner(m) for m in models] if settings.history.enabled else None
@@ -83,6 +94,9 @@ class Worker:
         self.model_lock = asyncio.Lock()
         #: background tasks that must never die silently (see _supervise)
         self._tasks: list[asyncio.Task[None]] = []
+        #: set by a supervised task that failed with a RiverbedError (a condition with a
+        #: message, not a bug): run() stops with that one line
+        self._fatal: asyncio.Future[RiverbedError] | None = None
         InferenceAgent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
             before_batch=self.before_batch, guard=self.model_lock,
@@ -249,6 +263,7 @@ class Worker:
         await self.app.add_runtime_dependency(self.ingest)  # join the inputs' group
         if self.learners and self._follower is None:
             self._follower = self._supervise(self._follow_history(), "history follower")
+        self._supervise(self._watch_broker(), "broker watch")
         tune_gc()
         self.stats.role = "active"
         wait_s = self.settings.worker.session_timeout_ms / 1000 * 10
@@ -288,6 +303,46 @@ class Worker:
         raise LeaseLostError("another worker holds the lease of the global models now "
                              "(this one was unreachable past worker.lease_session_timeout_ms)")
 
+    async def _watch_broker(self) -> None:
+        """Every second, ask the bootstrap servers for their API versions. While none
+        answers: not ready, ``riverbed_broker_connected`` 0, one warning per 5 s (client
+        libraries' lines suppressed); outputs and history appends wait (their timeout is
+        past ``broker.reconnect_timeout_s``). Past that timeout: stop, exit 1."""
+        bootstrap = self.settings.broker.bootstrap_servers
+        timeout_s = self.settings.broker.reconnect_timeout_s
+        away_since: float | None = None
+        said = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(probe_bootstrap, bootstrap, 2.0)
+                problem = None
+            except BrokerError as exc:
+                problem = str(exc)
+            now = time.monotonic()
+            if problem is None:
+                if away_since is not None:
+                    log.warning("broker %s reachable again after %.0fs; resuming", bootstrap,
+                                now - away_since)
+                    away_since = None
+                    self.log_limiter.away = False
+                    self.stats.broker_connected = True
+                    self.stats.ready = self.ingest.assigned.is_set()
+                continue
+            if away_since is None:
+                away_since, said = now, 0.0
+                self.log_limiter.away = True
+                self.stats.broker_connected = self.stats.ready = False
+            if now - said >= 5.0:
+                said = now
+                log.warning("broker unreachable for %.0fs (%s); waiting up to "
+                            "broker.reconnect_timeout_s=%gs (%d client log lines suppressed)",
+                            now - away_since, problem, timeout_s, self.log_limiter.suppressed)
+            if now - away_since > timeout_s:
+                raise BrokerUnavailableError(
+                    f"broker {bootstrap} unreachable for more than {timeout_s:g}s "
+                    "(broker.reconnect_timeout_s); stopping")
+
     def _supervise(self, coro: Any, name: str) -> asyncio.Task[None]:
         """Run ``coro`` as a background task that cannot die silently: if it ends with an
         exception, the traceback is logged and the worker stops (exit 1)."""
@@ -297,6 +352,10 @@ class Worker:
             if done.cancelled() or done.exception() is None:
                 return
             exc = done.exception()
+            if isinstance(exc, RiverbedError):  # a condition with its own message
+                if self._fatal is not None and not self._fatal.done():
+                    self._fatal.set_result(exc)
+                    return
             log.error("background task %r failed; stopping the worker", name, exc_info=exc)
             self._crash = asyncio.ensure_future(self.app.crash(exc))
 
@@ -319,8 +378,8 @@ class Worker:
     async def expire_pending(self) -> None:
         """Expire pending entries even when no records arrive (orphan labels are
         dead-lettered). At-least-once: after a crash an orphan may be dead-lettered twice."""
-        if self.join is None:
-            return
+        if self.join is None or not self.stats.broker_connected:
+            return  # expire once the broker is back (orphan labels must reach the DLQ)
         out = BatchOutput()
         async with self.model_lock:
             self.join.end_batch(out, int(time.time() * 1000))
@@ -463,16 +522,31 @@ class Worker:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # `kill -USR1 PID`: what waits where
+        self.log_limiter.install()
+        self._fatal = loop.create_future()
+        reason: Any = None
         try:
             await self.start()
             ended = asyncio.ensure_future(self.app.wait_until_stopped())  # stopped or crashed
             stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([ended, stopping], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([ended, stopping, self._fatal],
+                               return_when=asyncio.FIRST_COMPLETED)
             for fut in (ended, stopping):
                 fut.cancel()
-            reason: Any = self.app.crash_reason if self.app.crashed else None
+            reason = self.app.crash_reason if self.app.crashed else None
+            if self._fatal.done():
+                reason = self._fatal.result()
         finally:
-            await self.stop()
+            if isinstance(reason, BrokerUnavailableError):
+                pass  # nothing can be flushed or committed: exit now (the CLI exits hard)
+            else:
+                try:  # bounded: with the broker gone, flushing could wait for its timeout
+                    await asyncio.wait_for(self.stop(), 20 if reason is not None else None)
+                except TimeoutError:
+                    log.warning("stop did not finish within 20s; exiting anyway")
+        if isinstance(reason, RiverbedError):
+            log.error("worker stopped: %s", reason)
+            return 1
         if reason is not None:
             log.error("worker crashed: %r", reason)
             return 1

@@ -184,6 +184,10 @@ def _worker(
     from agents.worker import Worker
 
     code = asyncio.run(Worker(settings, web_port=web_port).run())
+    if code != 0:  # a client thread still retrying a lost broker must not keep us alive
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
     raise typer.Exit(code)
 
 

@@ -2,7 +2,7 @@
 
 Layout of the file (every key optional except ``[[models]]``)::
 
-    [broker]   bootstrap_servers, schema_registry_url
+    [broker]   bootstrap_servers, schema_registry_url, reconnect_timeout_s
     [topics]   events, predictions, dead_letters, labels, training, history,
                snapshots, metrics, partitions, replication_factor
     [event]    schema, id_field, key_field, timestamp_field, label_field
@@ -43,6 +43,9 @@ class BrokerSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
     #: Confluent-compatible registry; when set, payloads use Confluent framing.
     schema_registry_url: str | None = None
+    #: How long a worker waits for an unreachable broker (not ready meanwhile, outputs and
+    #: history appends held) before it exits non-zero for its supervisor to restart it.
+    reconnect_timeout_s: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +326,7 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:  # noqa: C901 - one branc
 
 def _check_ranges(s: Settings) -> None:
     positive = {
+        "broker.reconnect_timeout_s": s.broker.reconnect_timeout_s,
         "topics.partitions": s.topics.partitions,
         "topics.replication_factor": s.topics.replication_factor,
         "limits.max_features": s.limits.max_features,

@@ -84,3 +84,7 @@ class HistoryError(RiverbedError):
 
 class LeaseLostError(RiverbedError):
     """An active worker lost the lease of its global models to another worker."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """The broker stayed unreachable longer than ``broker.reconnect_timeout_s``."""

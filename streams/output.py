@@ -21,8 +21,12 @@ from streams.deadletter import DeadLetter
 class BatchProducer(Service):
     """One aiokafka producer shared by a worker's agents."""
 
-    def __init__(self, bootstrap_servers: str, **kwargs: Any) -> None:
+    def __init__(self, bootstrap_servers: str, request_timeout_s: float = 40.0,
+                 **kwargs: Any) -> None:
         self.bootstrap_servers = bootstrap_servers
+        #: how long a send may wait for its ack, retries included (a worker sets this past
+        #: ``broker.reconnect_timeout_s`` so outputs survive a broker outage)
+        self.request_timeout_s = request_timeout_s
         self.producer: AIOKafkaProducer | None = None
         super().__init__(**kwargs)
 
@@ -33,6 +37,7 @@ class BatchProducer(Service):
             linger_ms=2,
             max_batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
+            request_timeout_ms=int(self.request_timeout_s * 1000),
         )
         await self.producer.start()
 

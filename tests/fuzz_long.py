@@ -52,6 +52,8 @@ def main() -> int:
             crashed, failed = int(child.process.poll() is not None), True
             print(f"FAILED: {exc}", file=sys.stderr)
             child.dump_tasks()  # kept with RIVERBED_TEST_WORKER_LOGS=DIR
+            print(json.dumps(child.get("/riverbed/stats"), indent=1), file=sys.stderr)
+            print(json.dumps(child.get("/riverbed/models"), indent=1), file=sys.stderr)
         finally:
             child.kill()
     result = {"examples": args.examples, "records": oracle.records,
