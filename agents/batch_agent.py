@@ -56,7 +56,10 @@ class InferenceAgent:
         self.lock = guard or asyncio.Lock()
         #: run between a batch's acks and its history append (pending log, drift reports)
         self.after_outputs = after_outputs
-        self.pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(8)
+        #: processed batches waiting for their acks and history append: bounded, so the
+        #: live model never runs more than this many batches ahead of its durable history
+        self.pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(
+            settings.worker.max_unconfirmed_batches)
 
     def register(self) -> None:
         """Run both tasks with the Faust app (started and stopped with it)."""

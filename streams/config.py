@@ -12,7 +12,7 @@ Layout of the file (every key optional except ``[[models]]``)::
     [labels]   enabled, ttl_s, max_pending, report_interval_s
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
                session_timeout_ms, heartbeat_interval_ms, lease_session_timeout_ms,
-               commit_interval_s, model_per_partition
+               commit_interval_s, max_unconfirmed_batches, model_per_partition
     [[models]] name, task, pipeline, seed, features, metrics, classes
 
 Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
@@ -107,6 +107,11 @@ class WorkerSettings:
     #: ``group.min.session.timeout.ms`` (6000 by default).
     lease_session_timeout_ms: int = 1500
     commit_interval_s: float = 1.0
+    #: Batches predicted and learned in memory but not yet durable (outputs acked, Learned
+    #: appended) at most. This bounds how far the live model runs ahead of its history,
+    #: i.e. what a SIGKILL makes the next owner predict again (<= this x
+    #: limits.max_batch_records events); lower = fewer repeats, less pipelining.
+    max_unconfirmed_batches: int = 8
     #: One independent model (and history) per input partition, named ``<model>@p<N>``.
     #: Workers then scale out: each owns the models of the partitions it is assigned.
     #: Off (default): one model per spec learns from every partition, one worker at a time.
@@ -338,6 +343,7 @@ def _check_ranges(s: Settings) -> None:
         "worker.heartbeat_interval_ms": s.worker.heartbeat_interval_ms,
         "worker.lease_session_timeout_ms": s.worker.lease_session_timeout_ms,
         "worker.commit_interval_s": s.worker.commit_interval_s,
+        "worker.max_unconfirmed_batches": s.worker.max_unconfirmed_batches,
         "history.snapshot_every_steps": s.history.snapshot_every_steps,
         "history.snapshot_every_s": s.history.snapshot_every_s,
         "history.id_window": s.history.id_window,

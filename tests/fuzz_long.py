@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
 from tests.conftest import CONFIG, unique_settings  # noqa: E402
-from tests.fuzzing import Oracle, check_outcome, fuzz  # noqa: E402
+from tests.fuzzing import Oracle, check_outcome, explain, fuzz  # noqa: E402
 from tests.helpers import WorkerChild, provision, worker_env  # noqa: E402
 
 
@@ -52,8 +52,9 @@ def main() -> int:
             crashed, failed = int(child.process.poll() is not None), True
             print(f"FAILED: {exc}", file=sys.stderr)
             child.dump_tasks()  # kept with RIVERBED_TEST_WORKER_LOGS=DIR
-            print(json.dumps(child.get("/riverbed/stats"), indent=1), file=sys.stderr)
-            print(json.dumps(child.get("/riverbed/models"), indent=1), file=sys.stderr)
+            print(asyncio.run(explain(settings, oracle)), file=sys.stderr)
+            print(json.dumps((child.get("/riverbed/stats") or {}).get("inputs")),
+                  file=sys.stderr)
         finally:
             child.kill()
     result = {"examples": args.examples, "records": oracle.records,

@@ -69,6 +69,10 @@ class Oracle:
     pending: set[str] = dataclasses.field(default_factory=set)
     dead_letters: int = 0
     records: int = 0
+    #: per sent record: (topic, value, True if it must become a dead letter)
+    fates: list[tuple[str, bytes | None, bool]] = dataclasses.field(default_factory=list)
+    #: (topic, partition, offset) -> index in ``fates``, once sent
+    where: dict[tuple[str, int, int], int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         spec = self.settings.models[0]
@@ -80,6 +84,13 @@ class Oracle:
 
     def event(self, value: bytes | None) -> None:
         self.records += 1
+        dead = self.dead_letters
+        try:
+            self._event(value)
+        finally:
+            self.fates.append(("events", value, self.dead_letters > dead))
+
+    def _event(self, value: bytes | None) -> None:
         try:
             if value is None or len(value) > self.settings.limits.max_event_bytes:
                 raise EventError("size")
@@ -98,6 +109,13 @@ class Oracle:
 
     def label(self, value: bytes | None) -> None:
         self.records += 1
+        dead = self.dead_letters
+        try:
+            self._label(value)
+        finally:
+            self.fates.append(("labels", value, self.dead_letters > dead))
+
+    def _label(self, value: bytes | None) -> None:
         try:
             label = self.labels.decode(value or b"")
             if not label["event_id"]:
@@ -116,11 +134,43 @@ def _raw_or(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes | None]:
                      st.none())
 
 
-async def _send(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]]
-                ) -> None:
-    from tests.helpers import send_raw
+async def _send(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]],
+                oracle: Oracle) -> None:
+    """Send in order; remember where each record landed (for a diff on failure)."""
+    from streams.output import BatchProducer
 
-    await send_raw(settings, records, partition=None, topic=topic)
+    first = len(oracle.fates) - len(records)
+    producer = BatchProducer(settings.broker.bootstrap_servers)
+    await producer.start()
+    try:
+        futures = [await producer.producer.send(topic, value=v, key=k)  # type: ignore[union-attr]
+                   for k, v in records]
+        for i, future in enumerate(futures):
+            sent = await future
+            oracle.where[(topic, sent.partition, sent.offset)] = first + i
+    finally:
+        await producer.stop()
+
+
+async def explain(settings: Settings, oracle: Oracle) -> str:
+    """Which records the oracle and the dead-letter topic disagree on."""
+    from streams.deadletter import parse_headers
+
+    dead = await collect(settings, settings.topics.dead_letters, 1, oracle.dead_letters,
+                         timeout_s=5, settle_s=0.5)
+    seen: set[int] = set()
+    for record in dead:
+        h = parse_headers(record.headers)
+        index = oracle.where.get((h.get("source_topic", ""), int(h.get("source_partition", -1)),
+                                  int(h.get("source_offset", -1))))
+        if index is not None:
+            seen.add(index)
+    lines = []
+    for index, (topic, value, must) in enumerate(oracle.fates):
+        if must != (index in seen):
+            lines.append(f"{topic} record {index}: oracle dead={must}, dead-lettered="
+                         f"{index in seen}: {value!r}")
+    return "\n".join(lines[:20])
 
 
 async def _settled(settings: Settings, oracle: Oracle, alive: Any, timeout_s: float) -> None:
@@ -144,11 +194,21 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
     """Run ``examples`` Hypothesis examples against the worker (no shrinking: the worker is
     stateful, so every example adds to what it must have done)."""
     counter = iter(range(10**9))
+    failures: list[AssertionError] = []  # raised after Hypothesis: a stateful worker cannot
+    # replay an example, so Hypothesis must not try to reproduce a failure
 
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def one_example(data: st.DataObject) -> None:
+        if failures:
+            return
+        try:
+            _one_example(data)
+        except AssertionError as exc:
+            failures.append(exc)
+
+    def _one_example(data: st.DataObject) -> None:
         round_ = next(counter)
         events: list[tuple[bytes | None, bytes | None]] = []
         for i in range(data.draw(st.integers(5, 40))):
@@ -156,7 +216,7 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
             value = data.draw(_raw_or(valid))
             oracle.event(value)
             events.append((data.draw(KEYS) if value is not None else b"tomb", value))
-        asyncio.run(_send(settings_, settings_.topics.events, events))
+        asyncio.run(_send(settings_, settings_.topics.events, events, oracle))
         asyncio.run(_settled(settings_, oracle, alive, 60))  # labels come after their events
         targets = sorted(oracle.pending) + sorted(oracle.learned)[:3] + ["ghost", ""]
         labels: list[tuple[bytes | None, bytes | None]] = []
@@ -170,10 +230,12 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
             value = data.draw(_raw_or(valid))
             oracle.label(value)
             labels.append((data.draw(KEYS) if value is not None else b"tomb", value))
-        asyncio.run(_send(settings_, settings_.topics.labels, labels))
+        asyncio.run(_send(settings_, settings_.topics.labels, labels, oracle))
         asyncio.run(_settled(settings_, oracle, alive, 60))
 
     one_example()
+    if failures:
+        raise failures[0]
 
 
 async def check_outcome(settings: Settings, oracle: Oracle, alive: Any,

@@ -1,0 +1,144 @@
+"""One record on the history topic must not take the platform down (issue riverbed 5).
+
+A worker restarting on a history with garbage records (any key), a tampered snapshot, a
+forged index entry, or an authentic old snapshot re-appended must start, restore exactly the
+state the fold describes, report what it refused, and go on learning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import pytest
+
+from streams.config import Settings
+from streams.history import Annotated, SnapshotChunk, examples_of, fold
+from streams.history_codec import encode_event
+from streams.output import BatchProducer
+from streams.produce import produce
+from streams.replay import read_model_history
+from tests.helpers import provision, running_worker, until
+
+pytestmark = pytest.mark.integration
+KEY = os.urandom(32)
+
+
+def _settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, history=dataclasses.replace(
+        settings.history, snapshot_every_steps=1000, snapshot_key=KEY.hex()))
+
+
+async def _learn(settings: Settings, events: int, seed: int, expect_seq: int) -> dict[str, int]:
+    """Run a worker until ``expect_seq`` is durable; returns its stats."""
+    async with running_worker(settings) as worker:
+        await produce(settings, "agrawal", events, seed=seed)
+        learner = worker.learners[0]
+        await until(lambda: learner.durable_seq >= expect_seq, 60)
+        assert learner.fold.seq == expect_seq
+        return {"rejected": worker.stats.rejected_snapshots,
+                "skipped": worker.stats.skipped_history_records, "epoch": learner.epoch}
+
+
+async def _append(settings: Settings, topic: str,
+                  records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> int:
+    """Append raw records to partition 0 of ``topic``; the offset of the first."""
+    producer = BatchProducer(settings.broker.bootstrap_servers)
+    await producer.start()
+    try:
+        sent = [await (await producer.producer.send(  # type: ignore[union-attr]
+            topic, value=v, key=k, partition=0, headers=h)) for k, v, h in records]
+    finally:
+        await producer.stop()
+    return int(sent[0].offset)
+
+
+async def test_garbage_on_the_history_and_index_topics_is_skipped(settings: Settings) -> None:
+    settings = _settings(settings)
+    await provision(settings)
+    await _learn(settings, 1500, seed=1, expect_seq=1500)
+    name = settings.models[0].name
+    await _append(settings, settings.topics.history, [
+        (b"someone-else", b"\x00garbage", []),                     # 7 bytes, another key
+        (name.encode(), b"\xff\xfe\xfd", [("riverbed.kind", b"Claimed")]),  # ours, undecodable
+        (None, b"", []),
+    ])
+    await _append(settings, settings.topics.snapshots, [
+        (name.encode(), b"not json", []),
+        (name.encode(), json.dumps({"offset": 10**9, "chunks": 1, "seq": 99, "epoch": 99,
+                                    "lineage": 0}).encode(), []),  # unsigned: ignored
+    ])
+    stats = await _learn(settings, 500, seed=2, expect_seq=2000)
+    assert stats["skipped"] >= 2 and stats["epoch"] == 2
+    state, effects = fold(name, await read_model_history(settings, name))
+    assert state.seq == 2000 and len({x.event_id for x in examples_of(effects)}) == 2000
+
+
+async def test_a_tampered_snapshot_is_refused_reported_and_restore_falls_back(
+    settings: Settings,
+) -> None:
+    settings = _settings(settings)
+    await provision(settings)
+    await _learn(settings, 2500, seed=3, expect_seq=2500)
+    name = settings.models[0].name
+    history = await read_model_history(settings, name)
+    state, _ = fold(name, history)
+    newest = state.snapshots[-1]
+    chunks = [e for e in history
+              if isinstance(e.body, SnapshotChunk) and e.body.snapshot_id == newest.snapshot_id]
+    # the newest snapshot with one byte flipped, appended, and an index entry pointing
+    # at it (signed with the right key: the snapshot's own HMAC must refuse it)
+    tampered = []
+    for event in chunks:
+        data = bytearray(event.body.data)  # type: ignore[union-attr]
+        data[len(data) // 2] ^= 0x01
+        tampered.append(dataclasses.replace(event, body=dataclasses.replace(
+            event.body, data=bytes(data))))  # type: ignore[type-var]
+    offset = await _append(settings, settings.topics.history, [
+        (name.encode(), encode_event(e), [("riverbed.kind", b"SnapshotChunk")])
+        for e in tampered])
+    from streams.snapshots import sign_index_entry
+    entry = sign_index_entry({"snapshot_id": newest.snapshot_id, "seq": newest.seq,
+                              "offset": offset, "chunks": len(tampered),
+                              "epoch": newest.epoch, "lineage": newest.lineage}, name, KEY)
+    await _append(settings, settings.topics.snapshots, [(name.encode(), json.dumps(
+        entry).encode(), [])])
+    began = time.monotonic()
+    stats = await _learn(settings, 500, seed=4, expect_seq=3000)
+    assert time.monotonic() - began < 60
+    assert stats["rejected"] >= 1
+    after = await read_model_history(settings, name)
+    notes = [e.body for e in after if isinstance(e.body, Annotated)
+             and e.body.kind == "integrity"]
+    assert len(notes) == 1 and newest.snapshot_id in notes[0].note
+    state, effects = fold(name, after)
+    assert state.seq == 3000 and len({x.event_id for x in examples_of(effects)}) == 3000
+
+
+async def test_an_authentic_old_snapshot_re_appended_changes_nothing(
+    settings: Settings,
+) -> None:
+    settings = _settings(settings)
+    await provision(settings)
+    await _learn(settings, 2500, seed=5, expect_seq=2500)
+    name = settings.models[0].name
+    history = await read_model_history(settings, name)
+    state, _ = fold(name, history)
+    oldest = state.snapshots[0]
+    assert oldest.seq < state.seq
+    chunks = [e for e in history
+              if isinstance(e.body, SnapshotChunk) and e.body.snapshot_id == oldest.snapshot_id]
+    offset = await _append(settings, settings.topics.history, [  # the same bytes, later
+        (name.encode(), encode_event(e), [("riverbed.kind", b"SnapshotChunk")])
+        for e in chunks])
+    await _append(settings, settings.topics.snapshots, [(name.encode(), json.dumps({
+        "snapshot_id": oldest.snapshot_id, "seq": oldest.seq, "offset": offset,
+        "chunks": len(chunks), "epoch": oldest.epoch, "lineage": oldest.lineage,
+    }).encode(), [])])  # an index entry for the copy (cannot be signed without the key)
+    replayed_fold, _ = fold(name, await read_model_history(settings, name))
+    assert replayed_fold.seq == 2500  # the fold ignores the copy
+    await _learn(settings, 500, seed=6, expect_seq=3000)  # restored at 2500, not at the copy
+    state, effects = fold(name, await read_model_history(settings, name))
+    assert state.seq == 3000 and state.counters.gap_writes == 0
+    assert len({x.event_id for x in examples_of(effects)}) == 3000

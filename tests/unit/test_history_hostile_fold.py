@@ -1,0 +1,145 @@
+"""Property (issue riverbed 5, point 8): any interleaving of re-appended records (authentic
+snapshots, rollbacks, claims, Learned batches), garbage bytes, snapshots moved to another
+place, and stale writes folds to exactly the clean history's state and effects."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.errors import DecodeError
+from streams.history import (
+    Claimed,
+    Created,
+    Effect,
+    Example,
+    HistoryEvent,
+    HistoryFold,
+    Learn,
+    Learned,
+    Load,
+    Restored,
+    SnapshotChunk,
+)
+from streams.history_codec import decode_event, encode_event
+from streams.snapshots import make_chunks, snapshot_verifier
+
+KEY = os.urandom(32)
+MODEL = "m"
+
+
+def _event(epoch: int, body: object) -> HistoryEvent:
+    return HistoryEvent(MODEL, epoch, 1_000, body)  # type: ignore[arg-type]
+
+
+def _learned(epoch: int, seq: int, n: int, tag: str) -> HistoryEvent:
+    examples = tuple(Example(f"{tag}-{i}", {"a": float(i)}, i % 2) for i in range(n))
+    return _event(epoch, Learned(seq + 1, seq + n, {"events:0": seq + n}, examples, f"fp{seq}"))
+
+
+def _snapshot(epoch: int, seq: int, lineage: int, purpose: str = "checkpoint"
+              ) -> list[HistoryEvent]:
+    chunks = make_chunks({"weights": seq}, {"seq": seq, "lineage": lineage}, KEY,
+                         purpose=purpose, seq=seq, lineage=lineage, model_fingerprint=f"fp{seq}",
+                         model=MODEL, epoch=epoch)
+    return [_event(epoch, c) for c in chunks]
+
+
+def clean_history() -> list[HistoryEvent]:
+    """Two owners, checkpoints, a rollback to seq 5 (lineage 1), learning after it."""
+    events = [_event(0, Created("{}", "h", "0", ())), _event(1, Claimed("w1")),
+              _learned(1, 0, 5, "a"), *_snapshot(1, 5, 0), _learned(1, 5, 5, "b"),
+              _event(2, Claimed("w2")), _learned(2, 10, 5, "c"), *_snapshot(2, 15, 0),
+              _event(3, Claimed("riverbed-rollback")), *_snapshot(3, 5, 0, "rollback")]
+    rollback_id = events[-1].body.snapshot_id  # type: ignore[union-attr]
+    events += [_event(3, Restored(5, rollback_id, "bad data")), _event(4, Claimed("w2")),
+               _learned(4, 5, 5, "d"), *_snapshot(4, 10, 1), _learned(4, 10, 3, "e")]
+    return events
+
+
+def fold_records(records: list[bytes]) -> tuple[HistoryFold, list[Effect]]:
+    """Decode (skipping what does not decode) and fold with snapshot verification."""
+    state = HistoryFold(MODEL, verify=snapshot_verifier(KEY))
+    effects = []
+    for offset, payload in enumerate(records):
+        try:
+            event = decode_event(payload, offset)
+        except DecodeError:
+            continue
+        effect = state.apply(event)
+        if effect is not None:
+            effects.append(effect)
+    return state, effects
+
+
+def _summary(effects: list[Effect]) -> list[object]:
+    return [tuple(x.event_id for x in e.examples) if isinstance(e, Learn)
+            else ("load", e.snapshot.snapshot_id) for e in effects if isinstance(e, Learn | Load)]
+
+
+def _places(state: HistoryFold) -> set[tuple[str, int, int, int]]:
+    return {(s.snapshot_id, s.epoch, s.seq, s.lineage) for s in state.snapshots}
+
+
+CLEAN = [encode_event(e) for e in clean_history()]
+CLEAN_STATE, CLEAN_EFFECTS = fold_records(CLEAN)
+
+
+def _moved(payload: bytes, epoch: int) -> bytes:
+    """An authentic snapshot chunk re-labelled with another epoch (its HMAC does not fit)."""
+    event = decode_event(payload)
+    return encode_event(dataclasses.replace(event, epoch=epoch))
+
+
+hostile = st.lists(st.tuples(
+    st.sampled_from(["garbage", "reappend", "move", "stale"]),
+    st.integers(0, len(CLEAN) - 1),  # which record (re-appended after its original)
+    st.integers(0, 10**6),           # where, after it
+    st.binary(max_size=40),
+), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(hostile)
+def test_hostile_records_fold_to_the_clean_state(operations: list[tuple[str, int, int, bytes]],
+                                                 ) -> None:
+    records: list[tuple[float, bytes]] = [(float(i), r) for i, r in enumerate(CLEAN)]
+    for n, (kind, source, where, junk) in enumerate(operations):
+        position = source + 0.5 + (where % (len(CLEAN) - source)) + n * 1e-6
+        if kind == "garbage":
+            payload = junk
+        elif kind == "reappend":
+            payload = CLEAN[source]
+        elif kind == "move":
+            event = decode_event(CLEAN[source])
+            if not isinstance(event.body, SnapshotChunk):
+                continue
+            payload = _moved(CLEAN[source], event.epoch + 1 + where % 3)
+        else:  # a stale write: a fenced owner's batch, appended later
+            payload = encode_event(_learned(1, 10 + where % 20, 2, f"zombie{n}"))
+        records.append((position, payload))
+    state, effects = fold_records([payload for _, payload in sorted(records)])
+    assert state.signature() == CLEAN_STATE.signature()
+    assert _summary(effects) == _summary(CLEAN_EFFECTS)
+    assert _places(state) == _places(CLEAN_STATE)  # restore points: only authentic ones
+
+
+def test_the_clean_history_rolls_back_and_goes_on() -> None:
+    assert (CLEAN_STATE.seq, CLEAN_STATE.lineage, CLEAN_STATE.epoch) == (13, 1, 4)
+    assert [s.seq for s in CLEAN_STATE.snapshots] == [5, 15, 10]
+    assert sum(isinstance(e, Load) for e in CLEAN_EFFECTS) == 1
+
+
+def test_a_snapshot_moved_to_another_epoch_is_refused_not_loaded() -> None:
+    history = clean_history()
+    rollback = [i for i, e in enumerate(history) if isinstance(e.body, SnapshotChunk)
+                and e.body.purpose == "rollback"]
+    records = [encode_event(e) for e in history]
+    for i in rollback:  # the rollback snapshot, re-signed nowhere, claimed for epoch 4
+        records[i] = _moved(records[i], 99)
+    state, effects = fold_records(records)
+    assert not any(isinstance(e, Load) for e in effects)
+    assert state.counters.rejected_restores == 1
