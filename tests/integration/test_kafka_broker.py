@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -96,6 +100,36 @@ async def test_kafka_node_serves_clients_and_leaves_nothing_behind(tmp_path: Pat
         assert sorted(again) == values
     assert not pid_alive(second_pid) and not port_in_use(port)
     assert (tmp_path / "kraft" / "meta.properties").exists()
+
+
+def test_kafka_dies_with_its_owner_even_on_sigkill() -> None:
+    require_kafka()
+    script = textwrap.dedent("""
+        import time
+        from streams.kafka_broker import KafkaBroker
+        b = KafkaBroker().start()
+        print(b.pid, b.work_dir, flush=True)
+        time.sleep(120)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             cwd=Path(__file__).resolve().parents[2])
+    assert owner.stdout is not None
+    pid_text, _, work_dir = owner.stdout.readline().decode().strip().partition(" ")
+    try:
+        broker_pid = int(pid_text)
+        assert pid_alive(broker_pid)
+        owner.kill()
+        owner.wait()
+        end = time.monotonic() + 10.0  # deadline for the kernel to deliver PDEATHSIG
+        while pid_alive(broker_pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not pid_alive(broker_pid), "Kafka outlived its owner"
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+        if work_dir:  # its owner died before it could clean up: the test does
+            shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def test_missing_jars_are_a_clear_reason(tmp_path: Path) -> None:
