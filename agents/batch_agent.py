@@ -12,9 +12,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from agents.inference import BatchOutput, InferenceProcessor
-from streams.config import Settings
-from streams.errors import OwnershipError
+from riverbed.agents.inference import BatchOutput, InferenceProcessor
+from riverbed.streams.config import Settings
+from riverbed.streams.errors import OwnershipError
 
 Hook = Callable[[], Awaitable[None]]
 OutputHook = Callable[[BatchOutput], Awaitable[None]]
@@ -37,7 +37,7 @@ async def append_history(results: Sequence[BatchOutput]) -> None:
 
 class InferenceAgent:
     """Two Faust tasks around one :class:`InferenceProcessor`: ``process_batches`` reads
-    ``batches`` (an ``asyncio.Queue`` filled by :class:`streams.ingest.BatchIngest`),
+    ``batches`` (an ``asyncio.Queue`` filled by :class:`riverbed.streams.ingest.BatchIngest`),
     processes each under the model lock and publishes its outputs; ``confirm_in_order``
     awaits the acks, in batch order, so the next batch is processed while the broker
     acknowledges the previous one. ``ingest.done`` is called strictly in order, and a

@@ -23,18 +23,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
-from streams.codec import Decoder, Encoder
-from streams.config import Settings
-from streams.deadletter import DeadLetter
-from streams.errors import EventError, ValidationError
-from streams.evaluation import ModelMonitor
-from streams.features import FeatureExtractor
-from streams.history import Example
-from streams.models import OnlineModel
-from streams.telemetry import TIMING_SAMPLE, WorkerStats
+from riverbed.streams.codec import Decoder, Encoder
+from riverbed.streams.config import Settings
+from riverbed.streams.deadletter import DeadLetter
+from riverbed.streams.errors import EventError, ValidationError
+from riverbed.streams.evaluation import ModelMonitor
+from riverbed.streams.features import FeatureExtractor
+from riverbed.streams.history import Example
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.telemetry import TIMING_SAMPLE, WorkerStats
 
 if TYPE_CHECKING:
-    from agents.labels import LabelJoin
+    from riverbed.agents.labels import LabelJoin
 
 
 class InputRecord(Protocol):

@@ -27,14 +27,14 @@ from collections import deque
 from collections.abc import AsyncIterable, Collection
 from typing import Any
 
-from agents.inference import BatchOutput, InputRecord, dead_letter
-from schemas import load_schema
-from streams.codec import Decoder, make_codec
-from streams.config import Settings
-from streams.errors import EventError, ValidationError
-from streams.pending import EarlyLabel, PendingEvent, PendingStore
-from streams.pending_codec import decode_pending, encode_pending
-from streams.telemetry import TIMING_SAMPLE
+from riverbed.agents.inference import BatchOutput, InputRecord, dead_letter
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import Decoder, make_codec
+from riverbed.streams.config import Settings
+from riverbed.streams.errors import EventError, ValidationError
+from riverbed.streams.pending import EarlyLabel, PendingEvent, PendingStore
+from riverbed.streams.pending_codec import decode_pending, encode_pending
+from riverbed.streams.telemetry import TIMING_SAMPLE
 
 
 @dataclasses.dataclass(slots=True)

@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streams.history import (
+from riverbed.streams.history import (
     Annotated,
     Claimed,
     Created,
@@ -50,10 +50,10 @@ from streams.history import (
     Restored,
     Snapshot,
 )
-from streams.history_log import HistoryLog, SkippedRecord, SnapshotIndex
-from streams.models import OnlineModel, build_estimator
-from streams.replay import apply_effects
-from streams.snapshots import (
+from riverbed.streams.history_log import HistoryLog, SkippedRecord, SnapshotIndex
+from riverbed.streams.models import OnlineModel, build_estimator
+from riverbed.streams.replay import apply_effects
+from riverbed.streams.snapshots import (
     fingerprint,
     index_entry_ok,
     load_snapshot,

@@ -15,8 +15,8 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from schemas import load_schema
-from streams.codec import AvroCodec
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
 
 log = logging.getLogger(__name__)
 

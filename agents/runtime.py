@@ -27,7 +27,7 @@ class ClientLogLimiter(logging.Filter):
     most once per ``interval_s`` per library, and not at all while :attr:`away` is set (the
     worker's broker watch then says what is going on, once per interval)."""
 
-    PREFIXES = ("aiokafka", "faust", "mode", "streams.ingest", "asyncio")
+    PREFIXES = ("aiokafka", "faust", "mode", "riverbed.streams.ingest", "asyncio")
 
     def __init__(self, interval_s: float = 5.0) -> None:
         super().__init__()

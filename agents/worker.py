@@ -15,18 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.batch_agent import InferenceAgent
-from agents.inference import BatchOutput, InferenceProcessor
-from agents.labels import LabelJoin, pending_log_start
-from agents.learner import ROLLBACK_OWNER, Learner
-from agents.reporter import Reporter
-from agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
-from schemas import load_schema
-from streams.app import make_faust_app
-from streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
-from streams.config import Settings
-from streams.broker import probe_bootstrap
-from streams.errors import (
+from riverbed.agents.batch_agent import InferenceAgent
+from riverbed.agents.inference import BatchOutput, InferenceProcessor
+from riverbed.agents.labels import LabelJoin, pending_log_start
+from riverbed.agents.learner import ROLLBACK_OWNER, Learner
+from riverbed.agents.reporter import Reporter
+from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
+from riverbed.schemas import load_schema
+from riverbed.streams.app import make_faust_app
+from riverbed.streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
+from riverbed.streams.config import Settings
+from riverbed.streams.broker import probe_bootstrap
+from riverbed.streams.errors import (
     BrokerError,
     BrokerUnavailableError,
     DecodeError,
@@ -34,15 +34,15 @@ from streams.errors import (
     RiverbedError,
     TakeoverError,
 )
-from streams.history_log import HistoryLog, SnapshotIndex, read_partition
-from streams.history import Claimed, Restored
-from streams.ingest import Batch, BatchIngest
-from streams.lease import Lease
-from streams.models import OnlineModel
-from streams.output import BatchProducer
-from streams.snapshots import fingerprint, snapshot_key
-from streams.telemetry import WorkerStats
-from streams.topics import ensure_topics, riverbed_topics
+from riverbed.streams.history_log import HistoryLog, SnapshotIndex, read_partition
+from riverbed.streams.history import Claimed, Restored
+from riverbed.streams.ingest import Batch, BatchIngest
+from riverbed.streams.lease import Lease
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.output import BatchProducer
+from riverbed.streams.snapshots import fingerprint, snapshot_key
+from riverbed.streams.telemetry import WorkerStats
+from riverbed.streams.topics import ensure_topics, riverbed_topics
 
 log = logging.getLogger(__name__)
 
@@ -468,7 +468,7 @@ class Worker:
         """Watch the history for Claimed records of our models with a newer epoch."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from streams.history_codec import KIND_HEADER, decode_event
+        from riverbed.streams.history_codec import KIND_HEADER, decode_event
 
         s = self.settings
         tp = TopicPartition(s.topics.history, 0)

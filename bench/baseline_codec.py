@@ -13,8 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from streams.avro_backend import DEFAULT_BACKEND
-from streams.codec import AvroCodec
+from riverbed.streams.avro_backend import DEFAULT_BACKEND
+from riverbed.streams.codec import AvroCodec
 
 ENV = "RIVERBED_BENCH_BASELINE_CODEC"
 CHOICES = ("fastavro", "riverbed")

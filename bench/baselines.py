@@ -13,14 +13,14 @@ import time
 from typing import Any
 
 from bench.measure import cpu_marks, report
-from streams.config import Settings
+from riverbed.streams.config import Settings
 
 
 def run_naive_faust(settings: Settings, events: int) -> None:
     """Contender: the textbook Faust agent (async for + await send per event)."""
     import faust
 
-    from streams.app import faust_broker_url
+    from riverbed.streams.app import faust_broker_url
 
     decoder, encoder, features, model = kit(settings)
     app = faust.App(f"{settings.worker.group_id}-naive", broker=faust_broker_url(
@@ -53,9 +53,9 @@ def kit(settings: Settings) -> tuple[Any, Any, Any, Any]:
     """The decoder, encoder, feature extractor and model every baseline uses: riverbed's
     features and model; fastavro (or riverbed's codec, ``--baseline-codec``) for Avro."""
     from bench.baseline_codec import baseline_codec
-    from schemas import load_schema
-    from streams.features import FeatureExtractor
-    from streams.models import OnlineModel
+    from riverbed.schemas import load_schema
+    from riverbed.streams.features import FeatureExtractor
+    from riverbed.streams.models import OnlineModel
 
     schema = load_schema(settings.event.schema)
     return (baseline_codec(schema), baseline_codec(load_schema("prediction")),
@@ -154,9 +154,9 @@ def run_quixstreams(settings: Settings, events: int) -> None:
 
 def run_river_alone(settings: Settings, events: int) -> None:
     """Contender: River predict+learn on in-memory feature dicts (no Kafka, no Avro)."""
-    from streams.checks import FEATURES
-    from streams.datasets import events as dataset
-    from streams.models import OnlineModel
+    from riverbed.streams.checks import FEATURES
+    from riverbed.streams.datasets import events as dataset
+    from riverbed.streams.models import OnlineModel
 
     model = OnlineModel(settings.models[0])
     data = [({f: float(e[f]) for f in FEATURES}, e["label"]) for e in dataset("agrawal", events)]

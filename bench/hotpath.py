@@ -26,17 +26,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents.inference import InferenceProcessor  # noqa: E402
-from agents.learner import Learner  # noqa: E402
+from riverbed.agents.inference import InferenceProcessor  # noqa: E402
+from riverbed.agents.learner import Learner  # noqa: E402
 from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
 from bench.baselines import kit, predict_learn  # noqa: E402
 from bench.throughput import CONFIG  # noqa: E402
-from schemas import load_schema  # noqa: E402
-from streams.codec import AvroCodec  # noqa: E402
-from streams.config import Settings, load_settings  # noqa: E402
-from streams.datasets import events as make_events  # noqa: E402
-from streams.history_codec import encode_event  # noqa: E402
-from streams.models import OnlineModel  # noqa: E402
+from riverbed.schemas import load_schema  # noqa: E402
+from riverbed.streams.codec import AvroCodec  # noqa: E402
+from riverbed.streams.config import Settings, load_settings  # noqa: E402
+from riverbed.streams.datasets import events as make_events  # noqa: E402
+from riverbed.streams.history_codec import encode_event  # noqa: E402
+from riverbed.streams.models import OnlineModel  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -67,7 +67,7 @@ def run_loop(settings: Settings, records: list[_Record], codec: str = "fastavro"
 def run_riverbed(settings: Settings, records: list[_Record], batch: int,
                  history: bool = True) -> dict[str, float]:
     """Seconds per event of process() and of encoding its history records."""
-    from streams.codec import make_codec
+    from riverbed.streams.codec import make_codec
 
     schema = load_schema(settings.event.schema)
     model = OnlineModel(settings.models[0])

@@ -27,15 +27,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from schemas import load_schema  # noqa: E402
-from streams.broker import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
-from streams.codec import AvroCodec  # noqa: E402
-from streams.config import load_settings  # noqa: E402
-from streams.datasets import events  # noqa: E402
-from streams.output import BatchProducer  # noqa: E402
-from streams.partitioner import partition_for  # noqa: E402
-from streams.tail import collect  # noqa: E402
-from streams.topics import ensure_topics, riverbed_topics  # noqa: E402
+from riverbed.schemas import load_schema  # noqa: E402
+from riverbed.streams.broker import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
+from riverbed.streams.codec import AvroCodec  # noqa: E402
+from riverbed.streams.config import load_settings  # noqa: E402
+from riverbed.streams.datasets import events  # noqa: E402
+from riverbed.streams.output import BatchProducer  # noqa: E402
+from riverbed.streams.partitioner import partition_for  # noqa: E402
+from riverbed.streams.tail import collect  # noqa: E402
+from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 
 
 async def open_loop(settings: Any, topic: str, rate: int, seconds: float) -> int:
@@ -112,7 +112,7 @@ async def measure(name: str, settings: Any, rate: int, seconds: float,
     await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(local))
     port = free_port()
     if name == "riverbed":
-        command = [sys.executable, "-m", "streams.cli", "worker", "-c",
+        command = [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c",
                    str(ROOT / "config" / "riverbed.toml"), "--web-port", str(port)]
     else:
         command = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--contender",

@@ -27,17 +27,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents.learner import Learner  # noqa: E402
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.checks import FEATURES  # noqa: E402
-from streams.config import load_settings  # noqa: E402
-from streams.datasets import events  # noqa: E402
-from streams.history import Example, examples_of, fold  # noqa: E402
-from streams.history_log import HistoryLog, SnapshotIndex  # noqa: E402
-from streams.models import OnlineModel  # noqa: E402
-from streams.output import BatchProducer  # noqa: E402
-from streams.replay import apply_effects, gc_paused, read_model_history  # noqa: E402
-from streams.topics import ensure_topics, riverbed_topics  # noqa: E402
+from riverbed.agents.learner import Learner  # noqa: E402
+from riverbed.streams.broker import EmbeddedBroker  # noqa: E402
+from riverbed.streams.checks import FEATURES  # noqa: E402
+from riverbed.streams.config import load_settings  # noqa: E402
+from riverbed.streams.datasets import events  # noqa: E402
+from riverbed.streams.history import Example, examples_of, fold  # noqa: E402
+from riverbed.streams.history_log import HistoryLog, SnapshotIndex  # noqa: E402
+from riverbed.streams.models import OnlineModel  # noqa: E402
+from riverbed.streams.output import BatchProducer  # noqa: E402
+from riverbed.streams.replay import apply_effects, gc_paused, read_model_history  # noqa: E402
+from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 
 KEY = os.urandom(32)
 

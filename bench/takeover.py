@@ -30,9 +30,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.broker import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
-from streams.config import load_settings  # noqa: E402
-from streams.topics import ensure_topics, riverbed_topics  # noqa: E402
+from riverbed.streams.broker import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
+from riverbed.streams.config import load_settings  # noqa: E402
+from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 
 CONFIG = ROOT / "config" / "riverbed.toml"
 
@@ -43,7 +43,7 @@ class Child:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "-c", str(CONFIG), "--web-port",
+            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(CONFIG), "--web-port",
              str(self.port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -94,8 +94,8 @@ def main() -> None:
         children = [Child(env), Child(env)]
         total = int(args.rate * (args.kills + 1) * 12)
         producer = subprocess.Popen(  # a steady stream for the whole run
-            [sys.executable, "-c", "import asyncio,sys; from streams.produce import produce; "
-             "from streams.config import load_settings; s=load_settings(sys.argv[1])"
+            [sys.executable, "-c", "import asyncio,sys; from riverbed.streams.produce import produce; "
+             "from riverbed.streams.config import load_settings; s=load_settings(sys.argv[1])"
              ".with_bootstrap(sys.argv[2]); asyncio.run(produce(s, 'agrawal', int(sys.argv[3]),"
              " float(sys.argv[4])))", str(CONFIG), broker.bootstrap_servers, str(total),
              str(args.rate)], cwd=ROOT, preexec_fn=die_with_parent)

@@ -55,10 +55,10 @@ from bench import baselines  # noqa: E402
 from bench.baseline_codec import CHOICES as CODECS  # noqa: E402
 from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
 from bench.measure import cpu_marks, report, two_process_scaling  # noqa: E402
-from streams.broker import EmbeddedBroker, die_with_parent  # noqa: E402
-from streams.config import Settings, load_settings  # noqa: E402
-from streams.produce import produce  # noqa: E402
-from streams.topics import TopicSpec, ensure_topics, riverbed_topics  # noqa: E402
+from riverbed.streams.broker import EmbeddedBroker, die_with_parent  # noqa: E402
+from riverbed.streams.config import Settings, load_settings  # noqa: E402
+from riverbed.streams.produce import produce  # noqa: E402
+from riverbed.streams.topics import TopicSpec, ensure_topics, riverbed_topics  # noqa: E402
 
 CONFIG = ROOT / "config" / "riverbed.toml"
 CONTENDERS = ["riverbed", "riverbed-2w", "aiokafka-loop", "quixstreams", "naive-faust",
@@ -88,8 +88,8 @@ async def run_riverbed(settings: Settings, events: int) -> None:
     """Contender: riverbed's Worker, in this process; clock from the first batch to the one
     after which every event has been learned (on the label path: joined with its label).
     The clock is read inside the worker's batch processing, so nothing polls."""
-    from agents.worker import Worker
-    from streams.broker import free_port
+    from riverbed.agents.worker import Worker
+    from riverbed.streams.broker import free_port
 
     worker = Worker(settings, web_port=free_port())
     stats, process = worker.stats, worker.processor.process
@@ -125,7 +125,7 @@ async def run_riverbed_2w(events: int) -> None:
     """Contender: two ``riverbed worker`` processes, one model per partition."""
     import urllib.request
 
-    from streams.broker import free_port
+    from riverbed.streams.broker import free_port
 
     def stats(port: int) -> dict[str, Any] | None:
         try:
@@ -137,7 +137,7 @@ async def run_riverbed_2w(events: int) -> None:
 
     env = {**os.environ, "RIVERBED_WORKER__MODEL_PER_PARTITION": "true"}
     ports = [free_port(), free_port()]
-    workers = [subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-c",
+    workers = [subprocess.Popen([sys.executable, "-m", "riverbed.streams.cli", "worker", "-c",
                                  str(CONFIG), "--web-port", str(port)], env=env, cwd=ROOT,
                                 preexec_fn=die_with_parent, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for port in ports]

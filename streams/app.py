@@ -12,8 +12,8 @@ from typing import Any
 
 import faust
 
-from streams.config import Settings
-from streams.telemetry import WorkerStats, exposition
+from riverbed.streams.config import Settings
+from riverbed.streams.telemetry import WorkerStats, exposition
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:

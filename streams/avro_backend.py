@@ -25,7 +25,7 @@ from typing import Any, Literal
 import fastavro
 from fastavro.types import Schema
 
-from streams.errors import ConfigError, DecodeError
+from riverbed.streams.errors import ConfigError, DecodeError
 
 try:
     import cavro

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from streams.errors import BrokerError
+from riverbed.streams.errors import BrokerError
 
 _PR_SET_PDEATHSIG = 1
 

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from streams.config import ModelSettings
-from streams.history import Snapshot
-from streams.models import OnlineModel
-from streams.snapshots import fingerprint, load_snapshot, make_chunks
+from riverbed.streams.config import ModelSettings
+from riverbed.streams.history import Snapshot
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.snapshots import fingerprint, load_snapshot, make_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ("salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan")
@@ -29,7 +29,7 @@ FEATURES = ("salary", "commission", "age", "elevel", "car", "zipcode", "hvalue",
 
 def stream(n: int, seed: int = 5) -> Iterator[tuple[dict[str, float], Any]]:
     """Float feature dicts and labels from the Agrawal generator."""
-    from streams.datasets import events
+    from riverbed.streams.datasets import events
 
     for e in events("agrawal", n, seed=seed):
         yield {f: float(e[f]) for f in FEATURES}, e["label"]
@@ -52,8 +52,8 @@ def check_picklable(spec: ModelSettings, n: int = 500) -> None:
 
 
 def check_fingerprint_across_processes(spec: ModelSettings, n: int = 2000) -> None:
-    code = ("import json,sys; from streams.checks import fingerprint_in_this_process as f; "
-            "from streams.config import ModelSettings as M; "
+    code = ("import json,sys; from riverbed.streams.checks import fingerprint_in_this_process as f; "
+            "from riverbed.streams.config import ModelSettings as M; "
             "print(f(M(**json.loads(sys.argv[1])), int(sys.argv[2])))")
     raw = json.dumps({"name": spec.name, "task": spec.task, "seed": spec.seed,
                       "pipeline": [dict(s) for s in spec.pipeline]})

@@ -21,8 +21,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from streams.config import Settings, load_settings
-from streams.errors import BrokerError, ConfigError, RiverbedError, UsageError
+from riverbed.streams.config import Settings, load_settings
+from riverbed.streams.errors import BrokerError, ConfigError, RiverbedError, UsageError
 
 app = typer.Typer(help="riverbed: online learning on Kafka streams.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -56,7 +56,7 @@ def one_line_errors(command: F, *, quiet_clients: bool = True) -> F:
     command reports the resulting error itself)."""
     from aiokafka.errors import KafkaError
 
-    from streams.snapshots import SnapshotIntegrityError
+    from riverbed.streams.snapshots import SnapshotIntegrityError
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -83,7 +83,7 @@ def one_line_errors(command: F, *, quiet_clients: bool = True) -> F:
 def _settings(config: Path, bootstrap: str | None = None, *, probe: bool = False) -> Settings:
     """Load and check the config (ConfigError: exit 2); with ``probe``, make sure a broker
     answers on the bootstrap servers within PROBE_TIMEOUT_S (BrokerError: exit 1)."""
-    from schemas import load_schema
+    from riverbed.schemas import load_schema
 
     if config.is_dir():
         raise ConfigError("path", f"{config} is a directory, not a TOML config file")
@@ -108,7 +108,7 @@ def _settings(config: Path, bootstrap: str | None = None, *, probe: bool = False
 
 def _probe(settings: Settings) -> Settings:
     """BrokerError (exit 1) unless a broker answers within PROBE_TIMEOUT_S."""
-    from streams.broker import probe_bootstrap
+    from riverbed.streams.broker import probe_bootstrap
 
     probe_bootstrap(settings.broker.bootstrap_servers, PROBE_TIMEOUT_S)
     return settings
@@ -120,7 +120,7 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _check_dataset(dataset: str) -> None:
-    from streams.datasets import check_dataset
+    from riverbed.streams.datasets import check_dataset
 
     check_dataset(dataset)
 
@@ -152,7 +152,7 @@ def _quiet_kafka_clients() -> Iterator[None]:
 @one_line_errors
 def broker(port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 9092) -> None:
     """Run the embedded broker (Tansu, memory-only) on 127.0.0.1 until Ctrl-C."""
-    from streams.broker import EmbeddedBroker
+    from riverbed.streams.broker import EmbeddedBroker
 
     _check(0 <= port <= 65535, f"--port must be between 0 and 65535, got {port}")
     stop = threading.Event()
@@ -181,7 +181,7 @@ def _worker(
            f"unknown --log-level {log_level!r}")
     settings = _settings(config, bootstrap, probe=True)
     _logging(log_level)
-    from agents.worker import Worker
+    from riverbed.agents.worker import Worker
 
     code = asyncio.run(Worker(settings, web_port=web_port).run())
     if code != 0:  # a client thread still retrying a lost broker must not keep us alive
@@ -209,8 +209,8 @@ def produce_cmd(
         help="Send labels separately, each after a random delay up to this many seconds.")] = 0,
 ) -> None:
     """Stream a River dataset into the events topic as Avro events."""
-    from streams.produce import produce
-    from streams.topics import ensure_topics, riverbed_topics
+    from riverbed.streams.produce import produce
+    from riverbed.streams.topics import ensure_topics, riverbed_topics
 
     _check_dataset(dataset)
     _check(events >= 1, f"--events must be at least 1, got {events}")
@@ -248,8 +248,8 @@ def tail(
         int, typer.Option("--max", help="Stop after N records (0 = no limit).")] = 0,
 ) -> None:
     """Print the decoded records of TOPIC as JSON lines."""
-    from streams.tail import decoder_for
-    from streams.tail import tail as tail_topic
+    from riverbed.streams.tail import decoder_for
+    from riverbed.streams.tail import tail as tail_topic
 
     _check(max_records >= 0, f"--max must be >= 0, got {max_records}")
     _check(idle_timeout > 0, f"--idle-timeout must be > 0, got {idle_timeout:g}")
@@ -301,7 +301,7 @@ def demo(
         help="Save the worker's /metrics exposition, scraped at the end of the run.")] = None,
 ) -> None:
     """Embedded broker + worker + producer, with live progress and a summary."""
-    from streams.demo import run_demo
+    from riverbed.streams.demo import run_demo
 
     _check_dataset(dataset)  # every check before anything starts
     _check(events >= 1, f"--events must be at least 1, got {events}")
@@ -340,8 +340,8 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Show a model's history: seq, time, kind, snapshots, fingerprints."""
-    from streams.cli_history import history_command
-    from streams.replay import model_spec
+    from riverbed.streams.cli_history import history_command
+    from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
@@ -363,8 +363,8 @@ def replay_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Rebuild a past model version; with --verify exit 1 on any mismatch (2: tampered)."""
-    from streams.cli_history import check_target, parse_time, replay_command
-    from streams.replay import model_spec
+    from riverbed.streams.cli_history import check_target, parse_time, replay_command
+    from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
@@ -384,7 +384,7 @@ def top(
     as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON rows.")] = False,
 ) -> None:
     """Live per-model view: events/s, accuracy, model_seq, pending labels, drift, lag."""
-    from streams.top import TopView, reports
+    from riverbed.streams.top import TopView, reports
 
     settings = _settings(config, bootstrap, probe=True)
     view = TopView(settings)
@@ -423,8 +423,8 @@ def rollback_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Roll a model back to seq N (of --lineage L); the rollback is itself a history event."""
-    from streams.cli_history import check_target, rollback_command
-    from streams.replay import model_spec
+    from riverbed.streams.cli_history import check_target, rollback_command
+    from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
     model_spec(settings, model)
@@ -444,8 +444,8 @@ def score(
     """Score JSON-lines events from stdin with the model as of --seq (and --lineage).
 
     A line that cannot be scored is reported on stderr with its number; exit 1 at the end."""
-    from streams.cli_history import check_target, score_command
-    from streams.replay import model_spec
+    from riverbed.streams.cli_history import check_target, score_command
+    from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
     model_spec(settings, model)

@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from streams.errors import HistoryError, UsageError
-from streams.history import Learned, SnapshotChunk
-from streams.replay import model_spec, read_model_history, replay
-from streams.snapshots import SnapshotIntegrityError, snapshot_key
+from riverbed.streams.errors import HistoryError, UsageError
+from riverbed.streams.history import Learned, SnapshotChunk
+from riverbed.streams.replay import model_spec, read_model_history, replay
+from riverbed.streams.snapshots import SnapshotIntegrityError, snapshot_key
 
 err = Console(stderr=True)
 
@@ -131,7 +131,7 @@ def replay_command(
                 sys.stdout.write(json.dumps({"ok": False, "error": str(exc)}) + "\n")
             raise
     probe = result.fold.created.probe if result.fold.created else ()
-    from streams.snapshots import fingerprint
+    from riverbed.streams.snapshots import fingerprint
 
     skipped = [f"undecodable history record of {model} at offset {s['offset']} skipped "
                f"({s['reason']})" for s in result.skipped]
@@ -173,10 +173,10 @@ def replay_command(
 def rollback_command(settings: Any, model: str, to_seq: int, reason: str, as_json: bool,
                      lineage: int | None = None) -> int:
     """Roll ``model`` back to ``to_seq`` (appends Claimed, a rollback snapshot, Restored)."""
-    from agents.learner import Learner, rollback
-    from streams.history_log import HistoryLog, SnapshotIndex
-    from streams.models import OnlineModel
-    from streams.output import BatchProducer
+    from riverbed.agents.learner import Learner, rollback
+    from riverbed.streams.history_log import HistoryLog, SnapshotIndex
+    from riverbed.streams.models import OnlineModel
+    from riverbed.streams.output import BatchProducer
 
     spec = model_spec(settings, model)
     check_target(to_seq, lineage)
@@ -222,9 +222,9 @@ def score_command(settings: Any, model: str, seq: int | None, lineage: int | Non
 
     A line that cannot be scored (not JSON, not an object, a missing field, an invalid
     feature) is reported on stderr with its line number and skipped; exit 1 at the end."""
-    from schemas import load_schema
-    from streams.errors import ValidationError
-    from streams.features import FeatureExtractor
+    from riverbed.schemas import load_schema
+    from riverbed.streams.errors import ValidationError
+    from riverbed.streams.features import FeatureExtractor
 
     model_spec(settings, model)
     check_target(seq, lineage)

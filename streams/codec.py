@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from streams.avro_backend import (
+from riverbed.streams.avro_backend import (
     DEFAULT_BACKEND,
     Backend,
     RecordReader,
@@ -32,7 +32,7 @@ from streams.avro_backend import (
     parse,
     strip_logical_types,
 )
-from streams.errors import DecodeError, SchemaRegistryError
+from riverbed.streams.errors import DecodeError, SchemaRegistryError
 
 __all__ = ["AvroCodec", "ConfluentCodec", "HttpSchemaRegistry", "InMemorySchemaRegistry",
            "make_codec", "parse", "strip_logical_types"]

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from streams.errors import ConfigError
+from riverbed.streams.errors import ConfigError
 
 ENV_PREFIX = "RIVERBED_"
 

@@ -20,7 +20,7 @@ from typing import Any
 from river import datasets
 from river.datasets import synth
 
-from streams.errors import UsageError
+from riverbed.streams.errors import UsageError
 
 DATASET_SCHEMAS = {"agrawal": "agrawal_event", "agrawal-drift": "agrawal_event",
                    "phishing": "phishing_event"}

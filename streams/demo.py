@@ -24,13 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams.broker import EmbeddedBroker, die_with_parent, free_port
-from streams.config import Settings
-from streams.datasets import check_dataset
-from streams.errors import RiverbedError
-from streams.produce import ProduceReport, produce
-from streams.tail import decoder_for
-from streams.topics import ensure_topics, riverbed_topics
+from riverbed.streams.broker import EmbeddedBroker, die_with_parent, free_port
+from riverbed.streams.config import Settings
+from riverbed.streams.datasets import check_dataset
+from riverbed.streams.errors import RiverbedError
+from riverbed.streams.produce import ProduceReport, produce
+from riverbed.streams.tail import decoder_for
+from riverbed.streams.topics import ensure_topics, riverbed_topics
 
 
 @dataclasses.dataclass
@@ -80,7 +80,7 @@ class WorkerProcess:
         self.web_port = web_port
         env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": bootstrap}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "-c", str(config),
+            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(config),
              "--web-port", str(web_port)],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
@@ -135,9 +135,9 @@ async def watch_outputs(
     """Consume predictions and dead letters, scoring predictions against known labels."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from schemas import load_schema
-    from streams.codec import AvroCodec
-    from streams.top import TopView
+    from riverbed.schemas import load_schema
+    from riverbed.streams.codec import AvroCodec
+    from riverbed.streams.top import TopView
 
     t = settings.topics
     decode = decoder_for(settings, t.predictions)

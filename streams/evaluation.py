@@ -16,8 +16,8 @@ from typing import Any
 from river import drift as river_drift
 from river import metrics as river_metrics
 
-from streams.batch_metrics import BATCH_METRICS, BatchAccuracy, BatchLogLoss
-from streams.errors import ModelSpecError
+from riverbed.streams.batch_metrics import BATCH_METRICS, BatchAccuracy, BatchLogLoss
+from riverbed.streams.errors import ModelSpecError
 
 #: ROCAUC is available (``metrics = ["Accuracy", "ROCAUC"]``) but not a default: River's
 #: implementation costs ~5 us per update, more than the rest of the scoring together.

@@ -22,8 +22,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from streams.config import EventSettings, LimitSettings, ModelSettings
-from streams.errors import ConfigError, ValidationError
+from riverbed.streams.config import EventSettings, LimitSettings, ModelSettings
+from riverbed.streams.errors import ConfigError, ValidationError
 
 _NUMERIC = {"int", "long", "float", "double", "boolean"}
 _SKIP = object()

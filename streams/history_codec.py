@@ -18,10 +18,10 @@ from typing import Any
 
 import fastavro
 
-from schemas import load_schema
-from streams.codec import parse
-from streams.errors import DecodeError
-from streams.history import (
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import parse
+from riverbed.streams.errors import DecodeError
+from riverbed.streams.history import (
     Annotated,
     Claimed,
     Created,

@@ -19,10 +19,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.errors import DecodeError
-from streams.history import HistoryEvent
-from streams.history_codec import KIND_HEADER, decode_event, encode_event, kind_of
-from streams.output import BatchProducer
+from riverbed.streams.errors import DecodeError
+from riverbed.streams.history import HistoryEvent
+from riverbed.streams.history_codec import KIND_HEADER, decode_event, encode_event, kind_of
+from riverbed.streams.output import BatchProducer
 
 
 @dataclasses.dataclass(frozen=True)

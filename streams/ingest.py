@@ -26,8 +26,8 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from streams.config import Settings
-from streams.offsets import OffsetTracker
+from riverbed.streams.config import Settings
+from riverbed.streams.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from streams.broker import die_with_parent, free_port, port_in_use, probe_bootstrap
-from streams.errors import BrokerError
+from riverbed.streams.broker import die_with_parent, free_port, port_in_use, probe_bootstrap
+from riverbed.streams.errors import BrokerError
 
 #: Apache Kafka version; the same as ``kafka.version`` in deploy/kafka/pom.xml.
 KAFKA_VERSION = "4.4.0"

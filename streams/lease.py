@@ -34,7 +34,7 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberMetadata,
 )
 
-from streams.config import Settings
+from riverbed.streams.config import Settings
 
 log = logging.getLogger(__name__)
 

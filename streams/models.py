@@ -18,8 +18,8 @@ from typing import Any
 import river
 from river import base, compose
 
-from streams.config import ModelSettings
-from streams.errors import ModelSpecError
+from riverbed.streams.config import ModelSettings
+from riverbed.streams.errors import ModelSpecError
 
 #: River sub-packages a spec may name. Anything else is rejected.
 ALLOWED_MODULES = frozenset(

@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
-from streams.deadletter import DeadLetter
+from riverbed.streams.deadletter import DeadLetter
 
 
 class BatchProducer(Service):

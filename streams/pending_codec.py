@@ -12,9 +12,9 @@ import base64
 import json
 from typing import Any
 
-from streams.history import Example
-from streams.history_codec import decode_columns, encode_columns
-from streams.pending import EarlyLabel, PendingEvent
+from riverbed.streams.history import Example
+from riverbed.streams.history_codec import decode_columns, encode_columns
+from riverbed.streams.pending import EarlyLabel, PendingEvent
 
 VERSION = 2
 

@@ -16,12 +16,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from schemas import load_schema
-from streams.codec import SchemaRegistry, make_codec
-from streams.config import Settings
-from streams.datasets import DATASET_SCHEMAS, check_dataset, corrupt, events
-from streams.output import BatchProducer
-from streams.partitioner import partition_for
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import SchemaRegistry, make_codec
+from riverbed.streams.config import Settings
+from riverbed.streams.datasets import DATASET_SCHEMAS, check_dataset, corrupt, events
+from riverbed.streams.output import BatchProducer
+from riverbed.streams.partitioner import partition_for
 
 
 @dataclasses.dataclass

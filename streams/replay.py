@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from streams.config import ModelSettings, Settings
-from streams.errors import HistoryError, UsageError
-from streams.history import (
+from riverbed.streams.config import ModelSettings, Settings
+from riverbed.streams.errors import HistoryError, UsageError
+from riverbed.streams.history import (
     Created,
     HistoryEvent,
     HistoryFold,
@@ -30,9 +30,9 @@ from streams.history import (
     Snapshot,
     SnapshotChunk,
 )
-from streams.history_log import HistoryLog, SkippedRecord, SnapshotIndex
-from streams.models import OnlineModel
-from streams.snapshots import (
+from riverbed.streams.history_log import HistoryLog, SkippedRecord, SnapshotIndex
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.snapshots import (
     SnapshotIntegrityError,
     fingerprint,
     load_snapshot,

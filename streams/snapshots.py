@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from streams.errors import RiverbedError
-from streams.history import Snapshot, SnapshotChunk
+from riverbed.streams.errors import RiverbedError
+from riverbed.streams.history import Snapshot, SnapshotChunk
 
 CHUNK_BYTES = 900 * 1024
 

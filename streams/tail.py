@@ -15,11 +15,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas import load_schema
-from streams.codec import AvroCodec, SchemaRegistry, make_codec
-from streams.config import Settings
-from streams.deadletter import parse_headers
-from streams.errors import DecodeError, UsageError
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec, SchemaRegistry, make_codec
+from riverbed.streams.config import Settings
+from riverbed.streams.deadletter import parse_headers
+from riverbed.streams.errors import DecodeError, UsageError
 
 
 def decoder_for(

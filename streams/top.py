@@ -13,10 +13,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.table import Table
 
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.history_log import read_partition
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.history_log import read_partition
 
 PRIMARY = {"classification": "Accuracy", "regression": "MAE"}
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.config import Settings
-from streams.errors import TopicError
+from riverbed.streams.config import Settings
+from riverbed.streams.errors import TopicError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.config import Settings, load_settings
+from riverbed.streams.broker import EmbeddedBroker
+from riverbed.streams.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "riverbed.toml"

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.config import load_settings  # noqa: E402
+from riverbed.streams.broker import EmbeddedBroker  # noqa: E402
+from riverbed.streams.config import load_settings  # noqa: E402
 from tests.conftest import CONFIG, unique_settings  # noqa: E402
 from tests.fuzzing import Oracle, check_outcome, explain, fuzz  # noqa: E402
 from tests.helpers import WorkerChild, provision, worker_env  # noqa: E402
@@ -48,15 +48,24 @@ def main() -> int:
             alive = lambda: child.process.poll() is None  # noqa: E731
             fuzz(settings, oracle, alive, args.examples)
             asyncio.run(check_outcome(settings, oracle, alive, env))
-        except AssertionError as exc:
+        except Exception as exc:
             crashed, failed = int(child.process.poll() is not None), True
-            print(f"FAILED: {exc}", file=sys.stderr)
+            print(f"FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+            if not isinstance(exc, AssertionError):
+                import traceback
+                traceback.print_exception(exc)
             child.dump_tasks()  # kept with RIVERBED_TEST_WORKER_LOGS=DIR
             print(asyncio.run(explain(settings, oracle)), file=sys.stderr)
-            print(json.dumps((child.get("/riverbed/stats") or {}).get("inputs")),
-                  file=sys.stderr)
+            models = child.get("/riverbed/models") or {}
+            print(json.dumps(models), file=sys.stderr)
+            stats = child.get("/riverbed/stats") or {}
+            print(json.dumps({k: stats.get(k) for k in ("inputs", "dead_letters", "events",
+                                                        "predictions")}), file=sys.stderr)
         finally:
             child.kill()
+    if oracle.unexpected:
+        print("decode raised other than DecodeError:", sorted(set(oracle.unexpected))[:10],
+              file=sys.stderr)
     result = {"examples": args.examples, "records": oracle.records,
               "valid_events": len(oracle.valid_events), "learned": len(oracle.learned),
               "dead_letters": oracle.dead_letters, "worker_crashes": crashed,

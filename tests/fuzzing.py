@@ -21,15 +21,16 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.errors import EventError
-from streams.features import FeatureExtractor
-from streams.history import examples_of, fold
-from streams.models import OnlineModel
-from streams.replay import read_model_history
-from streams.tail import collect
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.deadletter import parse_headers
+from riverbed.streams.config import Settings
+from riverbed.streams.errors import EventError
+from riverbed.streams.features import FeatureExtractor
+from riverbed.streams.history import examples_of, fold
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.replay import read_model_history
+from riverbed.streams.tail import collect
 
 EVENT_SCHEMA = load_schema("agrawal_event")
 LABEL_SCHEMA = load_schema("label")
@@ -71,8 +72,12 @@ class Oracle:
     records: int = 0
     #: per sent record: (topic, value, True if it must become a dead letter)
     fates: list[tuple[str, bytes | None, bool]] = dataclasses.field(default_factory=list)
+    #: exceptions other than EventError seen while deciding (the worker's internal_error)
+    unexpected: list[str] = dataclasses.field(default_factory=list)
     #: (topic, partition, offset) -> index in ``fates``, once sent
     where: dict[tuple[str, int, int], int] = dataclasses.field(default_factory=dict)
+    #: indices in ``fates`` of the records sent (acknowledged by the broker)
+    sent: set[int] = dataclasses.field(default_factory=set)
 
     def __post_init__(self) -> None:
         spec = self.settings.models[0]
@@ -81,6 +86,11 @@ class Oracle:
         self.labels = AvroCodec(LABEL_SCHEMA)
         self.extractor = FeatureExtractor(EVENT_SCHEMA, self.settings.event, spec,
                                           self.settings.limits, binary=model.is_binary)
+
+    def _dead(self, exc: Exception) -> None:
+        self.dead_letters += 1
+        if not isinstance(exc, EventError):
+            self.unexpected.append(f"{type(exc).__name__}: {exc}")
 
     def event(self, value: bytes | None) -> None:
         self.records += 1
@@ -101,8 +111,8 @@ class Oracle:
             label = event["label"]
             if label is not None:
                 self.extractor.label_rule.check(label)
-        except EventError:
-            self.dead_letters += 1
+        except Exception as exc:  # the worker dead-letters whatever raises (internal_error)
+            self._dead(exc)
             return
         self.valid_events.append(event["event_id"])
         (self.learned if label is not None else self.pending).add(event["event_id"])
@@ -121,8 +131,8 @@ class Oracle:
             if not label["event_id"]:
                 raise EventError("id")
             self.extractor.label_rule.check(label["label"])
-        except EventError:
-            self.dead_letters += 1
+        except Exception as exc:
+            self._dead(exc)
             return
         if label["event_id"] in self.pending:  # else: a duplicate, or held (unknown id)
             self.pending.discard(label["event_id"])
@@ -137,7 +147,7 @@ def _raw_or(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes | None]:
 async def _send(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]],
                 oracle: Oracle) -> None:
     """Send in order; remember where each record landed (for a diff on failure)."""
-    from streams.output import BatchProducer
+    from riverbed.streams.output import BatchProducer
 
     first = len(oracle.fates) - len(records)
     producer = BatchProducer(settings.broker.bootstrap_servers)
@@ -148,65 +158,113 @@ async def _send(settings: Settings, topic: str, records: list[tuple[bytes | None
         for i, future in enumerate(futures):
             sent = await future
             oracle.where[(topic, sent.partition, sent.offset)] = first + i
+        oracle.sent.update(range(first, first + len(records)))
     finally:
         await producer.stop()
 
 
 async def explain(settings: Settings, oracle: Oracle) -> str:
-    """Which records the oracle and the dead-letter topic disagree on."""
-    from streams.deadletter import parse_headers
-
+    """Which records the oracle and the dead-letter topic disagree on, matched by their
+    bytes (a dead letter carries the original value) per source topic."""
     dead = await collect(settings, settings.topics.dead_letters, 1, oracle.dead_letters,
-                         timeout_s=5, settle_s=0.5)
-    seen: set[int] = set()
-    for record in dead:
-        h = parse_headers(record.headers)
-        index = oracle.where.get((h.get("source_topic", ""), int(h.get("source_partition", -1)),
-                                  int(h.get("source_offset", -1))))
-        if index is not None:
-            seen.add(index)
-    lines = []
-    for index, (topic, value, must) in enumerate(oracle.fates):
-        if must != (index in seen):
-            lines.append(f"{topic} record {index}: oracle dead={must}, dead-lettered="
-                         f"{index in seen}: {value!r}")
+                         timeout_s=10, settle_s=1.0)
+    lettered = Counter((parse_headers(r.headers).get("source_topic", "").rsplit(".", 1)[-1],
+                        r.value) for r in dead)
+    expected = Counter((topic, value) for i, (topic, value, must) in enumerate(oracle.fates)
+                       if must and i in oracle.sent)
+    lines = [f"oracle: dead, worker: not ({n}x) {topic} {value!r}"
+             for (topic, value), n in (expected - lettered).items()]
+    lines += [f"worker: dead, oracle: not ({n}x) {topic} {value!r}"
+              for (topic, value), n in (lettered - expected).items()]
+    lines.append(f"dead letters read {len(dead)}, expected {sum(expected.values())}, "
+                 f"fates {len(oracle.fates)}, sent {len(oracle.sent)}, oracle count at "
+                 f"failure {oracle.dead_letters}")
+    import pickle
+    with open("/tmp/fuzz-failure.pkl", "wb") as f:
+        pickle.dump({"fates": oracle.fates, "sent": sorted(oracle.sent),
+                     "dead": [(r.value, parse_headers(r.headers)) for r in dead]}, f)
     return "\n".join(lines[:20])
 
 
-async def _settled(settings: Settings, oracle: Oracle, alive: Any, timeout_s: float) -> None:
+class TopicCounter:
+    """Counts a topic's records incrementally with one long-lived consumer (re-reading a
+    topic full of 20 KB keys from the start on every check was slower than the worker)."""
+
+    def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
+        self.settings, self.topic, self.partitions = settings, topic, partitions
+        self.count = 0
+        self._consumer: Any = None
+
+    async def read(self) -> int:
+        """Read what has arrived since the last call; the total so far."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.broker.bootstrap_servers, group_id=None,
+                enable_auto_commit=False, fetch_max_wait_ms=50,
+                max_partition_fetch_bytes=16 * 1024 * 1024)
+            await self._consumer.start()
+            self._consumer.assign([TopicPartition(self.topic, p)
+                                   for p in range(self.partitions)])
+            await self._consumer.seek_to_beginning()
+        fetched = await self._consumer.getmany(timeout_ms=200)
+        self.count += sum(len(records) for records in fetched.values())
+        return self.count
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+async def _settled(oracle: Oracle, counters: tuple[TopicCounter, TopicCounter], alive: Any,
+                   timeout_s: float) -> None:
     """Wait until the predictions and dead letters the oracle expects are all there."""
     deadline = time.monotonic() + timeout_s
     predictions = dead = 0
     while time.monotonic() < deadline:
         assert alive(), "the worker died"
-        predictions = len(await collect(settings, settings.topics.predictions,
-                                        settings.topics.partitions, len(oracle.valid_events),
-                                        timeout_s=2))
-        dead = len(await collect(settings, settings.topics.dead_letters, 1,
-                                 oracle.dead_letters, timeout_s=2))
+        predictions, dead = await counters[0].read(), await counters[1].read()
         if predictions >= len(oracle.valid_events) and dead >= oracle.dead_letters:
             return
+    late = time.monotonic()
+    while time.monotonic() < late + 120 and (await counters[1].read() < oracle.dead_letters
+                                             or await counters[0].read()
+                                             < len(oracle.valid_events)):
+        pass
     raise AssertionError(f"predictions {predictions}/{len(oracle.valid_events)}, dead letters "
-                         f"{dead}/{oracle.dead_letters} before the deadline")
+                         f"{dead}/{oracle.dead_letters} before the deadline; "
+                         f"{counters[0].count} and {counters[1].count} "
+                         f"{time.monotonic() - late:.0f}s later")
 
 
 def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None:
     """Run ``examples`` Hypothesis examples against the worker (no shrinking: the worker is
     stateful, so every example adds to what it must have done)."""
     counter = iter(range(10**9))
-    failures: list[AssertionError] = []  # raised after Hypothesis: a stateful worker cannot
+    failures: list[Exception] = []  # raised after Hypothesis: a stateful worker cannot
     # replay an example, so Hypothesis must not try to reproduce a failure
 
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def one_example(data: st.DataObject) -> None:
-        if failures:
-            return
         try:
             _one_example(data)
-        except AssertionError as exc:
+        except Exception as exc:  # kept for after Hypothesis, which must not replay it
             failures.append(exc)
+
+    loop = asyncio.new_event_loop()  # one loop: the counters' consumers live across examples
+    counters = (TopicCounter(settings_, settings_.topics.predictions, settings_.topics.partitions),
+                TopicCounter(settings_, settings_.topics.dead_letters, 1))
+
+    def io(coroutine: Any) -> None:
+        """Run a send or a check; after a failure only draw (the draws must not depend on
+        the outcome, or Hypothesis calls the strategy flaky)."""
+        if failures:
+            coroutine.close()
+            return
+        loop.run_until_complete(coroutine)
 
     def _one_example(data: st.DataObject) -> None:
         round_ = next(counter)
@@ -216,8 +274,8 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
             value = data.draw(_raw_or(valid))
             oracle.event(value)
             events.append((data.draw(KEYS) if value is not None else b"tomb", value))
-        asyncio.run(_send(settings_, settings_.topics.events, events, oracle))
-        asyncio.run(_settled(settings_, oracle, alive, 60))  # labels come after their events
+        io(_send(settings_, settings_.topics.events, events, oracle))
+        io(_settled(oracle, counters, alive, 60))  # labels come after their events
         targets = sorted(oracle.pending) + sorted(oracle.learned)[:3] + ["ghost", ""]
         labels: list[tuple[bytes | None, bytes | None]] = []
         for _ in range(data.draw(st.integers(0, 30))):
@@ -230,10 +288,15 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
             value = data.draw(_raw_or(valid))
             oracle.label(value)
             labels.append((data.draw(KEYS) if value is not None else b"tomb", value))
-        asyncio.run(_send(settings_, settings_.topics.labels, labels, oracle))
-        asyncio.run(_settled(settings_, oracle, alive, 60))
+        io(_send(settings_, settings_.topics.labels, labels, oracle))
+        io(_settled(oracle, counters, alive, 60))
 
-    one_example()
+    try:
+        one_example()
+    finally:
+        for counter_ in counters:
+            loop.run_until_complete(counter_.stop())
+        loop.close()
     if failures:
         raise failures[0]
 
@@ -262,6 +325,6 @@ async def check_outcome(settings: Settings, oracle: Oracle, alive: Any,
                          settle_s=0.5)
     assert len(dead) == oracle.dead_letters
     verify = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "streams.cli", "replay", name, "--verify", "--json"],
+        sys.executable, "-m", "riverbed.streams.cli", "replay", name, "--verify", "--json"],
         env=env, capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -19,12 +19,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.worker import Worker
-from streams.broker import die_with_parent, free_port
-from streams.config import Settings
-from streams.output import BatchProducer
-from streams.tail import collect  # noqa: F401 - the tests import it from here
-from streams.topics import ensure_topics, riverbed_topics
+from riverbed.agents.worker import Worker
+from riverbed.streams.broker import die_with_parent, free_port
+from riverbed.streams.config import Settings
+from riverbed.streams.output import BatchProducer
+from riverbed.streams.tail import collect  # noqa: F401 - the tests import it from here
+from riverbed.streams.topics import ensure_topics, riverbed_topics
 from tests.conftest import CONFIG, ROOT
 
 
@@ -118,7 +118,7 @@ class WorkerChild:
         # its own TMPDIR: a SIGKILLed worker cannot remove its temporary files, kill() does
         self.tmp = tempfile.mkdtemp(prefix="riverbed-test-worker-")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "-c", str(CONFIG),
+            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(CONFIG),
              "--web-port", str(self.port), "--log-level", level],
             env={**env, "TMPDIR": self.tmp}, cwd=ROOT,
             preexec_fn=die_with_parent, stdout=output, stderr=output)

@@ -37,7 +37,7 @@ def test_grafana_dashboard_queries_metrics_the_worker_exports() -> None:
     import json
     import re
 
-    from streams.telemetry import WorkerStats, exposition
+    from riverbed.streams.telemetry import WorkerStats, exposition
 
     dashboards = ROOT / "deploy" / "grafana" / "dashboards"
     dashboard = json.loads((dashboards / "riverbed.json").read_text())

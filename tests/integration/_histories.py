@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streams.config import Settings
-from streams.history import HistoryEvent
-from streams.history_codec import encode_event
-from streams.output import BatchProducer
-from streams.produce import produce
-from streams.replay import read_model_history
+from riverbed.streams.config import Settings
+from riverbed.streams.history import HistoryEvent
+from riverbed.streams.history_codec import encode_event
+from riverbed.streams.output import BatchProducer
+from riverbed.streams.produce import produce
+from riverbed.streams.replay import read_model_history
 from tests.conftest import CONFIG, ROOT
 from tests.helpers import provision, running_worker, until, worker_env
 
@@ -66,7 +66,7 @@ async def build_history(settings: Settings, key: bytes, phases: Sequence[int] = 
             await until(lambda s=seq: learner.durable_seq >= s, 60)
             marks[f"p{i}"] = (_now_ms(), seq, 0)
         if rollback_to is not None:
-            from streams.cli_history import rollback_command
+            from riverbed.streams.cli_history import rollback_command
 
             with contextlib.redirect_stdout(io.StringIO()):
                 code = await asyncio.to_thread(rollback_command, settings, name, rollback_to,
@@ -110,7 +110,7 @@ async def copy_history(built: Built, suffix: str,
 def cli(settings: Settings, key: bytes, *args: str, stdin: str = "",
         timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``riverbed ARGS -c CONFIG`` in a child process pointed at ``settings``."""
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args, "-c", str(CONFIG)],
+    return subprocess.run([sys.executable, "-m", "riverbed.streams.cli", *args, "-c", str(CONFIG)],
                           env=worker_env(settings, key.hex()), cwd=ROOT, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
 

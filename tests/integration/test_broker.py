@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.errors import BrokerError
+from riverbed.streams.broker import EmbeddedBroker
+from riverbed.streams.errors import BrokerError
 from tests.conftest import pid_alive
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_binary_that_exits_early_is_a_clear_error(tmp_path: Path) -> None:
 def test_broker_dies_with_its_owner_even_on_sigkill() -> None:
     script = textwrap.dedent("""
         import sys, time
-        from streams.broker import EmbeddedBroker
+        from riverbed.streams.broker import EmbeddedBroker
         b = EmbeddedBroker().start()
         print(b.pid, flush=True)
         time.sleep(60)

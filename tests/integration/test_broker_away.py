@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, free_port
-from streams.config import Settings
-from streams.produce import produce
+from riverbed.streams.broker import EmbeddedBroker, free_port
+from riverbed.streams.config import Settings
+from riverbed.streams.produce import produce
 from tests.conftest import unique_settings
 from tests.helpers import WorkerChild, provision, worker_env
 from tests.netfault import TcpProxy

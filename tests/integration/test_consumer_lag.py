@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.config import Settings
-from streams.produce import produce
+from riverbed.streams.config import Settings
+from riverbed.streams.produce import produce
 from tests.helpers import provision, running_worker, until
 
 pytestmark = pytest.mark.integration

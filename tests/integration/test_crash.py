@@ -9,14 +9,14 @@ import random
 
 import pytest
 
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.datasets import events
-from streams.history import examples_of, fold
-from streams.models import OnlineModel
-from streams.replay import apply_effects, read_model_history, replay
-from streams.snapshots import fingerprint
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.datasets import events
+from riverbed.streams.history import examples_of, fold
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.replay import apply_effects, read_model_history, replay
+from riverbed.streams.snapshots import fingerprint
 from tests.helpers import WorkerChild, provision, send_raw, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from streams.config import Settings
+from riverbed.streams.config import Settings
 from tests.fuzzing import Oracle, check_outcome, fuzz
 from tests.helpers import WorkerChild, provision, worker_env
 

@@ -10,15 +10,15 @@ import sys
 
 import pytest
 
-from agents.learner import Learner
-from streams.config import Settings
-from streams.history import Example, HistoryEvent, SnapshotChunk, examples_of, fold
-from streams.history_codec import encode_event
-from streams.history_log import HistoryLog, SnapshotIndex
-from streams.models import OnlineModel
-from streams.output import BatchProducer
-from streams.produce import produce
-from streams.replay import read_model_history
+from riverbed.agents.learner import Learner
+from riverbed.streams.config import Settings
+from riverbed.streams.history import Example, HistoryEvent, SnapshotChunk, examples_of, fold
+from riverbed.streams.history_codec import encode_event
+from riverbed.streams.history_log import HistoryLog, SnapshotIndex
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.output import BatchProducer
+from riverbed.streams.produce import produce
+from riverbed.streams.replay import read_model_history
 from tests.conftest import CONFIG, ROOT
 from tests.helpers import provision, running_worker, worker_env
 
@@ -58,7 +58,7 @@ async def test_zombie_learner_writes_are_ignored_and_counted(settings: Settings)
 
 def _replay_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = worker_env(settings, KEY.hex())
-    return subprocess.run([sys.executable, "-m", "streams.cli", "replay",
+    return subprocess.run([sys.executable, "-m", "riverbed.streams.cli", "replay",
                            settings.models[0].name, "-c", str(CONFIG), "--json", *args],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
@@ -91,7 +91,7 @@ async def test_replay_verifies_and_a_flipped_snapshot_byte_is_an_integrity_error
     assert middle["seq"] == 2500
 
     # from every snapshot: replay starting at each one reproduces every later fingerprint
-    from streams.replay import replay
+    from riverbed.streams.replay import replay
     state, _ = fold(settings.models[0].name,
                     await read_model_history(settings, settings.models[0].name))
     snapshot_seqs = [s.seq for s in state.snapshots]

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.datasets import events
-from streams.history import HistoryEvent, Restored, SnapshotChunk, fold
-from streams.replay import read_model_history, replay
-from streams.snapshots import SnapshotIntegrityError
-from streams.tail import collect
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.datasets import events
+from riverbed.streams.history import HistoryEvent, Restored, SnapshotChunk, fold
+from riverbed.streams.replay import read_model_history, replay
+from riverbed.streams.snapshots import SnapshotIntegrityError
+from riverbed.streams.tail import collect
 from tests.conftest import unique_settings
 from tests.integration._histories import Built, build_history, cli, copy_history, last_json
 
@@ -51,7 +51,7 @@ async def test_to_time_matches_genesis_with_several_snapshots_and_a_rollback(
         assert (slow.fold.seq, slow.fold.lineage) == (seq, lineage), mark
         assert fast.started_from.startswith("snapshot"), mark  # the snapshot path was taken
         probe = slow.fold.created.probe  # type: ignore[union-attr]
-        from streams.snapshots import fingerprint
+        from riverbed.streams.snapshots import fingerprint
         assert fingerprint(fast.model.estimator, probe) == fingerprint(
             slow.model.estimator, probe), mark
     # before the model existed: refused, one line, exit 1 (used to answer the newest snapshot)
@@ -196,6 +196,6 @@ async def test_history_is_not_cut_when_piped(built: Built) -> None:
 
 
 def _fingerprint(result: Any) -> str:
-    from streams.snapshots import fingerprint
+    from riverbed.streams.snapshots import fingerprint
 
     return fingerprint(result.model.estimator, result.fold.created.probe)

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from streams.config import Settings
-from streams.history import Annotated, SnapshotChunk, examples_of, fold
-from streams.history_codec import encode_event
-from streams.output import BatchProducer
-from streams.produce import produce
-from streams.replay import read_model_history
+from riverbed.streams.config import Settings
+from riverbed.streams.history import Annotated, SnapshotChunk, examples_of, fold
+from riverbed.streams.history_codec import encode_event
+from riverbed.streams.output import BatchProducer
+from riverbed.streams.produce import produce
+from riverbed.streams.replay import read_model_history
 from tests.helpers import provision, running_worker, until
 
 pytestmark = pytest.mark.integration
@@ -98,7 +98,7 @@ async def test_a_tampered_snapshot_is_refused_reported_and_restore_falls_back(
     offset = await _append(settings, settings.topics.history, [
         (name.encode(), encode_event(e), [("riverbed.kind", b"SnapshotChunk")])
         for e in tampered])
-    from streams.snapshots import sign_index_entry
+    from riverbed.streams.snapshots import sign_index_entry
     entry = sign_index_entry({"snapshot_id": newest.snapshot_id, "seq": newest.seq,
                               "offset": offset, "chunks": len(tampered),
                               "epoch": newest.epoch, "lineage": newest.lineage}, name, KEY)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.datasets import events
-from streams.deadletter import parse_headers
-from streams.produce import produce
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.datasets import events
+from riverbed.streams.deadletter import parse_headers
+from riverbed.streams.produce import produce
 from tests.conftest import unique_settings
 from tests.helpers import (
     collect,

@@ -20,9 +20,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.broker import port_in_use
-from streams.errors import BrokerError
-from streams.kafka_broker import KAFKA_VERSION, POM, KafkaBroker, kafka_available
+from riverbed.streams.broker import port_in_use
+from riverbed.streams.errors import BrokerError
+from riverbed.streams.kafka_broker import KAFKA_VERSION, POM, KafkaBroker, kafka_available
 from tests.conftest import pid_alive
 
 pytestmark = pytest.mark.integration
@@ -106,7 +106,7 @@ def test_kafka_dies_with_its_owner_even_on_sigkill() -> None:
     require_kafka()
     script = textwrap.dedent("""
         import time
-        from streams.kafka_broker import KafkaBroker
+        from riverbed.streams.kafka_broker import KafkaBroker
         b = KafkaBroker().start()
         print(b.pid, b.work_dir, flush=True)
         time.sleep(120)

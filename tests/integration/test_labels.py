@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.datasets import events
-from streams.evaluation import ModelMonitor
-from streams.history import examples_of, fold
-from streams.models import OnlineModel
-from streams.replay import read_model_history
-from streams.telemetry import TIMING_SAMPLE
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.datasets import events
+from riverbed.streams.evaluation import ModelMonitor
+from riverbed.streams.history import examples_of, fold
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.replay import read_model_history
+from riverbed.streams.telemetry import TIMING_SAMPLE
 from tests.helpers import (
     WorkerChild,
     collect,
@@ -110,7 +110,7 @@ async def test_delayed_labels_metrics_equal_progressive_validation_oracle(
     for eid, p in made.items():
         by_seq.setdefault(p["model_seq"], []).append(eid)
     oracle_predictions: dict[str, Any] = {}
-    from streams.features import FeatureExtractor
+    from riverbed.streams.features import FeatureExtractor
     extractor = FeatureExtractor(load_schema("agrawal_event"), settings.event,
                                  settings.models[0], settings.limits)
 
@@ -222,7 +222,7 @@ async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> 
                      reported["time"] + 600, 10)  # at least two report intervals later
     env = worker_env(settings, KEY.hex())
     done = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "streams.cli", "top", "--once", "--json", "-c", str(CONFIG)],
+        sys.executable, "-m", "riverbed.streams.cli", "top", "--once", "--json", "-c", str(CONFIG)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     (row,) = _json.loads(done.stdout.splitlines()[-1])
@@ -244,7 +244,7 @@ async def test_label_for_unknown_event_is_dead_lettered_after_ttl(settings: Sett
         # no further traffic: the worker's expiry timer dead-letters the orphan
         dead = await collect(settings, settings.topics.dead_letters, 1, 1)
         await until(lambda: worker.join.store.counters.expired_labels == 1, 10)  # type: ignore[union-attr]
-    from streams.deadletter import parse_headers
+    from riverbed.streams.deadletter import parse_headers
     assert dead[0].value == orphan
     assert parse_headers(dead[0].headers)["reason"] == "unknown_event_id"
 
@@ -255,9 +255,9 @@ async def test_drift_in_the_stream_emits_drift_events(settings: Settings) -> Non
     settings = dataclasses.replace(_settings(settings), topics=dataclasses.replace(
         settings.topics, partitions=1))
     await provision(settings)
-    from streams.history import Annotated
-    from streams.produce import produce
-    from streams.top import reports
+    from riverbed.streams.history import Annotated
+    from riverbed.streams.produce import produce
+    from riverbed.streams.top import reports
     async with running_worker(settings) as worker:
         report = await produce(settings, "agrawal-drift", 20_000, seed=1)
         learner = worker.learners[0]  # type: ignore[index]

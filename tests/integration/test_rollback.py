@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.produce import produce
-from streams.replay import replay
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.produce import produce
+from riverbed.streams.replay import replay
 from tests.conftest import CONFIG, ROOT
 from tests.helpers import collect, provision, running_worker, until, worker_env
 
@@ -36,13 +36,13 @@ async def test_rollback_restores_state_and_lineage(settings: Settings) -> None:
         recorded = (await replay(settings, name, KEY, to_seq=2000, verify=True))
         assert recorded.mismatches == []
         done = await asyncio.to_thread(subprocess.run, [
-            sys.executable, "-m", "streams.cli", "rollback", name, "--to-seq", "2500",
+            sys.executable, "-m", "riverbed.streams.cli", "rollback", name, "--to-seq", "2500",
             "--reason", "bad upstream data", "-c", str(CONFIG), "--json"],
             env=worker_env(settings, KEY.hex()), cwd=ROOT, capture_output=True, text=True,
             timeout=120)
         assert done.returncode == 0, done.stderr
         info = json.loads(done.stdout.splitlines()[-1])
-        from streams.snapshots import fingerprint
+        from riverbed.streams.snapshots import fingerprint
         probe = at_n.fold.created.probe  # type: ignore[union-attr]
         assert info["fingerprint"] == fingerprint(at_n.model.estimator, probe)
         # the live worker is fenced, takes over again and holds the state at seq 2500

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from agents.learner import Learner
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.datasets import events
-from streams.errors import TakeoverError
-from streams.history import examples_of, fold
-from streams.partitioner import partition_for
-from streams.replay import read_model_history
+from riverbed.agents.learner import Learner
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.datasets import events
+from riverbed.streams.errors import TakeoverError
+from riverbed.streams.history import examples_of, fold
+from riverbed.streams.partitioner import partition_for
+from riverbed.streams.replay import read_model_history
 from tests.helpers import WorkerChild, provision, running_worker, send_raw, until, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.config import Settings
-from streams.errors import TopicError
-from streams.topics import TopicSpec, ensure_topics, riverbed_topics
+from riverbed.streams.config import Settings
+from riverbed.streams.errors import TopicError
+from riverbed.streams.topics import TopicSpec, ensure_topics, riverbed_topics
 
 pytestmark = pytest.mark.integration
 

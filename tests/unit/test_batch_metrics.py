@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import metrics
 
-from streams.batch_metrics import BatchAccuracy, BatchLogLoss
-from streams.evaluation import ModelMonitor
+from riverbed.streams.batch_metrics import BatchAccuracy, BatchLogLoss
+from riverbed.streams.evaluation import ModelMonitor
 
 LABELS = st.sampled_from([0, 1, True, False])
 PROBA = st.one_of(st.just({}), st.builds(lambda p: {False: 1 - p, True: p}, st.floats(0, 1)),

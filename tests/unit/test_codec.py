@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import load_schema, shipped_names
-from streams.codec import AvroCodec, ConfluentCodec, HttpSchemaRegistry, InMemorySchemaRegistry
-from streams.errors import DecodeError, SchemaRegistryError
+from riverbed.schemas import load_schema, shipped_names
+from riverbed.streams.codec import AvroCodec, ConfluentCodec, HttpSchemaRegistry, InMemorySchemaRegistry
+from riverbed.streams.errors import DecodeError, SchemaRegistryError
 
 EVENT = {"event_id": "e1", "key": "k1", "timestamp": 1_700_000_000_000, "salary": 1.5,
          "commission": 0.0, "age": 30, "elevel": 1, "car": 2, "zipcode": 3, "hvalue": 4.0,

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import load_schema, shipped_names
-from streams.avro_backend import cavro
-from streams.codec import AvroCodec, ConfluentCodec, InMemorySchemaRegistry, parse
-from streams.errors import DecodeError
+from riverbed.schemas import load_schema, shipped_names
+from riverbed.streams.avro_backend import cavro
+from riverbed.streams.codec import AvroCodec, ConfluentCodec, InMemorySchemaRegistry, parse
+from riverbed.streams.errors import DecodeError
 
 
 @pytest.fixture(scope="module", params=["cavro", "fastavro"])
@@ -164,8 +164,8 @@ def test_an_int_that_overflows_32_bits_decodes_as_written_and_fails_validation(
     """One flipped bit can lengthen an int's varint past 32 bits (found by the property test
     above): the engine must not wrap it into a plausible value; as written it is out of
     range, and the feature extractor refuses it before any model sees it."""
-    from streams.errors import ValidationError
-    from streams.features import FeatureExtractor
+    from riverbed.streams.errors import ValidationError
+    from riverbed.streams.features import FeatureExtractor
 
     schema = load_schema("agrawal_event")
     record = {"event_id": "e", "key": "k", "timestamp": 1, "salary": 1.0, "commission": 0.0,

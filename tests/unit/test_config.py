@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.config import load_settings, settings_from_dict
-from streams.errors import ConfigError
+from riverbed.streams.config import load_settings, settings_from_dict
+from riverbed.streams.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = {"name": "m", "pipeline": [{"linear_model.LogisticRegression": {}}]}

@@ -6,8 +6,8 @@ import time
 
 from rich.console import Console
 
-from streams.cli import _demo_table
-from streams.demo import DemoProgress
+from riverbed.streams.cli import _demo_table
+from riverbed.streams.demo import DemoProgress
 
 
 def _text(progress: DemoProgress) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from streams.checks import FEATURES
-from streams.config import ModelSettings
-from streams.datasets import events
-from streams.evaluation import ModelMonitor
-from streams.models import OnlineModel
+from riverbed.streams.checks import FEATURES
+from riverbed.streams.config import ModelSettings
+from riverbed.streams.datasets import events
+from riverbed.streams.evaluation import ModelMonitor
+from riverbed.streams.models import OnlineModel
 
 SPEC = ModelSettings("m", pipeline=({"preprocessing.StandardScaler": {}},
                                     {"linear_model.LogisticRegression": {}}))

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import load_schema
-from streams.config import EventSettings, LimitSettings, ModelSettings
-from streams.errors import ConfigError, ValidationError
-from streams.features import FeatureExtractor, LabelRule
+from riverbed.schemas import load_schema
+from riverbed.streams.config import EventSettings, LimitSettings, ModelSettings
+from riverbed.streams.errors import ConfigError, ValidationError
+from riverbed.streams.features import FeatureExtractor, LabelRule
 
 SCHEMA = load_schema("agrawal_event")
 MODEL = ModelSettings(name="m", pipeline=({"linear_model.LogisticRegression": {}},))

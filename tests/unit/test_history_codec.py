@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.history import Claimed, Example, HistoryEvent, Learned, Restored
-from streams.history_codec import decode_event, encode_event
+from riverbed.streams.history import Claimed, Example, HistoryEvent, Learned, Restored
+from riverbed.streams.history_codec import decode_event, encode_event
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 feature_dict = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), finite, max_size=4)

@@ -7,7 +7,7 @@ import pickle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.history import (
+from riverbed.streams.history import (
     Claimed,
     Example,
     HistoryEvent,

@@ -10,8 +10,8 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.errors import DecodeError
-from streams.history import (
+from riverbed.streams.errors import DecodeError
+from riverbed.streams.history import (
     Claimed,
     Created,
     Effect,
@@ -24,8 +24,8 @@ from streams.history import (
     Restored,
     SnapshotChunk,
 )
-from streams.history_codec import decode_event, encode_event
-from streams.snapshots import make_chunks, snapshot_verifier
+from riverbed.streams.history_codec import decode_event, encode_event
+from riverbed.streams.snapshots import make_chunks, snapshot_verifier
 
 KEY = os.urandom(32)
 MODEL = "m"

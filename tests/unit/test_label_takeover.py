@@ -8,10 +8,10 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agents.labels import LabelJoin
-from streams.config import Settings
-from streams.pending import EarlyLabel, PendingEvent
-from streams.pending_codec import encode_pending
+from riverbed.agents.labels import LabelJoin
+from riverbed.streams.config import Settings
+from riverbed.streams.pending import EarlyLabel, PendingEvent
+from riverbed.streams.pending_codec import encode_pending
 
 
 @dataclasses.dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams import checks
-from streams.config import ModelSettings, load_settings
+from riverbed.streams import checks
+from riverbed.streams.config import ModelSettings, load_settings
 from tests.conftest import CONFIG
 
 EXTRA = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams.config import ModelSettings
-from streams.errors import ModelSpecError
-from streams.models import OnlineModel, build_component, build_estimator, resolve
+from riverbed.streams.config import ModelSettings
+from riverbed.streams.errors import ModelSpecError
+from riverbed.streams.models import OnlineModel, build_component, build_estimator, resolve
 
 
 def spec(*steps: dict, task: str = "classification", seed: int = 1) -> ModelSettings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.offsets import OffsetTracker
+from riverbed.streams.offsets import OffsetTracker
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("batch"), st.dictionaries(st.integers(0, 3), st.integers(1, 5), min_size=1)),

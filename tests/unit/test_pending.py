@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.pending import PendingEvent, PendingStore
+from riverbed.streams.pending import PendingEvent, PendingStore
 
 
 def event(i: int, t: int) -> PendingEvent:

@@ -8,8 +8,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.pending import EarlyLabel, PendingEvent
-from streams.pending_codec import decode_pending, encode_pending
+from riverbed.streams.pending import EarlyLabel, PendingEvent
+from riverbed.streams.pending_codec import decode_pending, encode_pending
 
 FLOATS = st.floats(allow_nan=False, width=64)
 NAMES = st.sampled_from(["salary", "age", "loan", "extra.a", "extra.b"])

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.inference import BatchOutput
-from agents.labels import LabelJoin, pending_log_start
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.features import LabelRule
+from riverbed.agents.inference import BatchOutput
+from riverbed.agents.labels import LabelJoin, pending_log_start
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.features import LabelRule
 
 LABELS = AvroCodec(load_schema("label"))
 TTL_MS = 1_000

@@ -6,12 +6,12 @@ import dataclasses
 import math
 from typing import Any
 
-from agents.inference import InferenceProcessor
-from schemas import load_schema
-from streams.codec import AvroCodec
-from streams.config import Settings
-from streams.datasets import events
-from streams.models import OnlineModel
+from riverbed.agents.inference import InferenceProcessor
+from riverbed.schemas import load_schema
+from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.datasets import events
+from riverbed.streams.models import OnlineModel
 
 
 @dataclasses.dataclass
