@@ -23,9 +23,9 @@ from riverbed.agents.reporter import Reporter
 from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
 from riverbed.schemas import load_schema
 from riverbed.streams.app import make_faust_app
+from riverbed.streams.broker import probe_bootstrap
 from riverbed.streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from riverbed.streams.config import Settings
-from riverbed.streams.broker import probe_bootstrap
 from riverbed.streams.errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -34,8 +34,8 @@ from riverbed.streams.errors import (
     RiverbedError,
     TakeoverError,
 )
-from riverbed.streams.history_log import HistoryLog, SnapshotIndex, read_partition
 from riverbed.streams.history import Claimed, Restored
+from riverbed.streams.history_log import HistoryLog, SnapshotIndex, read_partition
 from riverbed.streams.ingest import Batch, BatchIngest
 from riverbed.streams.lease import Lease
 from riverbed.streams.models import OnlineModel

@@ -26,11 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from riverbed.agents.inference import InferenceProcessor  # noqa: E402
-from riverbed.agents.learner import Learner  # noqa: E402
 from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
 from bench.baselines import kit, predict_learn  # noqa: E402
 from bench.throughput import CONFIG  # noqa: E402
+from riverbed.agents.inference import InferenceProcessor  # noqa: E402
+from riverbed.agents.learner import Learner  # noqa: E402
 from riverbed.schemas import load_schema  # noqa: E402
 from riverbed.streams.codec import AvroCodec  # noqa: E402
 from riverbed.streams.config import Settings, load_settings  # noqa: E402

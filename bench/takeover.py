@@ -43,8 +43,8 @@ class Child:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(CONFIG), "--web-port",
-             str(self.port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
+            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(CONFIG),
+             "--web-port", str(self.port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def get(self, page: str) -> dict[str, Any] | None:
@@ -94,7 +94,8 @@ def main() -> None:
         children = [Child(env), Child(env)]
         total = int(args.rate * (args.kills + 1) * 12)
         producer = subprocess.Popen(  # a steady stream for the whole run
-            [sys.executable, "-c", "import asyncio,sys; from riverbed.streams.produce import produce; "
+            [sys.executable, "-c", "import asyncio,sys; "
+             "from riverbed.streams.produce import produce; "
              "from riverbed.streams.config import load_settings; s=load_settings(sys.argv[1])"
              ".with_bootstrap(sys.argv[2]); asyncio.run(produce(s, 'agrawal', int(sys.argv[3]),"
              " float(sys.argv[4])))", str(CONFIG), broker.bootstrap_servers, str(total),

@@ -52,7 +52,8 @@ def check_picklable(spec: ModelSettings, n: int = 500) -> None:
 
 
 def check_fingerprint_across_processes(spec: ModelSettings, n: int = 2000) -> None:
-    code = ("import json,sys; from riverbed.streams.checks import fingerprint_in_this_process as f; "
+    code = ("import json,sys; "
+            "from riverbed.streams.checks import fingerprint_in_this_process as f; "
             "from riverbed.streams.config import ModelSettings as M; "
             "print(f(M(**json.loads(sys.argv[1])), int(sys.argv[2])))")
     raw = json.dumps({"name": spec.name, "task": spec.task, "seed": spec.seed,

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from riverbed.schemas import load_schema
 from riverbed.streams.codec import AvroCodec
-from riverbed.streams.deadletter import parse_headers
 from riverbed.streams.config import Settings
+from riverbed.streams.deadletter import parse_headers
 from riverbed.streams.errors import EventError
 from riverbed.streams.features import FeatureExtractor
 from riverbed.streams.history import examples_of, fold

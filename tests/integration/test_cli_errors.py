@@ -135,8 +135,8 @@ def test_user_error_is_one_line(histories: dict[str, Any], request: pytest.Fixtu
         env = worker_env(settings, (OTHER_KEY if where.endswith("other-key") else KEY).hex())
     if "-c" not in args and args[0] not in ("broker", "bogus"):
         args += ["-c", str(CONFIG)]
-    done = subprocess.run([sys.executable, "-m", "riverbed.streams.cli", *args], input=stdin, env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "riverbed.streams.cli", *args], input=stdin,
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     lines = done.stderr.splitlines()
     assert "Traceback" not in done.stderr + done.stdout
     assert len(lines) == 1, done.stderr

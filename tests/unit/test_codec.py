@@ -13,7 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from riverbed.schemas import load_schema, shipped_names
-from riverbed.streams.codec import AvroCodec, ConfluentCodec, HttpSchemaRegistry, InMemorySchemaRegistry
+from riverbed.streams.codec import (
+    AvroCodec,
+    ConfluentCodec,
+    HttpSchemaRegistry,
+    InMemorySchemaRegistry,
+)
 from riverbed.streams.errors import DecodeError, SchemaRegistryError
 
 EVENT = {"event_id": "e1", "key": "k1", "timestamp": 1_700_000_000_000, "salary": 1.5,

@@ -12,7 +12,8 @@ def test_generic_top_level_names_are_not_riverbed(tmp_path: Path) -> None:
             "for name in ('agents', 'streams', 'schemas'):\n"
             "    spec = importlib.util.find_spec(name)\n"
             "    origin = spec.origin if spec else ''\n"
-            "    assert spec is None or not (origin or '').startswith(sys.argv[1]), (name, origin)\n"
+            "    ours = (origin or '').startswith(sys.argv[1])\n"
+            "    assert spec is None or not ours, (name, origin)\n"
             "import riverbed.streams.cli, riverbed.agents.worker, riverbed.schemas\n"
             "print(riverbed.__version__)\n")
     repo = str(Path(__file__).resolve().parents[2])
