@@ -2,11 +2,11 @@
 benchmarks and developers, run from the jars that ``deploy/kafka/pom.xml`` pins.
 
 Java 17+ and the fetched jars are needed (:func:`kafka_available` says what is missing);
-:func:`fetch_kafka` (or ``python -m streams.kafka_broker fetch``) fetches the jars once with
-Maven into the local Maven repository and copies them to :func:`kafka_libs_dir`; offline
-afterwards.
+:func:`fetch_kafka` (or ``python -m riverbed.streams.kafka_broker fetch``) fetches the jars
+once with Maven into the local Maven repository and copies them to :func:`kafka_libs_dir`;
+offline afterwards.
 
-:class:`KafkaBroker` mirrors :class:`~streams.broker.EmbeddedBroker`: free loopback ports,
+:class:`KafkaBroker` mirrors :class:`~riverbed.streams.broker.EmbeddedBroker`: free loopback ports,
 ``start()`` returns once the broker answers a Kafka ``ApiVersions`` request (Kafka opens
 its client listener only when the node is registered and unfenced, so an answer means
 ready), stopped by PID (SIGTERM, then SIGKILL after a grace period) by :meth:`stop`, the
@@ -92,8 +92,8 @@ def java_binary() -> str | None:
 
 def _java_major(java: str) -> int | None:
     try:
-        out = subprocess.run([java, "-version"], check=False, capture_output=True, text=True, timeout=30,
-                             stdin=subprocess.DEVNULL)
+        out = subprocess.run([java, "-version"], check=False, capture_output=True, text=True,
+                             timeout=30, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
@@ -352,7 +352,7 @@ class KafkaBroker:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streams.kafka_broker fetch|check|run``: fetch the jars, say whether
+    """``python -m riverbed.streams.kafka_broker fetch|check|run``: fetch the jars, say whether
     Kafka can run here, or run a broker until Ctrl-C."""
     args = list(sys.argv[1:] if argv is None else argv)
     what = args[0] if args else "check"
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("usage: python -m streams.kafka_broker fetch|check|run", file=sys.stderr)
+    print("usage: python -m riverbed.streams.kafka_broker fetch|check|run", file=sys.stderr)
     return 2
 
 
