@@ -12,6 +12,7 @@ import pytest
 
 from riverbed.streams.broker import EmbeddedBroker
 from riverbed.streams.config import Settings, load_settings
+from riverbed.streams.kafka_broker import KafkaBroker, kafka_available
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "riverbed.toml"
@@ -23,9 +24,27 @@ def example_settings() -> Settings:
     return load_settings(CONFIG, env={})
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker", choices=("embedded", "kafka"),
+        default=os.environ.get("RIVERBED_TEST_BROKER", "embedded"),
+        help="broker of the integration tests: the embedded Tansu (default) or Apache Kafka "
+             "run from its jars (env RIVERBED_TEST_BROKER)")
+
+
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    """The session's embedded broker; stopped (by PID) at the end of the session."""
+def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | KafkaBroker]:
+    """The session's broker (``--broker``); stopped (by PID) at the end of the session.
+    Apache Kafka missing: the tests skip with the reason, except under CI=true."""
+    if request.config.getoption("--broker") == "kafka":
+        missing = kafka_available()
+        if missing is not None:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"--broker kafka under CI=true: {missing}")
+            pytest.skip(missing)
+        with KafkaBroker() as kafka:
+            yield kafka
+        return
     with EmbeddedBroker() as running:
         yield running
     assert running.process is None

@@ -87,6 +87,18 @@ class Oracle:
         self.extractor = FeatureExtractor(EVENT_SCHEMA, self.settings.event, spec,
                                           self.settings.limits, binary=model.is_binary)
 
+    def checkpoint(self) -> tuple[Any, ...]:
+        """The decisions so far (see :meth:`rollback`)."""
+        return (list(self.valid_events), set(self.learned), set(self.pending),
+                self.dead_letters, self.records, len(self.fates))
+
+    def rollback(self, saved: tuple[Any, ...]) -> None:
+        """Forget the decisions of an example Hypothesis abandoned while drawing it (an
+        overrun): its records were never sent."""
+        valid, learned, pending, self.dead_letters, self.records, fates = saved
+        self.valid_events, self.learned, self.pending = valid, learned, pending
+        del self.fates[fates:]
+
     def _dead(self, exc: Exception) -> None:
         self.dead_letters += 1
         if not isinstance(exc, EventError):
@@ -145,11 +157,11 @@ def _raw_or(valid: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes | None]:
 
 
 async def _send(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]],
-                oracle: Oracle) -> None:
-    """Send in order; remember where each record landed (for a diff on failure)."""
+                oracle: Oracle, first: int) -> None:
+    """Send in order (``first``: the index of the first in ``oracle.fates``); remember
+    where each record landed (for a diff on failure)."""
     from riverbed.streams.output import BatchProducer
 
-    first = len(oracle.fates) - len(records)
     producer = BatchProducer(settings.broker.bootstrap_servers)
     await producer.start()
     try:
@@ -218,22 +230,22 @@ class TopicCounter:
 
 
 async def _settled(oracle: Oracle, counters: tuple[TopicCounter, TopicCounter], alive: Any,
-                   timeout_s: float) -> None:
-    """Wait until the predictions and dead letters the oracle expects are all there."""
+                   timeout_s: float, expected: tuple[int, int]) -> None:
+    """Wait until ``expected`` (predictions, dead letters) are all there."""
+    want_predictions, want_dead = expected
     deadline = time.monotonic() + timeout_s
     predictions = dead = 0
     while time.monotonic() < deadline:
         assert alive(), "the worker died"
         predictions, dead = await counters[0].read(), await counters[1].read()
-        if predictions >= len(oracle.valid_events) and dead >= oracle.dead_letters:
+        if predictions >= want_predictions and dead >= want_dead:
             return
     late = time.monotonic()
-    while time.monotonic() < late + 120 and (await counters[1].read() < oracle.dead_letters
-                                             or await counters[0].read()
-                                             < len(oracle.valid_events)):
+    while time.monotonic() < late + 120 and (await counters[1].read() < want_dead
+                                             or await counters[0].read() < want_predictions):
         pass
-    raise AssertionError(f"predictions {predictions}/{len(oracle.valid_events)}, dead letters "
-                         f"{dead}/{oracle.dead_letters} before the deadline; "
+    raise AssertionError(f"predictions {predictions}/{want_predictions}, dead letters "
+                         f"{dead}/{want_dead} before the deadline; "
                          f"{counters[0].count} and {counters[1].count} "
                          f"{time.monotonic() - late:.0f}s later")
 
@@ -249,10 +261,14 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def one_example(data: st.DataObject) -> None:
+        saved = oracle.checkpoint()
         try:
             _one_example(data)
         except Exception as exc:  # kept for after Hypothesis, which must not replay it
             failures.append(exc)
+        except BaseException:  # Hypothesis stopped drawing (overrun): nothing was sent
+            oracle.rollback(saved)
+            raise
 
     loop = asyncio.new_event_loop()  # one loop: the counters' consumers live across examples
     counters = (TopicCounter(settings_, settings_.topics.predictions, settings_.topics.partitions),
@@ -267,6 +283,8 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
         loop.run_until_complete(coroutine)
 
     def _one_example(data: st.DataObject) -> None:
+        """Draw the whole example first (events, then labels for the events the oracle says
+        are pending), then send and check: a failing check must not change the draws."""
         round_ = next(counter)
         events: list[tuple[bytes | None, bytes | None]] = []
         for i in range(data.draw(st.integers(5, 40))):
@@ -274,10 +292,9 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
             value = data.draw(_raw_or(valid))
             oracle.event(value)
             events.append((data.draw(KEYS) if value is not None else b"tomb", value))
-        io(_send(settings_, settings_.topics.events, events, oracle))
-        io(_settled(oracle, counters, alive, 60))  # labels come after their events
         targets = sorted(oracle.pending) + sorted(oracle.learned)[:3] + ["ghost", ""]
         labels: list[tuple[bytes | None, bytes | None]] = []
+        events_expected = (len(oracle.valid_events), oracle.dead_letters)
         for _ in range(data.draw(st.integers(0, 30))):
             valid = st.fixed_dictionaries({  # an index: the draws never depend on state
                 "event_id": st.integers(0, 10**6).map(lambda i: targets[i % len(targets)]),
@@ -288,8 +305,12 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
             value = data.draw(_raw_or(valid))
             oracle.label(value)
             labels.append((data.draw(KEYS) if value is not None else b"tomb", value))
-        io(_send(settings_, settings_.topics.labels, labels, oracle))
-        io(_settled(oracle, counters, alive, 60))
+        first_label = len(oracle.fates) - len(labels)
+        io(_send(settings_, settings_.topics.events, events, oracle, first_label - len(events)))
+        io(_settled(oracle, counters, alive, 60, events_expected))  # labels after events
+        io(_send(settings_, settings_.topics.labels, labels, oracle, first_label))
+        io(_settled(oracle, counters, alive, 60,
+                    (len(oracle.valid_events), oracle.dead_letters)))
 
     try:
         one_example()
