@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,7 +24,9 @@ pytestmark = pytest.mark.integration
 KEY = os.urandom(32)
 
 
-async def test_rollback_restores_state_and_lineage(settings: Settings) -> None:
+async def test_rollback_restores_state_and_lineage(settings: Settings,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="riverbed.agents.worker")
     settings = dataclasses.replace(settings, history=dataclasses.replace(
         settings.history, snapshot_every_steps=1000, snapshot_key=KEY.hex()))
     await provision(settings)
@@ -47,6 +50,10 @@ async def test_rollback_restores_state_and_lineage(settings: Settings) -> None:
         assert info["fingerprint"] == fingerprint(at_n.model.estimator, probe)
         # the live worker is fenced, takes over again and holds the state at seq 2500
         await until(lambda: worker.models[0].lineage == 1, 30)
+        # an expected event, logged as the rollback it is, not as an alarming fence
+        assert not [r for r in caplog.records if "fenced by a newer epoch" in r.getMessage()]
+        assert [r for r in caplog.records if "rolled back by `riverbed rollback`" in
+                r.getMessage()]
         live = worker.describe_models()[name]
         assert live["seq"] == 2500 and live["fingerprint"] == info["fingerprint"]
         second = await produce(settings, "agrawal", 500, seed=2)
