@@ -15,7 +15,7 @@ from riverbed.streams.broker import EmbeddedBroker
 from riverbed.streams.errors import BrokerError
 from tests.conftest import pid_alive
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_broker]
 
 
 def test_no_broker_process_survives_the_context_manager() -> None:

@@ -22,7 +22,7 @@ from tests.conftest import unique_settings
 from tests.helpers import WorkerChild, provision, worker_env
 from tests.netfault import TcpProxy
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_broker]
 OUTAGE_S = 20.0  # how long the fault lasts (the fault itself, not a wait for a condition)
 
 

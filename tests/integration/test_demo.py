@@ -12,7 +12,7 @@ import pytest
 from riverbed.streams.telemetry import TIMING_SAMPLE
 from tests.conftest import pid_alive
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_broker]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -25,7 +25,7 @@ from riverbed.streams.errors import BrokerError
 from riverbed.streams.kafka_broker import KAFKA_VERSION, POM, KafkaBroker, kafka_available
 from tests.conftest import pid_alive
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_broker]
 
 
 def require_kafka() -> None:
