@@ -123,7 +123,26 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class EmbeddedBroker:
+class LocalBroker:
+    """What every broker process riverbed starts on loopback has (Tansu here, Apache Kafka
+    in ``kafka_broker.py``): an address for clients and a PID while it runs."""
+
+    host: str
+    port: int
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` for Kafka clients."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the broker process while it runs."""
+        return self.process.pid if self.process else None
+
+
+class EmbeddedBroker(LocalBroker):
     """A Tansu broker child process. Use as a context manager, or start()/stop()."""
 
     def __init__(
@@ -137,16 +156,6 @@ class EmbeddedBroker:
         self.binary = binary
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
-
-    @property
-    def bootstrap_servers(self) -> str:
-        """``host:port`` for Kafka clients."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the broker process while it runs."""
-        return self.process.pid if self.process else None
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         """Start the broker and wait until it accepts connections (BrokerError otherwise)."""

@@ -35,7 +35,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from riverbed.streams.broker import die_with_parent, free_port, port_in_use, probe_bootstrap
+from riverbed.streams.broker import (
+    LocalBroker,
+    die_with_parent,
+    free_port,
+    port_in_use,
+    probe_bootstrap,
+)
 from riverbed.streams.errors import BrokerError
 
 #: Apache Kafka version; the same as ``kafka.version`` in deploy/kafka/pom.xml.
@@ -170,7 +176,7 @@ def cluster_id() -> str:
             return text
 
 
-class KafkaBroker:
+class KafkaBroker(LocalBroker):
     """One Apache Kafka node (KRaft, combined broker and controller) on loopback.
 
     ``data_dir`` keeps the KRaft log dir somewhere of the caller's choosing (it is then
@@ -202,16 +208,6 @@ class KafkaBroker:
         #: seconds from launching the JVM to the first ApiVersions answer (last start)
         self.start_seconds: float | None = None
         self._keep = False
-
-    @property
-    def bootstrap_servers(self) -> str:
-        """``host:port`` for Kafka clients."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the broker's JVM while it runs."""
-        return self.process.pid if self.process else None
 
     def server_properties(self, log_dir: Path) -> dict[str, str]:
         """The node's ``server.properties``."""

@@ -105,12 +105,19 @@ class Oracle:
             self.unexpected.append(f"{type(exc).__name__}: {exc}")
 
     def event(self, value: bytes | None) -> None:
+        self._decide("events", self._event, value)
+
+    def label(self, value: bytes | None) -> None:
+        self._decide("labels", self._label, value)
+
+    def _decide(self, topic: str, decide: Any, value: bytes | None) -> None:
+        """Decide one record's fate and remember it (with its bytes, for a diff)."""
         self.records += 1
         dead = self.dead_letters
         try:
-            self._event(value)
+            decide(value)
         finally:
-            self.fates.append(("events", value, self.dead_letters > dead))
+            self.fates.append((topic, value, self.dead_letters > dead))
 
     def _event(self, value: bytes | None) -> None:
         try:
@@ -128,14 +135,6 @@ class Oracle:
             return
         self.valid_events.append(event["event_id"])
         (self.learned if label is not None else self.pending).add(event["event_id"])
-
-    def label(self, value: bytes | None) -> None:
-        self.records += 1
-        dead = self.dead_letters
-        try:
-            self._label(value)
-        finally:
-            self.fates.append(("labels", value, self.dead_letters > dead))
 
     def _label(self, value: bytes | None) -> None:
         try:

@@ -10,15 +10,17 @@ import dataclasses
 import json
 import os
 import time
+from typing import Any
 
 import pytest
 
 from riverbed.streams.config import Settings
-from riverbed.streams.history import Annotated, SnapshotChunk, examples_of, fold
+from riverbed.streams.history import Annotated, Snapshot, SnapshotChunk, examples_of, fold
 from riverbed.streams.history_codec import encode_event
 from riverbed.streams.output import BatchProducer
 from riverbed.streams.produce import produce
 from riverbed.streams.replay import read_model_history
+from riverbed.streams.snapshots import sign_index_entry
 from tests.helpers import provision, running_worker, until
 
 pytestmark = pytest.mark.integration
@@ -54,6 +56,38 @@ async def _append(settings: Settings, topic: str,
     return int(sent[0].offset)
 
 
+async def _history_of_2500_steps(settings: Settings, seed: int) -> Settings:
+    """This test's settings, after a worker learned 2,500 events (snapshots at 1000, 2000)."""
+    settings = _settings(settings)
+    await provision(settings)
+    await _learn(settings, 2500, seed=seed, expect_seq=2500)
+    return settings
+
+
+async def _snapshot_chunks(settings: Settings, which: int) -> tuple[Snapshot, list[Any]]:
+    """The ``which``-th accepted snapshot of the model and its chunk records."""
+    name = settings.models[0].name
+    history = await read_model_history(settings, name)
+    snapshot = fold(name, history)[0].snapshots[which]
+    return snapshot, [e for e in history if isinstance(e.body, SnapshotChunk)
+                      and e.body.snapshot_id == snapshot.snapshot_id]
+
+
+async def _reappend(settings: Settings, snapshot: Snapshot, chunks: list[Any], *,
+                    signed: bool) -> None:
+    """Append ``chunks`` to the history again and an index entry pointing at the copy."""
+    name = settings.models[0].name
+    offset = await _append(settings, settings.topics.history, [
+        (name.encode(), encode_event(e), [("riverbed.kind", b"SnapshotChunk")])
+        for e in chunks])
+    entry = {"snapshot_id": snapshot.snapshot_id, "seq": snapshot.seq, "offset": offset,
+             "chunks": len(chunks), "epoch": snapshot.epoch, "lineage": snapshot.lineage}
+    if signed:
+        entry = sign_index_entry(entry, name, KEY)
+    await _append(settings, settings.topics.snapshots,
+                  [(name.encode(), json.dumps(entry).encode(), [])])
+
+
 async def test_garbage_on_the_history_and_index_topics_is_skipped(settings: Settings) -> None:
     settings = _settings(settings)
     await provision(settings)
@@ -78,15 +112,9 @@ async def test_garbage_on_the_history_and_index_topics_is_skipped(settings: Sett
 async def test_a_tampered_snapshot_is_refused_reported_and_restore_falls_back(
     settings: Settings,
 ) -> None:
-    settings = _settings(settings)
-    await provision(settings)
-    await _learn(settings, 2500, seed=3, expect_seq=2500)
+    settings = await _history_of_2500_steps(settings, seed=3)
     name = settings.models[0].name
-    history = await read_model_history(settings, name)
-    state, _ = fold(name, history)
-    newest = state.snapshots[-1]
-    chunks = [e for e in history
-              if isinstance(e.body, SnapshotChunk) and e.body.snapshot_id == newest.snapshot_id]
+    newest, chunks = await _snapshot_chunks(settings, -1)
     # the newest snapshot with one byte flipped, appended, and an index entry pointing
     # at it (signed with the right key: the snapshot's own HMAC must refuse it)
     tampered = []
@@ -95,15 +123,7 @@ async def test_a_tampered_snapshot_is_refused_reported_and_restore_falls_back(
         data[len(data) // 2] ^= 0x01
         tampered.append(dataclasses.replace(event, body=dataclasses.replace(
             event.body, data=bytes(data))))  # type: ignore[type-var]
-    offset = await _append(settings, settings.topics.history, [
-        (name.encode(), encode_event(e), [("riverbed.kind", b"SnapshotChunk")])
-        for e in tampered])
-    from riverbed.streams.snapshots import sign_index_entry
-    entry = sign_index_entry({"snapshot_id": newest.snapshot_id, "seq": newest.seq,
-                              "offset": offset, "chunks": len(tampered),
-                              "epoch": newest.epoch, "lineage": newest.lineage}, name, KEY)
-    await _append(settings, settings.topics.snapshots, [(name.encode(), json.dumps(
-        entry).encode(), [])])
+    await _reappend(settings, newest, tampered, signed=True)
     began = time.monotonic()
     stats = await _learn(settings, 500, seed=4, expect_seq=3000)
     assert time.monotonic() - began < 60
@@ -119,23 +139,12 @@ async def test_a_tampered_snapshot_is_refused_reported_and_restore_falls_back(
 async def test_an_authentic_old_snapshot_re_appended_changes_nothing(
     settings: Settings,
 ) -> None:
-    settings = _settings(settings)
-    await provision(settings)
-    await _learn(settings, 2500, seed=5, expect_seq=2500)
+    settings = await _history_of_2500_steps(settings, seed=5)
     name = settings.models[0].name
-    history = await read_model_history(settings, name)
-    state, _ = fold(name, history)
-    oldest = state.snapshots[0]
-    assert oldest.seq < state.seq
-    chunks = [e for e in history
-              if isinstance(e.body, SnapshotChunk) and e.body.snapshot_id == oldest.snapshot_id]
-    offset = await _append(settings, settings.topics.history, [  # the same bytes, later
-        (name.encode(), encode_event(e), [("riverbed.kind", b"SnapshotChunk")])
-        for e in chunks])
-    await _append(settings, settings.topics.snapshots, [(name.encode(), json.dumps({
-        "snapshot_id": oldest.snapshot_id, "seq": oldest.seq, "offset": offset,
-        "chunks": len(chunks), "epoch": oldest.epoch, "lineage": oldest.lineage,
-    }).encode(), [])])  # an index entry for the copy (cannot be signed without the key)
+    oldest, chunks = await _snapshot_chunks(settings, 0)
+    assert oldest.seq < 2500
+    await _reappend(settings, oldest, chunks, signed=False)  # the same bytes, later; an
+    # index entry for the copy cannot be signed without the key
     replayed_fold, _ = fold(name, await read_model_history(settings, name))
     assert replayed_fold.seq == 2500  # the fold ignores the copy
     await _learn(settings, 500, seed=6, expect_seq=3000)  # restored at 2500, not at the copy
