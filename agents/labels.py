@@ -77,8 +77,9 @@ class LabelJoin:
         if early is None:
             self._new_events.append(entry)
         else:
+            topic, partition, offset = early.origin
             self._learn(entry, early.label, early.label_time, lanes, out,
-                        _Origin(*early.origin, early.raw))
+                        _Origin(topic, partition, offset, early.raw))
 
     def on_label(self, record: InputRecord, lanes: list[Any], out: BatchOutput,
                  now_ms: int) -> None:
