@@ -21,13 +21,12 @@ from riverbed.agents.labels import LabelJoin, pending_log_start
 from riverbed.agents.learner import ROLLBACK_OWNER, Learner
 from riverbed.agents.reporter import Reporter
 from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
+from riverbed.agents.supervision import BrokerWatch, Supervisor
 from riverbed.schemas import load_schema
 from riverbed.streams.app import make_faust_app
-from riverbed.streams.broker import probe_bootstrap
 from riverbed.streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import (
-    BrokerError,
     BrokerUnavailableError,
     DecodeError,
     LeaseLostError,
@@ -92,11 +91,10 @@ class Worker:
         #: the global models' single-writer lease (None with per-partition models)
         self.lease = None if self.per_partition else Lease(settings)
         self.model_lock = asyncio.Lock()
-        #: background tasks that must never die silently (see _supervise)
-        self._tasks: list[asyncio.Task[None]] = []
-        #: set by a supervised task that failed with a RiverbedError (a condition with a
-        #: message, not a bug): run() stops with that one line
-        self._fatal: asyncio.Future[RiverbedError] | None = None
+        #: background tasks that must never die silently (agents/supervision.py)
+        self.supervisor = Supervisor(self.app.crash)
+        self.broker_watch = BrokerWatch(settings, self.stats, self.log_limiter,
+                                        self.ingest.assigned.is_set)
         InferenceAgent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
             before_batch=self.before_batch, guard=self.model_lock,
@@ -263,7 +261,7 @@ class Worker:
         await self.app.add_runtime_dependency(self.ingest)  # join the inputs' group
         if self.learners and self._follower is None:
             self._follower = self._supervise(self._follow_history(), "history follower")
-        self._supervise(self._watch_broker(), "broker watch")
+        self._supervise(self.broker_watch.run(), "broker watch")
         tune_gc()
         self.stats.role = "active"
         wait_s = self.settings.worker.session_timeout_ms / 1000 * 10
@@ -303,65 +301,9 @@ class Worker:
         raise LeaseLostError("another worker holds the lease of the global models now "
                              "(this one was unreachable past worker.lease_session_timeout_ms)")
 
-    async def _watch_broker(self) -> None:
-        """Every second, ask the bootstrap servers for their API versions. While none
-        answers: not ready, ``riverbed_broker_connected`` 0, one warning per 5 s (client
-        libraries' lines suppressed); outputs and history appends wait (their timeout is
-        past ``broker.reconnect_timeout_s``). Past that timeout: stop, exit 1."""
-        bootstrap = self.settings.broker.bootstrap_servers
-        timeout_s = self.settings.broker.reconnect_timeout_s
-        away_since: float | None = None
-        said = 0.0
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await asyncio.to_thread(probe_bootstrap, bootstrap, 2.0)
-                problem = None
-            except BrokerError as exc:
-                problem = str(exc)
-            now = time.monotonic()
-            if problem is None:
-                if away_since is not None:
-                    log.warning("broker %s reachable again after %.0fs; resuming", bootstrap,
-                                now - away_since)
-                    away_since = None
-                    self.log_limiter.away = False
-                    self.stats.broker_connected = True
-                    self.stats.ready = self.ingest.assigned.is_set()
-                continue
-            if away_since is None:
-                away_since, said = now, 0.0
-                self.log_limiter.away = True
-                self.stats.broker_connected = self.stats.ready = False
-            if now - said >= 5.0:
-                said = now
-                log.warning("broker unreachable for %.0fs (%s); waiting up to "
-                            "broker.reconnect_timeout_s=%gs (%d client log lines suppressed)",
-                            now - away_since, problem, timeout_s, self.log_limiter.suppressed)
-            if now - away_since > timeout_s:
-                raise BrokerUnavailableError(
-                    f"broker {bootstrap} unreachable for more than {timeout_s:g}s "
-                    "(broker.reconnect_timeout_s); stopping")
-
     def _supervise(self, coro: Any, name: str) -> asyncio.Task[None]:
-        """Run ``coro`` as a background task that cannot die silently: if it ends with an
-        exception, the traceback is logged and the worker stops (exit 1)."""
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-
-        def ended(done: asyncio.Task[None]) -> None:
-            if done.cancelled() or done.exception() is None:
-                return
-            exc = done.exception()
-            if isinstance(exc, RiverbedError):  # a condition with its own message
-                if self._fatal is not None and not self._fatal.done():
-                    self._fatal.set_result(exc)
-                    return
-            log.error("background task %r failed; stopping the worker", name, exc_info=exc)
-            self._crash = asyncio.ensure_future(self.app.crash(exc))
-
-        task.add_done_callback(ended)
-        self._tasks.append(task)
-        return task
+        """Run ``coro`` as a task that cannot die silently (agents/supervision.py)."""
+        return self.supervisor.run(coro, name)
 
     def _may_commit(self) -> bool:
         """Input offsets are committed only by a worker that holds its models' current
@@ -504,11 +446,7 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop agents and services; commits offsets of finished batches."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.supervisor.cancel_all()
         await self.app.stop()
         if self.lease is not None:
             await self.lease.stop()  # after the last commit: a standby takes over at once
@@ -523,19 +461,19 @@ class Worker:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # `kill -USR1 PID`: what waits where
         self.log_limiter.install()
-        self._fatal = loop.create_future()
+        fatal = self.supervisor.fatal = loop.create_future()
         reason: Any = None
         try:
             await self.start()
             ended = asyncio.ensure_future(self.app.wait_until_stopped())  # stopped or crashed
             stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([ended, stopping, self._fatal],
+            await asyncio.wait([ended, stopping, fatal],
                                return_when=asyncio.FIRST_COMPLETED)
             for fut in (ended, stopping):
                 fut.cancel()
             reason = self.app.crash_reason if self.app.crashed else None
-            if self._fatal.done():
-                reason = self._fatal.result()
+            if fatal.done():
+                reason = fatal.result()
         finally:
             if isinstance(reason, BrokerUnavailableError):
                 pass  # nothing can be flushed or committed: exit now (the CLI exits hard)
