@@ -175,11 +175,13 @@ async def test_score_output_matches_predictions_and_warns_when_untrained(built: 
 
 
 async def test_tail_decodes_the_metrics_topic(built: Built) -> None:
-    done = cli(built.settings, KEY, "tail", built.settings.topics.metrics, "--max", "2",
-               "--idle-timeout", "2")
+    # one report at least: the worker sends one per second (a fast broker builds the
+    # history in about a second); --max ends the tail, not the idle timeout
+    done = cli(built.settings, KEY, "tail", built.settings.topics.metrics, "--max", "1",
+               "--idle-timeout", "20")
     assert done.returncode == 0, done.stderr
     reports = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(reports) == 2 and all(r["model"] == built.name for r in reports)
+    assert len(reports) == 1 and all(r["model"] == built.name for r in reports)
     assert {"seq", "lineage", "metrics", "consumer_lag"} <= set(reports[0])
 
 
