@@ -50,3 +50,19 @@ def test_grafana_dashboard_queries_metrics_the_worker_exports() -> None:
     for metric in used:
         base = re.sub(r"_(bucket|total)$", "", metric)
         assert base in exported or metric in extra, metric
+
+
+def test_compose_kafka_accepts_riverbeds_session_timeouts() -> None:
+    """Apache Kafka refuses a group member whose session timeout is below
+    group.min.session.timeout.ms (6000 by default): the lease and the inputs' group would
+    never be joined."""
+    import re
+
+    from riverbed.streams.config import WorkerSettings
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    found = re.search(r'KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS: "(\d+)"', text)
+    assert found is not None
+    worker = WorkerSettings()
+    assert int(found.group(1)) <= min(worker.session_timeout_ms,
+                                      worker.lease_session_timeout_ms)
