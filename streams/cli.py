@@ -150,23 +150,42 @@ def _quiet_kafka_clients() -> Iterator[None]:
 
 @app.command()
 @one_line_errors
-def broker(port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 9092) -> None:
-    """Run the embedded broker (Tansu, memory-only) on 127.0.0.1 until Ctrl-C."""
-    from riverbed.streams.broker import EmbeddedBroker
+def broker(
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 9092,
+    kafka: Annotated[bool, typer.Option(
+        "--kafka", help="Apache Kafka 4 (KRaft) from its jars instead of the embedded broker: "
+                        "durable, its log dir under --data-dir.")] = False,
+    data_dir: Annotated[Path, typer.Option(help="Log dir of the --kafka broker (kept).")] = Path(
+        ".riverbed-kafka"),
+) -> None:
+    """Run a broker on 127.0.0.1 until Ctrl-C: the embedded Tansu (memory-only), or with
+    --kafka a durable Apache Kafka node."""
+    from riverbed.streams.broker import EmbeddedBroker, LocalBroker
 
     _check(0 <= port <= 65535, f"--port must be between 0 and 65535, got {port}")
+    if kafka:
+        from riverbed.streams.kafka_broker import KafkaBroker, kafka_available
+
+        missing = kafka_available()
+        if missing is not None:
+            raise BrokerError(f"--kafka: {missing}")
+        chosen: LocalBroker = KafkaBroker(port=port or None, data_dir=data_dir.resolve())
+        what = f"Apache Kafka (KRaft), log dir {data_dir}"
+    else:
+        chosen = EmbeddedBroker(port=port or None)
+        what = "embedded broker, memory-only"
     stop = threading.Event()
     # explicit handlers: a shell starting us in the background ignores SIGINT (no
     # KeyboardInterrupt then), and Ctrl-C / kill must both stop the broker cleanly
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with EmbeddedBroker(port=port or None) as b:
-        err.print(f"embedded broker listening on [bold]{b.bootstrap_servers}[/bold] (pid {b.pid});"
-                  " memory-only, Ctrl-C stops it", soft_wrap=True)
+    with chosen as b:  # type: ignore[attr-defined]
+        err.print(f"{what}: listening on [bold]{b.bootstrap_servers}[/bold] (pid {b.pid});"
+                  " Ctrl-C stops it", soft_wrap=True)
         while not stop.wait(0.5):
             if b.process is None or b.process.poll() is not None:
                 code = b.process.returncode if b.process is not None else None
-                raise BrokerError(f"the embedded broker exited (code {code})")
+                raise BrokerError(f"the broker exited (code {code})")
 
 
 def _worker(

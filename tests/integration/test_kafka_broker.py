@@ -159,3 +159,42 @@ def test_a_broker_that_cannot_start_keeps_its_log(capsys: pytest.CaptureFixture[
         assert str(broker.work_dir) in capsys.readouterr().err
     finally:
         shutil.rmtree(broker.work_dir)
+
+
+async def test_riverbed_broker_kafka_is_a_durable_local_broker(tmp_path: Path) -> None:
+    """``riverbed broker --kafka`` serves until SIGTERM and keeps its data for the next run."""
+    require_kafka()
+    from riverbed.streams.broker import free_port, probe_bootstrap
+
+    port = free_port()
+    data = tmp_path / "kafka-data"
+
+    def start() -> subprocess.Popen[str]:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "riverbed.streams.cli", "broker", "--kafka", "--port",
+             str(port), "--data-dir", str(data)], stderr=subprocess.PIPE, text=True)
+        assert child.stderr is not None
+        line = child.stderr.readline()  # the one line it prints once it answers
+        assert "Apache Kafka" in line and f"127.0.0.1:{port}" in line, line
+        probe_bootstrap(f"127.0.0.1:{port}", 5.0)
+        return child
+
+    child = start()
+    try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic("kept", 1, 1)])
+        finally:
+            await admin.close()
+        assert await _round_trip(f"127.0.0.1:{port}", "kept", [b"a", b"b"]) == [b"a", b"b"]
+    finally:
+        child.terminate()
+        assert child.wait(timeout=60) == 0
+    assert not port_in_use(port)
+    child = start()  # the same log dir: the records are still there
+    try:
+        assert await _read_all(f"127.0.0.1:{port}", "kept", 2, group="again") == [b"a", b"b"]
+    finally:
+        child.terminate()
+        assert child.wait(timeout=60) == 0
