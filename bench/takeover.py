@@ -30,7 +30,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from riverbed.streams.broker import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
+from riverbed.streams.broker import (  # noqa: E402
+    EmbeddedBroker,
+    LocalBroker,
+    die_with_parent,
+    free_port,
+)
 from riverbed.streams.config import load_settings  # noqa: E402
 from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 
@@ -83,9 +88,20 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--output", default="bench/results/takeover.json")
+    parser.add_argument("--broker", choices=("embedded", "kafka"), default="embedded",
+                        help="the embedded Tansu, or Apache Kafka from its jars")
     args = parser.parse_args()
     rounds: list[dict[str, float]] = []
-    with EmbeddedBroker() as broker:
+    if args.broker == "kafka":
+        from riverbed.streams.kafka_broker import KafkaBroker, kafka_available
+
+        missing = kafka_available()
+        if missing is not None:
+            raise SystemExit(missing)
+        chosen: LocalBroker = KafkaBroker()
+    else:
+        chosen = EmbeddedBroker()
+    with chosen as broker:  # type: ignore[attr-defined]
         settings = load_settings(CONFIG, env={}).with_bootstrap(broker.bootstrap_servers)
         asyncio.run(ensure_topics(broker.bootstrap_servers, riverbed_topics(settings)))
         env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -123,7 +139,7 @@ def main() -> None:
             producer.kill()
             for child in children:
                 child.kill()
-    result = {"kills": len(rounds), "rate": args.rate,
+    result = {"broker": args.broker, "kills": len(rounds), "rate": args.rate,
               "median_role_s": statistics.median(r["role_s"] for r in rounds),
               "median_learning_s": statistics.median(r["learning_s"] for r in rounds),
               "rounds": rounds}
