@@ -123,6 +123,10 @@ class Reporter:
             family = CounterMetricFamily(name, doc)
             family.add_metric([], getattr(store.counters, field) if store else 0)
             yield family
+        skipped = CounterMetricFamily("riverbed_skipped_pending_records",
+                                      "Pending-log records that did not decode (skipped)")
+        skipped.add_metric([], w.join.skipped_records if w.join is not None else 0)
+        yield skipped
         lag = GaugeMetricFamily("riverbed_consumer_lag", "High-water mark minus confirmed "
                                 "position", labels=["topic", "partition"])
         for tp, value in self.lag().items():

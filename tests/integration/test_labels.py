@@ -145,12 +145,16 @@ async def test_metrics_endpoint_exposes_every_metric(settings: Settings) -> None
                  "riverbed_dead_letters", "riverbed_model_seq", "riverbed_drift_events",
                  "riverbed_event_to_prediction_seconds", "riverbed_predict_seconds",
                  "riverbed_learn_seconds", "riverbed_model_metric", "riverbed_pending_labels",
-                 "riverbed_expired_labels", "riverbed_labels_joined", "riverbed_consumer_lag"):
+                 "riverbed_expired_labels", "riverbed_labels_joined", "riverbed_consumer_lag",
+                 "riverbed_broker_connected", "riverbed_standby", "riverbed_rejected_snapshots",
+                 "riverbed_skipped_history_records", "riverbed_skipped_pending_records"):
         assert name in families, name
     value = {(f.name, s.name, tuple(sorted(s.labels.items()))): s.value
              for f in families.values() for s in f.samples}
     model = settings.models[0].name
     assert value[("riverbed_events", "riverbed_events_total", ())] == 601
+    assert value[("riverbed_broker_connected", "riverbed_broker_connected", ())] == 1
+    assert value[("riverbed_standby", "riverbed_standby", ())] == 0
     assert value[("riverbed_dead_letters", "riverbed_dead_letters_total",
                   (("reason", "decode_error"),))] == 1
     labelled = sum(1 for e in stream if e["label"] is not None)
