@@ -117,10 +117,3 @@ class PendingStore:
         """Restore age order after entries were merged in (a rebuild or a takeover)."""
         self.events = OrderedDict(sorted(self.events.items(), key=lambda kv: kv[1].added_ms))
         self.labels = OrderedDict(sorted(self.labels.items(), key=lambda kv: kv[1].added_ms))
-
-    def forget(self, event_ids: set[str]) -> None:
-        """Drop entries whose event was learned already (used when rebuilding)."""
-        for event_id in event_ids & set(self.events):
-            del self.events[event_id]
-        for event_id in event_ids & set(self.labels):
-            del self.labels[event_id]

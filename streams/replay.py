@@ -30,7 +30,7 @@ from riverbed.streams.history import (
     Snapshot,
     SnapshotChunk,
 )
-from riverbed.streams.history_log import HistoryLog, SkippedRecord, SnapshotIndex
+from riverbed.streams.history_log import HistoryLog, SkippedRecord
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.snapshots import (
     SnapshotIntegrityError,
@@ -313,9 +313,3 @@ def _compare(result: ReplayResult, seq: int, what: str, recorded: str, actual: s
     if recorded != actual:
         result.mismatches.append({"seq": seq, "what": what, "recorded": recorded,
                                   "replayed": actual})
-
-
-async def snapshot_entries(settings: Settings, model: str) -> list[dict[str, Any]]:
-    """The snapshot index entries of ``model``."""
-    index = SnapshotIndex(settings.broker.bootstrap_servers, settings.topics.snapshots, None)  # type: ignore[arg-type]
-    return await index.entries(model)
