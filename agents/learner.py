@@ -104,7 +104,7 @@ class Learner:
         self.history = log_
         self.index = index
         self.key = key
-        self.fold = HistoryFold(model.name, id_window)  # replaced below, with verification
+        self.id_window = id_window
         self.owner = owner or f"{uuid.uuid4().hex[:8]}"
         self.epoch = 0
         self.snapshot_every_steps = snapshot_every_steps
@@ -197,7 +197,7 @@ class Learner:
         raise AssertionError("unreachable: genesis always returns")
 
     def _new_fold(self) -> HistoryFold:
-        return HistoryFold(self.model.name, self.fold.id_window,
+        return HistoryFold(self.model.name, self.id_window,
                            verify=snapshot_verifier(self.key, self._refused_snapshots))
 
     async def _load_entry(self, entry: Mapping[str, Any]) -> int | None:
