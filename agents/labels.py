@@ -29,7 +29,7 @@ from typing import Any
 
 from riverbed.agents.inference import BatchOutput, InputRecord, dead_letter
 from riverbed.schemas import load_schema
-from riverbed.streams.codec import Decoder, make_codec
+from riverbed.streams.codec import Decoder, SchemaRegistry, make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import EventError, ValidationError
 from riverbed.streams.pending import EarlyLabel, PendingEvent, PendingStore
@@ -50,7 +50,7 @@ class _LogRecord:
 class LabelJoin:
     """Join state and rules; called by the inference processor, one batch at a time."""
 
-    def __init__(self, settings: Settings, registry: Any = None,
+    def __init__(self, settings: Settings, registry: SchemaRegistry | None = None,
                  decoder: Decoder | None = None) -> None:
         self.topic = settings.topics.labels
         self.decoder = decoder or make_codec(load_schema("label"), f"{self.topic}-value", registry)

@@ -24,7 +24,7 @@ from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
 from riverbed.agents.supervision import BrokerWatch, Supervisor
 from riverbed.schemas import load_schema
 from riverbed.streams.app import make_faust_app
-from riverbed.streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
+from riverbed.streams.codec import make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import (
     BrokerUnavailableError,
@@ -39,6 +39,7 @@ from riverbed.streams.ingest import Batch, BatchIngest
 from riverbed.streams.lease import Lease
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.output import BatchProducer
+from riverbed.streams.registry import RegistryClient, SchemaPrefetch
 from riverbed.streams.snapshots import fingerprint, snapshot_key
 from riverbed.streams.telemetry import WorkerStats
 from riverbed.streams.topics import ensure_topics, riverbed_topics
@@ -56,12 +57,14 @@ class Worker:
 
     def __init__(
         self, settings: Settings, web_port: int | None = None,
-        registry: SchemaRegistry | None = None,
+        registry: RegistryClient | None = None,
     ) -> None:
         self.settings = settings
         self.stats = WorkerStats()
-        if registry is None and settings.broker.schema_registry_url:
-            registry = HttpSchemaRegistry(settings.broker.schema_registry_url)
+        if registry is None and settings.registry.url:
+            registry = RegistryClient(settings.registry)
+        #: the schema registry client (None: plain Avro, no registry)
+        self.registry = registry
         event_schema = load_schema(settings.event.schema, settings.base_dir)
         topics = settings.topics
         self.per_partition = settings.worker.model_per_partition
@@ -73,13 +76,14 @@ class Worker:
         models = [] if self.per_partition else [OnlineModel(spec) for spec in settings.models]
         learners = [self._learner(m) for m in models] if settings.history.enabled else None
         self.join = LabelJoin(settings, registry) if settings.labels.enabled else None
+        decoder = make_codec(event_schema, f"{topics.events}-value", registry)
+        encoder = make_codec(load_schema("prediction"), f"{topics.predictions}-value", registry)
         self.processor = InferenceProcessor(
-            settings, event_schema, join=self.join,
-            decoder=make_codec(event_schema, f"{topics.events}-value", registry),
-            prediction_encoder=make_codec(
-                load_schema("prediction"), f"{topics.predictions}-value", registry),
+            settings, event_schema, join=self.join, decoder=decoder, prediction_encoder=encoder,
             models=models, stats=self.stats, learners=learners,
         )
+        prefetch = None if registry is None else SchemaPrefetch(registry, {
+            topics.events: decoder, topics.labels: self.join and self.join.decoder}, [encoder])
         self.reporter = Reporter(self)
         self._faust_dir = tempfile.TemporaryDirectory(prefix="riverbed-faust-")
         self.app = make_faust_app(settings, self.stats, Path(self._faust_dir.name), web_port,
@@ -98,7 +102,7 @@ class Worker:
         InferenceAgent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
             before_batch=self.before_batch, guard=self.model_lock,
-            after_outputs=self._after_outputs,
+            after_outputs=self._after_outputs, resolve_schemas=prefetch,
         ).register()
         self._register_timers_and_pages()
         self._follower: asyncio.Task[None] | None = None
@@ -451,6 +455,8 @@ class Worker:
         if self.lease is not None:
             await self.lease.stop()  # after the last commit: a standby takes over at once
         await self.output.stop()
+        if self.registry is not None:
+            await self.registry.close()
         self._faust_dir.cleanup()
 
     async def run(self, stop: asyncio.Event | None = None) -> int:

@@ -2,7 +2,10 @@
 
 Layout of the file (every key optional except ``[[models]]``)::
 
-    [broker]   bootstrap_servers, schema_registry_url, reconnect_timeout_s
+    [broker]   bootstrap_servers, reconnect_timeout_s
+    [registry] url, username, password_file, ca_file, cert_file, key_file, check_hostname,
+               request_timeout_s, cache_size, missing_ttl_s, backoff_initial_s,
+               backoff_max_s, warn_interval_s
     [topics]   events, predictions, dead_letters, labels, training, history,
                snapshots, metrics, partitions, replication_factor
     [event]    schema, id_field, key_field, timestamp_field, label_field
@@ -17,6 +20,8 @@ Layout of the file (every key optional except ``[[models]]``)::
 
 Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
 ``RIVERBED_BROKER__BOOTSTRAP_SERVERS=kafka:9092`` or ``RIVERBED_TOPICS__PARTITIONS=8``.
+Secrets never come from the file: ``registry.password`` only from the environment
+(``RIVERBED_REGISTRY__PASSWORD``) or through ``registry.password_file``.
 Any invalid value raises :class:`~streams.errors.ConfigError` naming the field.
 """
 
@@ -27,6 +32,7 @@ import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,14 +44,52 @@ ENV_PREFIX = "RIVERBED_"
 
 @dataclasses.dataclass(frozen=True)
 class BrokerSettings:
-    """Where Kafka and the (optional) Confluent schema registry are."""
+    """Where Kafka is, and how long a worker waits for it."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    #: Confluent-compatible registry; when set, payloads use Confluent framing.
+    #: Deprecated spelling of ``registry.url`` (still read; both set must agree).
     schema_registry_url: str | None = None
     #: How long a worker waits for an unreachable broker (not ready meanwhile, outputs and
     #: history appends held) before it exits non-zero for its supervisor to restart it.
     reconnect_timeout_s: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistrySettings:
+    """The (optional) Confluent-API schema registry: where, with which credentials, how to wait.
+
+    Used by the async client ``riverbed.streams.registry.RegistryClient``.
+    """
+
+    #: Base URL of a Confluent-API registry (``http(s)://host:8081``, or e.g. Apicurio's
+    #: ``.../apis/ccompat/v7``); when set, payloads use Confluent framing. No credentials
+    #: in the URL: use ``username`` and the password settings.
+    url: str | None = None
+    #: HTTP basic auth user (Confluent Cloud: the API key).
+    username: str | None = None
+    #: Basic auth password: from the environment ``RIVERBED_REGISTRY__PASSWORD`` only
+    #: (refused in the TOML file); never logged, never in ``repr``.
+    password: str | None = dataclasses.field(default=None, repr=False)
+    #: A file whose first line is the password (``~`` is expanded).
+    password_file: str | None = None
+    #: CA bundle (PEM) to verify an https registry with; None: the system's CAs.
+    ca_file: str | None = None
+    #: Client certificate (PEM) for mutual TLS, and its key (None: the key is in cert_file).
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Check that the registry's certificate names the host of ``url``.
+    check_hostname: bool = True
+    #: One HTTP request's limit; a timeout is retried like a 5xx.
+    request_timeout_s: float = 5.0
+    #: Schemas kept by id (LRU), and as many "no such id" answers.
+    cache_size: int = 1000
+    #: How long a 404 ("no such schema id") is believed before the registry is asked again.
+    missing_ttl_s: float = 10.0
+    #: Retry delays after 5xx/timeouts/connection errors: doubling from the first to the max.
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+    #: At most one warning line per this many seconds while the registry is unavailable.
+    warn_interval_s: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +227,7 @@ class Settings:
     """Everything a riverbed process needs; build it with :func:`load_settings`."""
 
     broker: BrokerSettings = BrokerSettings()
+    registry: RegistrySettings = RegistrySettings()
     topics: TopicSettings = TopicSettings()
     event: EventSettings = EventSettings()
     limits: LimitSettings = LimitSettings()
@@ -201,6 +246,7 @@ class Settings:
 
 _SECTIONS: dict[str, type] = {
     "broker": BrokerSettings,
+    "registry": RegistrySettings,
     "topics": TopicSettings,
     "event": EventSettings,
     "limits": LimitSettings,
@@ -236,6 +282,9 @@ def settings_from_dict(
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown section")
     sections = {name: dict(raw.get(name, {})) for name in _SECTIONS}
+    if "password" in sections["registry"]:
+        raise ConfigError("registry.password", "never in the config file: set the environment "
+                          "variable RIVERBED_REGISTRY__PASSWORD or registry.password_file")
     for key, value in (env or {}).items():
         if key.startswith(ENV_PREFIX) and "__" in key:
             section, _, field = key[len(ENV_PREFIX) :].lower().partition("__")
@@ -243,6 +292,7 @@ def settings_from_dict(
                 raise ConfigError(key, f"unknown section {section!r}")
             sections[section][field] = value
     built = {name: _build(cls, sections[name], name) for name, cls in _SECTIONS.items()}
+    built["registry"] = _registry_url(built["broker"], built["registry"])
     models = tuple(_build_model(m, i) for i, m in enumerate(raw.get("models", [])))
     if not models:
         raise ConfigError("models", "declare at least one [[models]] entry")
@@ -351,6 +401,12 @@ def _check_ranges(s: Settings) -> None:
         "labels.ttl_s": s.labels.ttl_s,
         "labels.max_pending": s.labels.max_pending,
         "labels.report_interval_s": s.labels.report_interval_s,
+        "registry.request_timeout_s": s.registry.request_timeout_s,
+        "registry.cache_size": s.registry.cache_size,
+        "registry.missing_ttl_s": s.registry.missing_ttl_s,
+        "registry.backoff_initial_s": s.registry.backoff_initial_s,
+        "registry.backoff_max_s": s.registry.backoff_max_s,
+        "registry.warn_interval_s": s.registry.warn_interval_s,
     }
     for field, value in positive.items():
         if not value > 0:
@@ -359,3 +415,44 @@ def _check_ranges(s: Settings) -> None:
         raise ConfigError("worker.web_port", f"must be a TCP port, got {s.worker.web_port}")
     if ":" not in s.broker.bootstrap_servers:
         raise ConfigError("broker.bootstrap_servers", "must be host:port[,host:port]")
+    _check_registry(s.registry)
+
+
+def _registry_url(broker: BrokerSettings, registry: RegistrySettings) -> RegistrySettings:
+    """``registry.url``, or the deprecated ``broker.schema_registry_url`` (both: the same)."""
+    old = broker.schema_registry_url
+    if old is None or old == registry.url:
+        return registry
+    if registry.url is not None:
+        raise ConfigError("registry.url", f"{registry.url!r} differs from the deprecated "
+                          f"broker.schema_registry_url {old!r}; keep only registry.url")
+    return dataclasses.replace(registry, url=old)
+
+
+def _check_registry(r: RegistrySettings) -> None:
+    """A usable registry URL; credentials and TLS files only where they can apply."""
+    if r.backoff_max_s < r.backoff_initial_s:
+        raise ConfigError("registry.backoff_max_s", f"must be >= registry.backoff_initial_s "
+                          f"({r.backoff_initial_s:g}), got {r.backoff_max_s:g}")
+    if r.url is None:
+        return
+    parsed = urllib.parse.urlsplit(r.url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError("registry.url", f"must be http(s)://host[:port][/path], got {r.url!r}")
+    if parsed.username is not None or parsed.password is not None:
+        raise ConfigError("registry.url", "no credentials in the URL: use registry.username "
+                          "and RIVERBED_REGISTRY__PASSWORD or registry.password_file")
+    if r.password is not None and r.password_file is not None:
+        raise ConfigError("registry.password_file", "set the password or the password file, "
+                          "not both")
+    has_password = r.password is not None or r.password_file is not None
+    if has_password != (r.username is not None):
+        raise ConfigError("registry.username", "basic auth needs both registry.username and "
+                          "a password (RIVERBED_REGISTRY__PASSWORD or registry.password_file)")
+    if r.key_file is not None and r.cert_file is None:
+        raise ConfigError("registry.key_file", "a client key needs registry.cert_file")
+    if parsed.scheme == "http":
+        for name in ("ca_file", "cert_file"):
+            if getattr(r, name) is not None:
+                raise ConfigError(f"registry.{name}", f"TLS settings need an https URL, "
+                                  f"got {r.url!r}")

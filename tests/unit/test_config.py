@@ -60,3 +60,44 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[broker\n")
     with pytest.raises(ConfigError):
         load_settings(bad, env={})
+
+
+REGISTRY = "https://registry.example:8081"
+
+
+@pytest.mark.parametrize("registry,env,field", [
+    ({"url": "ftp://x"}, {}, "registry.url"),
+    ({"url": "http://user:pw@registry:8081"}, {}, "registry.url"),
+    ({"url": REGISTRY, "password": "in-clear"}, {}, "registry.password"),
+    ({"url": REGISTRY, "username": "u"}, {}, "registry.username"),
+    ({"url": REGISTRY}, {"RIVERBED_REGISTRY__PASSWORD": "pw"}, "registry.username"),
+    ({"url": REGISTRY, "username": "u", "password_file": "/f"},
+     {"RIVERBED_REGISTRY__PASSWORD": "pw"}, "registry.password_file"),
+    ({"url": REGISTRY, "key_file": "k.pem"}, {}, "registry.key_file"),
+    ({"url": "http://registry:8081", "ca_file": "ca.pem"}, {}, "registry.ca_file"),
+    ({"url": REGISTRY, "cache_size": 0}, {}, "registry.cache_size"),
+    ({"url": REGISTRY, "backoff_initial_s": 2, "backoff_max_s": 1}, {}, "registry.backoff_max_s"),
+])
+def test_invalid_registry_settings_name_the_field(registry: dict, env: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"registry": registry, "models": [MODEL]}, env=env)
+    assert info.value.field == field
+    assert "in-clear" not in str(info.value) and "pw@" not in str(info.value)
+
+
+def test_registry_settings_with_the_password_from_the_environment() -> None:
+    env = {"RIVERBED_REGISTRY__URL": REGISTRY, "RIVERBED_REGISTRY__USERNAME": "ci",
+           "RIVERBED_REGISTRY__PASSWORD": "s3cret", "RIVERBED_REGISTRY__CHECK_HOSTNAME": "no"}
+    settings = settings_from_dict({"models": [MODEL]}, env=env)
+    assert settings.registry.url == REGISTRY and settings.registry.password == "s3cret"
+    assert not settings.registry.check_hostname
+    assert "s3cret" not in repr(settings)
+
+
+def test_the_deprecated_broker_schema_registry_url_still_works() -> None:
+    old = settings_from_dict({"broker": {"schema_registry_url": REGISTRY}, "models": [MODEL]})
+    assert old.registry.url == REGISTRY
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"broker": {"schema_registry_url": REGISTRY},
+                            "registry": {"url": "http://other:8081"}, "models": [MODEL]})
+    assert info.value.field == "registry.url"

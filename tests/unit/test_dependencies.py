@@ -16,9 +16,10 @@ FOLDERS = {"streams": "riverbed.streams", "agents": "riverbed.agents",
            "schemas": "riverbed.schemas"}
 PURE = ("history", "features", "pending", "offsets", "evaluation", "batch_metrics",
         "pending_codec", "history_codec", "snapshots", "models", "config", "errors",
-        "deadletter", "codec", "avro_backend")
-FORBIDDEN = ("aiokafka", "faust", "mode", "riverbed.agents", "riverbed.streams.history_log",
-             "riverbed.streams.replay", "riverbed.streams.ingest", "riverbed.streams.output")
+        "deadletter", "codec", "avro_backend", "schema_cache")
+FORBIDDEN = ("aiokafka", "aiohttp", "faust", "mode", "riverbed.agents", "riverbed.streams.history_log",
+             "riverbed.streams.replay", "riverbed.streams.ingest", "riverbed.streams.output",
+             "riverbed.streams.registry")
 CLI = ("riverbed.streams.cli", "riverbed.streams.cli_history")
 
 
