@@ -103,6 +103,7 @@ class Worker:
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
             before_batch=self.before_batch, guard=self.model_lock,
             after_outputs=self._after_outputs, resolve_schemas=prefetch,
+            stop=self.supervisor.stop,
         ).register()
         self._register_timers_and_pages()
         self._follower: asyncio.Task[None] | None = None

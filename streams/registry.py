@@ -149,8 +149,9 @@ class RegistryClient:
         self._sleep, self._jitter = sleep, jitter
         self._outage = _Outage(self.url, settings.warn_interval_s, clock)
         self._session: aiohttp.ClientSession | None = None
-        #: HTTP requests sent (answered or not)
+        #: HTTP requests sent, and those that failed in a way worth retrying
         self.requests = 0
+        self.failed_requests = 0
 
     def __repr__(self) -> str:  # never the password
         return f"RegistryClient(url={self.url!r}, user={self.settings.username!r})"
@@ -267,10 +268,12 @@ class RegistryClient:
             raise SchemaRegistryError(f"TLS with the schema registry {self.url} failed: {exc}",
                                       retriable=False) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.failed_requests += 1
             self._outage.failed(f"{type(exc).__name__}: {exc}" if str(exc)
                                 else type(exc).__name__)
             return None
         if status >= 500 or status in _RETRY_STATUSES:
+            self.failed_requests += 1
             self._outage.failed(f"HTTP {status}")
             return None
         self._outage.recovered()
