@@ -42,7 +42,9 @@ async def test_events_wait_out_a_registry_outage_and_only_a_real_404_is_a_dead_l
                                     warn_interval_s=1.0, request_timeout_s=1.0)
         s = dataclasses.replace(settings, registry=registry)
         async with RegistryClient(registry) as producer_registry:
-            report = await produce(s, "agrawal", 400, seed=3, registry=producer_registry)
+            # unlabelled events, their labels following on the labels topic (framed as well)
+            report = await produce(s, "agrawal", 400, seed=3, registry=producer_registry,
+                                   label_delay_s=0.2)
         v2 = _v2()
         v2_id = double.add(v2)  # a producer's v2 writer schema, never seen by the worker
         later = list(events("agrawal", 300, seed=4))
@@ -62,6 +64,7 @@ async def test_events_wait_out_a_registry_outage_and_only_a_real_404_is_a_dead_l
                     return sum(stats.dead_letters.values())
 
                 await until(lambda: predicted() == report.valid, 60)
+                await until(lambda: sum(stats.learned.values()) == report.valid, 60)  # labels
                 await double.go_down()  # connection refused from now on
                 await send_raw(s, [*framed, (b"k-unknown", unknown)], partition=0)
                 failed = client.failed_requests
