@@ -141,10 +141,10 @@ class ApicurioRegistry:
             if self.process.poll() is not None:
                 raise _failed(f"Apicurio Registry exited with {self.process.returncode} "
                                   f"(log: {self.log_path})")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(f"{self.url}/subjects", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
+            with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(
+                    f"{self.url}/subjects", timeout=2) as answer:
+                if answer.status == 200:
+                    return
             time.sleep(0.2)  # polling a child process's port: nothing to wait on instead
         raise _failed(f"Apicurio Registry did not answer within {timeout_s:.0f}s "
                           f"(log: {self.log_path})")
