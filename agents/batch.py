@@ -32,11 +32,21 @@ class InputRecord(Protocol):
     value: bytes | None
 
 
+class HistoryAppender(Protocol):
+    """Appends history events, returning their offsets once acknowledged."""
+
+    async def append(self, events: Sequence[HistoryEvent]) -> list[int]: ...
+
+
 class BatchLearner(Protocol):
-    """What the processor asks of a model's learner (``agents/learner.py``): the fold that
-    says what the history covers, and the history records of a processed batch."""
+    """What the batch path asks of a model's learner (``agents/learner.py``): the fold that
+    says what the history covers, the history records of a processed batch (the processor)
+    and, once they are appended, their bookkeeping (the batch agent)."""
 
     fold: HistoryFold
+
+    @property
+    def history(self) -> HistoryAppender: ...
     skipped_replayed: int
     skipped_duplicates: int
 
@@ -52,6 +62,11 @@ class BatchLearner(Protocol):
     def snapshot_due(self) -> bool: ...
 
     def snapshot_events(self) -> list[HistoryEvent]: ...
+
+    async def publish_index(self, events: Sequence[HistoryEvent],
+                            offsets: Sequence[int]) -> None: ...
+
+    def mark_durable(self, events: Sequence[HistoryEvent]) -> None: ...
 
 
 class LearningLane(Protocol):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Collection
+from collections.abc import AsyncIterable, Callable, Collection, Sequence
 from typing import Any
 
 from riverbed.agents.batch import BatchOutput, InputRecord, LearningLane, Prediction, dead_letter
@@ -71,7 +71,7 @@ class LabelJoin:
         self.skipped_records = 0
 
     def hold(self, event_id: str, made: list[Prediction], event_time: int,
-             lanes: list[LearningLane],
+             lanes: Sequence[LearningLane],
              out: BatchOutput, now_ms: int) -> None:
         """An unlabelled event was predicted: wait for its label (or join an early one)."""
         entry = PendingEvent(event_id, tuple(made), event_time, now_ms)
@@ -83,7 +83,7 @@ class LabelJoin:
             self._learn(entry, early.label, early.label_time, lanes, out,
                         _Origin(topic, partition, offset, early.raw))
 
-    def on_label(self, record: InputRecord, lanes: list[LearningLane], out: BatchOutput,
+    def on_label(self, record: InputRecord, lanes: Sequence[LearningLane], out: BatchOutput,
                  now_ms: int) -> None:
         """A record from the labels topic. Poison-proof: whatever the bytes or the value,
         the record ends as a join, a held early label, a counted duplicate or a dead letter
@@ -114,7 +114,7 @@ class LabelJoin:
                                                 f"{type(exc).__name__}: {exc}", None))
 
     @staticmethod
-    def _valid_for(label: Any, lanes: list[LearningLane]) -> list[LearningLane]:
+    def _valid_for(label: Any, lanes: Sequence[LearningLane]) -> list[LearningLane]:
         """The lanes whose model may learn ``label`` (its LabelRule accepts it)."""
         valid = []
         for lane in lanes:
@@ -126,7 +126,7 @@ class LabelJoin:
         return valid
 
     def _learn(self, entry: PendingEvent, label: Any, label_time: int,
-               lanes: list[LearningLane], out: BatchOutput, record: InputRecord | None
+               lanes: Sequence[LearningLane], out: BatchOutput, record: InputRecord | None
                ) -> None:
         """Learn ``label`` for ``entry`` on every lane whose model predicted it; a model that
         may not learn this label gets a dead letter ``invalid_label`` naming it."""

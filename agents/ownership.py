@@ -82,8 +82,8 @@ class ModelOwnership:
     @property
     def learners(self) -> list[Learner]:
         """The learners of the models served now (empty when the history is disabled)."""
-        return [slot.learner for slot in self.processor.slots
-                if isinstance(slot.learner, Learner)]
+        learners = (slot.learner for slot in self.processor.slots)
+        return [learner for learner in learners if isinstance(learner, Learner)]
 
     # -- start: restore, stand by, claim ------------------------------------------------------
     async def restore(self) -> None:
