@@ -9,9 +9,7 @@ from __future__ import annotations
 
 
 class RiverbedError(Exception):
-    """Root of every riverbed error. ``retriable`` says whether trying again may help."""
-
-    retriable: bool = False
+    """Root of every riverbed error."""
 
 
 class ConfigError(RiverbedError):
@@ -66,8 +64,6 @@ class SchemaRegistryError(RiverbedError):
     when there was one. A schema id the registry does not know is *not* this error: the
     codec dead-letters those events as ``unknown_schema_id``.
     """
-
-    retriable = True
 
     def __init__(self, message: str, *, retriable: bool = True,
                  status: int | None = None) -> None:

@@ -26,7 +26,7 @@ KEY = os.urandom(32)
 
 async def test_rollback_restores_state_and_lineage(settings: Settings,
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="riverbed.agents.worker")
+    caplog.set_level(logging.INFO, logger="riverbed.agents.ownership")
     settings = dataclasses.replace(settings, history=dataclasses.replace(
         settings.history, snapshot_every_steps=1000, snapshot_key=KEY.hex()))
     await provision(settings)
@@ -39,7 +39,7 @@ async def test_rollback_restores_state_and_lineage(settings: Settings,
         recorded = (await replay(settings, name, KEY, to_seq=2000, verify=True))
         assert recorded.mismatches == []
         done = await asyncio.to_thread(subprocess.run, [
-            sys.executable, "-m", "riverbed.streams.cli", "rollback", name, "--to-seq", "2500",
+            sys.executable, "-m", "riverbed.cli", "rollback", name, "--to-seq", "2500",
             "--reason", "bad upstream data", "-c", str(CONFIG), "--json"],
             env=worker_env(settings, KEY.hex()), cwd=ROOT, capture_output=True, text=True,
             timeout=120)

@@ -1,4 +1,6 @@
-"""The ``riverbed`` command line: broker, worker, produce, tail, demo."""
+"""The ``riverbed`` command line: broker, worker, produce, tail, demo, top, and the history
+commands history, replay, rollback and score (``riverbed/cli_history.py``). It composes
+``riverbed.streams`` and ``riverbed.agents`` and sits above both."""
 
 from __future__ import annotations
 
@@ -379,7 +381,7 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Show a model's history: seq, time, kind, snapshots, fingerprints."""
-    from riverbed.streams.cli_history import history_command
+    from riverbed.cli_history import history_command
     from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
@@ -402,7 +404,7 @@ def replay_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Rebuild a past model version; with --verify exit 1 on any mismatch (2: tampered)."""
-    from riverbed.streams.cli_history import check_target, parse_time, replay_command
+    from riverbed.cli_history import check_target, parse_time, replay_command
     from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
@@ -462,7 +464,7 @@ def rollback_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Roll a model back to seq N (of --lineage L); the rollback is itself a history event."""
-    from riverbed.streams.cli_history import check_target, rollback_command
+    from riverbed.cli_history import check_target, rollback_command
     from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
@@ -483,7 +485,7 @@ def score(
     """Score JSON-lines events from stdin with the model as of --seq (and --lineage).
 
     A line that cannot be scored is reported on stderr with its number; exit 1 at the end."""
-    from riverbed.streams.cli_history import check_target, score_command
+    from riverbed.cli_history import check_target, score_command
     from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
