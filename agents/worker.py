@@ -34,6 +34,7 @@ from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
 from riverbed.agents.supervision import BrokerWatch, Supervisor
 from riverbed.schemas import load_schema
 from riverbed.streams.app import make_faust_app
+from riverbed.streams.broker_features import detect_features
 from riverbed.streams.codec import make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import BrokerUnavailableError, RiverbedError
@@ -44,7 +45,7 @@ from riverbed.streams.output import BatchProducer
 from riverbed.streams.registry import RegistryClient, SchemaPrefetch
 from riverbed.streams.snapshots import snapshot_key
 from riverbed.streams.telemetry import WorkerStats
-from riverbed.streams.topics import ensure_topics, riverbed_topics
+from riverbed.streams.topics import ensure_topics, retention_warnings, riverbed_topics
 
 __all__ = ["Worker", "shard_name"]
 
@@ -169,7 +170,9 @@ class Worker:
         web server, restore every model from its history (nothing written yet); then, for
         global models, wait as a *standby* until this worker holds the lease; only then
         claim the models (the first write), rebuild the pending labels and consume."""
-        await ensure_topics(self.settings.broker.bootstrap_servers, riverbed_topics(self.settings))
+        s = self.settings
+        await ensure_topics(s.broker.bootstrap_servers, riverbed_topics(s))
+        await self._check_broker()
         await self.output.start()
         await self.app.start()  # binds the web port: a port in use fails here, before a claim
         await self.ownership.restore()
@@ -184,6 +187,22 @@ class Worker:
             self.stats.ready = True
         except TimeoutError:
             log.warning("no input partitions assigned after %.0fs", wait_s)
+
+    async def _check_broker(self) -> None:
+        """Use what the broker offers (the idempotent producer), and warn loudly when the
+        topics that must keep everything would delete records."""
+        s = self.settings
+        features = await detect_features(s.broker)
+        self.output.idempotent = self.stats.idempotent_producer = features.idempotent_producer
+        if features.idempotent_producer:
+            log.info("broker offers the idempotent producer: outputs and history use it")
+        else:
+            log.info("no idempotent producer (%s): outputs and history use acks=all "
+                     "without it (a retried send may be written twice; reads deduplicate)",
+                     features.detail)
+        self.stats.retention_warnings = await retention_warnings(s.broker.bootstrap_servers, s)
+        for problem in self.stats.retention_warnings:
+            log.warning("HISTORY AT RISK: %s", problem)
 
     async def stop(self) -> None:
         """Stop agents and services; commits offsets of finished batches."""

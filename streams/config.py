@@ -7,7 +7,7 @@ Layout of the file (every key optional except ``[[models]]``)::
                request_timeout_s, cache_size, missing_ttl_s, backoff_initial_s,
                backoff_max_s, warn_interval_s
     [topics]   events, predictions, dead_letters, labels, training, history,
-               snapshots, metrics, partitions, replication_factor
+               snapshots, metrics, partitions, replication_factor, min_insync_replicas
     [event]    schema, id_field, key_field, timestamp_field, label_field
     [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes, max_classes
     [history]  enabled, snapshot_every_steps, snapshot_every_s, snapshot_key,
@@ -108,6 +108,9 @@ class TopicSettings:
     #: Partitions of the events topic (and predictions, labels: co-partitioned).
     partitions: int = 4
     replication_factor: int = 1
+    #: ``min.insync.replicas`` of every topic riverbed provisions (with ``acks=all``, a
+    #: write succeeds only once this many replicas hold it); <= replication_factor
+    min_insync_replicas: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +387,7 @@ def _check_ranges(s: Settings) -> None:
         "broker.reconnect_timeout_s": s.broker.reconnect_timeout_s,
         "topics.partitions": s.topics.partitions,
         "topics.replication_factor": s.topics.replication_factor,
+        "topics.min_insync_replicas": s.topics.min_insync_replicas,
         "limits.max_features": s.limits.max_features,
         "limits.max_abs_value": s.limits.max_abs_value,
         "limits.max_batch_records": s.limits.max_batch_records,
@@ -411,6 +415,10 @@ def _check_ranges(s: Settings) -> None:
     for field, value in positive.items():
         if not value > 0:
             raise ConfigError(field, f"must be > 0, got {value!r}")
+    if s.topics.min_insync_replicas > s.topics.replication_factor:
+        raise ConfigError("topics.min_insync_replicas",
+                          f"{s.topics.min_insync_replicas} > topics.replication_factor "
+                          f"{s.topics.replication_factor}: no write could ever succeed")
     if not 0 <= s.worker.web_port <= 65535:
         raise ConfigError("worker.web_port", f"must be a TCP port, got {s.worker.web_port}")
     if ":" not in s.broker.bootstrap_servers:

@@ -9,6 +9,9 @@ import pytest
 
 from riverbed.streams.config import load_settings, settings_from_dict
 from riverbed.streams.errors import ConfigError
+from riverbed.streams.history_log import index_key, index_key_model
+from riverbed.streams.topics import riverbed_topics
+from tests.conftest import CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = {"name": "m", "pipeline": [{"linear_model.LogisticRegression": {}}]}
@@ -101,3 +104,27 @@ def test_the_deprecated_broker_schema_registry_url_still_works() -> None:
         settings_from_dict({"broker": {"schema_registry_url": REGISTRY},
                             "registry": {"url": "http://other:8081"}, "models": [MODEL]})
     assert info.value.field == "registry.url"
+
+
+def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
+    with pytest.raises(ConfigError, match="topics.min_insync_replicas"):
+        load_settings(CONFIG, env={"RIVERBED_TOPICS__MIN_INSYNC_REPLICAS": "2"})
+    settings = load_settings(CONFIG, env={"RIVERBED_TOPICS__REPLICATION_FACTOR": "3",
+                                          "RIVERBED_TOPICS__MIN_INSYNC_REPLICAS": "2"})
+    specs = {s.name: s for s in riverbed_topics(settings)}
+    assert all(s.replication_factor == 3 and ("min.insync.replicas", "2") in s.configs
+               for s in specs.values())
+    t = settings.topics
+    assert ("retention.ms", "-1") in specs[t.history].configs
+    assert ("cleanup.policy", "compact") in specs[t.snapshots].configs
+
+
+def test_index_keys_keep_one_entry_per_model_epoch_and_kind() -> None:
+    for model in ("lr", "lr@p3", "a:b@c"):
+        claimed = index_key(model, {"marker": "claimed", "epoch": 4})
+        snapshot = index_key(model, {"snapshot_id": "s", "epoch": 4, "seq": 9})
+        assert claimed != snapshot != index_key(model, {"snapshot_id": "t", "epoch": 5})
+        assert snapshot == index_key(model, {"snapshot_id": "u", "epoch": 4, "seq": 99})
+        assert index_key_model(claimed) == index_key_model(snapshot) == model
+        assert index_key_model(model.encode()) == model  # entries written before
+    assert index_key_model(b"\xff\xfe") is None
