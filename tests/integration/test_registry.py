@@ -96,7 +96,7 @@ PASSWORD = "s3cret-Pa55"
 async def _riverbed(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     """``riverbed ARGS -c CONFIG`` as a child process (killed by PID after 120 s)."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "riverbed.streams.cli", *args, "-c", str(CONFIG), env=env,
+        sys.executable, "-m", "riverbed.cli", *args, "-c", str(CONFIG), env=env,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(child.communicate(), 120)
