@@ -70,14 +70,19 @@ class PartitionReader:
 
     async def assign_topic(self, topic: str) -> list[TopicPartition]:
         """Read every partition of ``topic`` (empty if the topic does not exist)."""
-        await self._consumer.topics()  # a metadata round trip: partitions become known
-        numbers = self._consumer.partitions_for_topic(topic) or set()
+        # aiokafka's public topics() fetches the metadata but keeps only the names: on Apache
+        # Kafka, partitions_for_topic() stays None for a topic never assigned (Tansu's
+        # metadata answers happen to fill it); the fetched metadata has them
+        cluster = await self._consumer._client.fetch_all_metadata()  # noqa: SLF001
+        numbers = cluster.partitions_for_topic(topic) or set()
         await self._assign([TopicPartition(topic, p) for p in sorted(numbers)])
         return self.partitions
 
     async def _assign(self, partitions: list[TopicPartition]) -> None:
         self.partitions = partitions
         self._consumer.assign(partitions)
+        if not partitions:  # aiokafka refuses to seek nothing
+            return
         if self._start == "beginning":
             await self._consumer.seek_to_beginning(*partitions)
         elif self._start == "end":
