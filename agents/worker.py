@@ -22,6 +22,7 @@ from riverbed.agents.learner import ROLLBACK_OWNER, Learner
 from riverbed.agents.reporter import Reporter
 from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
 from riverbed.agents.supervision import BrokerWatch, Supervisor
+from riverbed.agents.web import WebApi, worker_port
 from riverbed.schemas import load_schema
 from riverbed.streams.app import make_faust_app
 from riverbed.streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
@@ -101,6 +102,7 @@ class Worker:
             after_outputs=self._after_outputs,
         ).register()
         self._register_timers_and_pages()
+        WebApi(worker_port(self), self.app).register()  # the HTTP API and page (agents/web.py)
         self._follower: asyncio.Task[None] | None = None
         self._crash: asyncio.Future[None] | None = None
         #: Set by every rebalance: the inputs are sought to the history before any batch.
