@@ -74,7 +74,7 @@ class HistoryFeed:
         if consumer is None:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
                                         group_id=None, enable_auto_commit=False,
-                                        fetch_max_wait_ms=500, auto_offset_reset="earliest",
+                                        fetch_max_wait_ms=100, auto_offset_reset="earliest",
                                         max_partition_fetch_bytes=8 * 1024 * 1024)
             await asyncio.wait_for(consumer.start(), budget_s + 5)
             consumer.assign([self.history, self.metrics])
@@ -82,7 +82,8 @@ class HistoryFeed:
             consumer.seek(self.metrics, 0)
             self._consumer = consumer
         deadline = time.monotonic() + budget_s
-        while not await self._caught_up(consumer):
+        started_ms = int(time.time() * 1000)
+        while not await self._caught_up(consumer, started_ms):
             if time.monotonic() > deadline:
                 return False
             fetched = await consumer.getmany(self.history, self.metrics, timeout_ms=100)
@@ -92,13 +93,18 @@ class HistoryFeed:
                 self._metrics_record(record)
         return True
 
-    async def _caught_up(self, consumer: AIOKafkaConsumer) -> bool:
-        """Both positions at the high-water marks of the latest fetch responses (the
-        consumer keeps fetching in the background: long polls of ``fetch_max_wait_ms``,
-        answered at once when records arrive)."""
+    async def _caught_up(self, consumer: AIOKafkaConsumer, since_ms: int) -> bool:
+        """Both positions at the high-water marks of fetch responses received since
+        ``since_ms``. The consumer fetches in the background (long polls of
+        ``fetch_max_wait_ms``), but not for a partition whose fetched records wait to be
+        consumed, and pauses while any do: a high-water mark can be stale, so only a fresh
+        response counts."""
         for tp in (self.history, self.metrics):
             highwater = consumer.highwater(tp)
-            if highwater is None or await consumer.position(tp) < highwater:
+            polled = consumer.last_poll_timestamp(tp)
+            if highwater is None or polled is None or polled < since_ms:
+                return False
+            if await consumer.position(tp) < highwater:
                 return False
         return True
 
