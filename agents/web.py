@@ -303,11 +303,17 @@ class WebApi:
                                  status=200 if ready else 503)
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
-        w = self.port.settings.worker
+        s, served = self.port.settings, self.port.served()
+        w = s.worker
+        rules = [m.extractor.label_rule for m in served]
+        closed = {frozenset(r.allowed) for r in rules}
+        labels = (sorted((v for _, v in next(iter(closed))), key=repr) if len(closed) == 1
+                  and all(r.task != "regression" and not r.open for r in rules) else None)
         return web.json_response(openapi_document(
-            self.form, [s.model.name for s in self.port.served()], max_events=w.api_max_events,
+            self.form, [m.model.name for m in served], max_events=w.api_max_events,
             max_body_bytes=w.api_max_body_bytes, max_points=w.api_series_points,
-            token_required=self.token is not None))
+            token_required=self.token is not None, max_abs_value=s.limits.max_abs_value,
+            labels=labels))
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         stats = self.port.stats

@@ -115,15 +115,32 @@ class EventForm:
             return None
         raise _refused(path, "required by the event schema")
 
-    def json_schema(self) -> dict[str, Any]:
-        """The JSON Schema of one event (OpenAPI 3.0 dialect)."""
-        properties = {f.name: _field_schema(f) for f in self.fields}
+    def json_schema(self, max_abs_value: float | None = None,
+                    labels: Sequence[Any] | None = None) -> dict[str, Any]:
+        """The JSON Schema of one event (OpenAPI 3.0 dialect). ``max_abs_value`` bounds the
+        numeric features (``limits.max_abs_value``); ``labels`` lists the only labels the
+        models take, where they take a closed set."""
+        ev = self.event
+        properties = {}
+        for f in self.fields:
+            schema = _field_schema(f)
+            if f.name == ev.id_field and schema.get("type") == "string":
+                schema["minLength"] = 1  # an empty id is a dead letter (missing_event_id)
+            elif f.name == ev.label_field and labels is not None:
+                schema = {"enum": [*labels, *([None] if f.nullable else [])],
+                          **({"nullable": True} if f.nullable else {})}
+            elif (max_abs_value is not None and schema.get("type") in ("integer", "number")
+                  and f.name not in (ev.timestamp_field, ev.label_field)):
+                bound = int(max_abs_value) if schema["type"] == "integer" else max_abs_value
+                schema["minimum"] = max(schema.get("minimum", -bound), -bound)
+                schema["maximum"] = min(schema.get("maximum", bound), bound)
+            properties[f.name] = schema
         required = [f.name for f in self.fields if not f.optional]
-        schema: dict[str, Any] = {"type": "object", "properties": properties,
-                                  "additionalProperties": False}
+        event: dict[str, Any] = {"type": "object", "properties": properties,
+                                 "additionalProperties": False}
         if required:
-            schema["required"] = required
-        return schema
+            event["required"] = required
+        return event
 
 
 def _strip_null(avro: Any) -> tuple[Any, bool]:
@@ -377,7 +394,8 @@ _SCALAR = {"nullable": True, "oneOf": [{"type": "boolean"}, {"type": "number"},
                                        {"type": "string"}]}
 
 
-def _components(form: EventForm, max_events: int) -> dict[str, Any]:
+def _components(form: EventForm, max_events: int, max_abs_value: float | None,
+                labels: Sequence[Any] | None) -> dict[str, Any]:
     entry = {"type": "object", "required": ["offset", "time", "kind", "epoch", "lineage", "seq"],
              "properties": {
                  "offset": {"type": "integer", "description": "first history record"},
@@ -419,7 +437,7 @@ def _components(form: EventForm, max_events: int) -> dict[str, Any]:
                 "field": {"type": "string", "nullable": True},
                 "reason": {"type": "string", "nullable": True},
                 "errors": {"type": "array", "items": {"type": "object"}}}},
-            "Event": form.json_schema(),
+            "Event": form.json_schema(max_abs_value, labels),
             "Events": {"type": "array", "items": _ref("Event"), "minItems": 1,
                        "maxItems": max_events},
             "Prediction": {"type": "object",
@@ -474,8 +492,11 @@ def _components(form: EventForm, max_events: int) -> dict[str, Any]:
 
 def openapi_document(form: EventForm, model_names: Sequence[str], *, max_events: int,
                      max_body_bytes: int, max_points: int, token_required: bool,
+                     max_abs_value: float | None = None, labels: Sequence[Any] | None = None,
                      version: str = "0.1.0") -> dict[str, Any]:
-    """The OpenAPI 3.0 document of the worker's API (served at ``/openapi.json``)."""
+    """The OpenAPI 3.0 document of the worker's API (served at ``/openapi.json``):
+    ``model_names`` the models served, ``labels`` the labels they all take (if a closed
+    set), ``max_abs_value`` the features' bound."""
     name = {"name": "name", "in": "path", "required": True,
             "description": "A model this worker serves (``GET /models``)",
             "schema": {"type": "string", **({"enum": list(model_names)} if model_names else {})}}
@@ -483,7 +504,7 @@ def openapi_document(form: EventForm, model_names: Sequence[str], *, max_events:
     body = {"required": True, "description": f"one event or a list of 1-{max_events}; at most "
             f"{max_body_bytes} bytes", "content": {"application/json": {"schema": {
                 "oneOf": [_ref("Event"), _ref("Events")]}}}}
-    integer = {"type": "integer", "minimum": 0}
+    integer = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
     paths = {
         "/healthz": {"get": {"summary": "The worker process answers", "security": anonymous,
                              "responses": {"200": _json(_ref("Health"), "alive")}}},
@@ -509,7 +530,8 @@ def openapi_document(form: EventForm, model_names: Sequence[str], *, max_events:
                            {"name": "lineage", "in": "query", "schema": integer,
                             "description": "entries of this lineage only"},
                            {"name": "after", "in": "query",
-                            "schema": {"type": "integer", "minimum": -1},
+                            "schema": {"type": "integer", "minimum": -1,
+                                       "maximum": 2**63 - 1},
                             "description": "page cursor: entries after this history offset "
                                            "(``next_after`` of the previous page)"},
                            {"name": "limit", "in": "query", "schema": {
@@ -533,7 +555,7 @@ def openapi_document(form: EventForm, model_names: Sequence[str], *, max_events:
                  "description": "Models, predictions and the event-sourced history of one "
                                 "riverbed worker."},
         "paths": paths,
-        "components": _components(form, max_events),
+        "components": _components(form, max_events, max_abs_value, labels),
     }
     if token_required:
         document["security"] = [{"bearer": []}]
