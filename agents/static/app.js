@@ -84,8 +84,10 @@ function markerPlugin(s) {
 function drawChart(s) {
   const el = s.section.querySelector(".chart");
   const xs = s.points.map((p) => p.time / 1000);
-  const version = s.points.map((p) => (p.version_metrics || {})[s.metric] ?? null);
-  const overall = s.points.map((p) => (p.metrics || {})[s.metric] ?? null);
+  // a report before the first learn step has no metric yet (River's 0.0): not drawn
+  const value = (p, key) => (p.seq > 0 ? (p[key] || {})[s.metric] ?? null : null);
+  const version = s.points.map((p) => value(p, "version_metrics"));
+  const overall = s.points.map((p) => value(p, "metrics"));
   const times = xs.concat((s.markerList || []).map((m) => m.time / 1000));
   const lo = times.length ? Math.min(...times) : Date.now() / 1000 - 60;
   const hi = times.length ? Math.max(...times) : Date.now() / 1000;
