@@ -12,7 +12,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from riverbed.agents.inference import BatchOutput, InferenceProcessor
+from riverbed.agents.batch import BatchOutput
+from riverbed.agents.inference import InferenceProcessor
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import OwnershipError
 

@@ -18,59 +18,41 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
+from riverbed.agents.batch import (
+    BatchLearner,
+    BatchOutput,
+    InputRecord,
+    Prediction,
+    dead_letter,
+)
+from riverbed.agents.labels import LabelJoin
 from riverbed.streams.codec import Decoder, Encoder
 from riverbed.streams.config import Settings
-from riverbed.streams.deadletter import DeadLetter
 from riverbed.streams.errors import EventError, ValidationError
 from riverbed.streams.evaluation import ModelMonitor
-from riverbed.streams.features import FeatureExtractor
-from riverbed.streams.history import Example
+from riverbed.streams.features import FeatureExtractor, LabelRule
+from riverbed.streams.history import Example, HistoryEvent
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.telemetry import TIMING_SAMPLE, WorkerStats
 
-if TYPE_CHECKING:
-    from riverbed.agents.labels import LabelJoin
+__all__ = ["BatchOutput", "InferenceProcessor", "InputRecord", "ModelSlot", "dead_letter"]
 
 
-class InputRecord(Protocol):
-    """What the agent needs of a consumed record (aiokafka's ConsumerRecord fits)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelSlot:
+    """One model served by the processor, with everything that goes with it."""
 
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclasses.dataclass
-class BatchOutput:
-    """What one batch produces: predictions by output partition, and dead letters."""
-
-    predictions: dict[int, list[tuple[bytes | None, bytes]]] = dataclasses.field(
-        default_factory=lambda: defaultdict(list)
-    )
-    dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
-    events: int = 0
-    labels: int = 0
-    #: event -> prediction latencies (ms) of this batch
-    latencies: list[int] = dataclasses.field(default_factory=list)
-    #: (model, seq) where the drift detector fired
-    drifts: list[tuple[str, int]] = dataclasses.field(default_factory=list)
-    #: encoded pending-store additions to persist before committing (agents/labels.py)
-    pending: bytes | None = None
-    #: the event ids of the entries in ``pending``
-    pending_ids: list[str] = dataclasses.field(default_factory=list)
-    predict_s: list[float] = dataclasses.field(default_factory=list)
-    learn_s: list[float] = dataclasses.field(default_factory=list)
-    #: History events to append after the outputs are acknowledged, per learner.
-    history: list[tuple[Any, list[Any]]] = dataclasses.field(default_factory=list)
-    #: input sources ('topic:partition') with records but no model serving them here
-    unowned: set[str] = dataclasses.field(default_factory=set)
+    model: OnlineModel
+    extractor: FeatureExtractor
+    #: its history's single writer (None when the history is disabled)
+    learner: BatchLearner | None
+    monitor: ModelMonitor
+    #: the input partition it serves (None: every partition -- a global model)
+    partition: int | None = None
 
 
 class InferenceProcessor:
@@ -89,7 +71,7 @@ class InferenceProcessor:
         prediction_encoder: Encoder,
         models: Sequence[OnlineModel],
         stats: WorkerStats | None = None,
-        learners: Sequence[Any] | None = None,
+        learners: Sequence[BatchLearner | None] | None = None,
         join: LabelJoin | None = None,
     ) -> None:
         self.event = settings.event
@@ -99,12 +81,8 @@ class InferenceProcessor:
         self.decoder = decoder
         self.encoder = prediction_encoder
         self.stats = stats if stats is not None else WorkerStats()
-        self.models: list[OnlineModel] = []
-        self.extractors: list[FeatureExtractor] = []
-        self.learners: list[Any] = []
-        #: input partition of each model (None: the model learns from every partition)
-        self.partitions: list[int | None] = []
-        self.monitors: dict[str, ModelMonitor] = {}
+        #: the models served now, in order (per-partition ones come and go)
+        self.slots: list[ModelSlot] = []
         for model, learner in zip(models, learners or [None] * len(models), strict=True):
             self.add_model(model, learner)
         self.join = join
@@ -113,33 +91,36 @@ class InferenceProcessor:
         #: the model whose step is under way (named in a dead letter if it fails)
         self._blame: str | None = None
 
-    def add_model(self, model: OnlineModel, learner: Any = None,
-                  partition: int | None = None) -> None:
-        """Serve ``model`` from the next batch on (only for ``partition`` if given)."""
-        self.models.append(model)
-        self.extractors.append(FeatureExtractor(self.event_schema, self.settings.event,
-                                                model.spec, self.settings.limits,
-                                                binary=model.is_binary))
-        self.learners.append(learner)
-        self.partitions.append(partition)
-        self.monitors[model.name] = ModelMonitor(model.task, model.spec.metrics)
+    @property
+    def models(self) -> list[OnlineModel]:
+        """The models served now."""
+        return [slot.model for slot in self.slots]
 
-    def remove_partition(self, partition: int) -> list[Any]:
-        """Stop serving the models of ``partition``; returns their learners."""
-        keep = [i for i, p in enumerate(self.partitions) if p != partition]
-        removed = [self.learners[i] for i, p in enumerate(self.partitions) if p == partition]
-        for i, p in enumerate(self.partitions):
-            if p == partition:
-                del self.monitors[self.models[i].name]
-        for name in ("models", "extractors", "learners", "partitions"):
-            setattr(self, name, [getattr(self, name)[i] for i in keep])
+    @property
+    def monitors(self) -> dict[str, ModelMonitor]:
+        """Each served model's progressive-validation monitor, by model name."""
+        return {slot.model.name: slot.monitor for slot in self.slots}
+
+    def add_model(self, model: OnlineModel, learner: BatchLearner | None = None,
+                  partition: int | None = None) -> ModelSlot:
+        """Serve ``model`` from the next batch on (only for ``partition`` if given)."""
+        slot = ModelSlot(model, FeatureExtractor(self.event_schema, self.settings.event,
+                                                 model.spec, self.settings.limits,
+                                                 binary=model.is_binary),
+                         learner, ModelMonitor(model.task, model.spec.metrics), partition)
+        self.slots.append(slot)
+        return slot
+
+    def remove_partition(self, partition: int) -> list[ModelSlot]:
+        """Stop serving the models of ``partition``; returns their slots."""
+        removed = [slot for slot in self.slots if slot.partition == partition]
+        self.slots = [slot for slot in self.slots if slot.partition != partition]
         return removed
 
     def process(self, records: Iterable[InputRecord]) -> BatchOutput:
         """Process ``records`` in order; returns what must be published and recorded."""
         out = BatchOutput()
-        lanes = [_Lane(m, e, lr, self.monitors[m.name], p) for m, e, lr, p in
-                 zip(self.models, self.extractors, self.learners, self.partitions, strict=True)]
+        lanes = [_Lane(slot) for slot in self.slots]
         sharded = any(lane.partition is not None for lane in lanes)
         now_ms = int(time.time() * 1000)
         offsets: dict[str, int] = {}
@@ -179,9 +160,9 @@ class InferenceProcessor:
             covered = offsets if lane.partition is None else {
                 s: o for s, o in offsets.items() if partition_of[s] == lane.partition}
             if lane.learner is not None and covered:
-                if mark is not None:  # where a restart starts reading the pending log
-                    covered = {**covered, self.join.log_source: mark}  # type: ignore[union-attr]
-                out.history.append((lane.learner, lane.history_events(covered)))
+                if mark is not None and self.join is not None:  # where a restart starts
+                    covered = {**covered, self.join.log_source: mark}  # reading pending
+                out.history.append((lane.learner, lane.history_events(lane.learner, covered)))
             out.drifts.extend((lane.model.name, seq) for seq in lane.drifts)
             out.learn_s.extend(lane.learn_s)
         self._count(out, lanes)
@@ -223,7 +204,7 @@ class InferenceProcessor:
         for lane in active:
             self._blame = lane.model.name
             x = lane.extractor.extract(event)
-            y = None if label is None else lane.extractor.label_rule.check(label)
+            y = None if label is None else lane.label_rule.check(label)
             inputs.append((lane, x, y))
         self._blame = None
         return event, label, inputs
@@ -231,12 +212,13 @@ class InferenceProcessor:
     def _predict_and_learn(
         self, record: InputRecord, event: dict[str, Any],
         inputs: list[tuple[_Lane, dict[str, float], Any]], out: BatchOutput, now_ms: int,
-    ) -> list[Any]:
+    ) -> list[Prediction]:
         """Predict, then learn from the label (if any), for every validated model; returns
         what each model predicted (for the pending store)."""
         ev = self.event
         event_id, event_time = event[ev.id_field], event[ev.timestamp_field]
-        outputs, made = [], []
+        outputs: list[bytes] = []
+        made: list[Prediction] = []
         self.predicted += 1
         timed = self.predicted % TIMING_SAMPLE == 0
         for lane, x, y in inputs:
@@ -251,7 +233,7 @@ class InferenceProcessor:
                 prediction, proba = model.predict(x)
             if y is not None:
                 lane.learn(event_id, x, y, prediction, proba, now_ms - event_time, timed)
-            made.append((model.name, x, prediction, proba, seq))
+            made.append(Prediction(model.name, x, prediction, proba, seq))
             outputs.append(self.encoder.encode({
                 "event_id": event_id, "key": event[ev.key_field], "model": model.name,
                 "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
@@ -284,27 +266,30 @@ class InferenceProcessor:
 
 
 class _Lane:
-    """One model's view of a batch: dedup against its history, examples learned, scoring."""
+    """One model's view of a batch: dedup against its history, examples learned, scoring.
+    Lives for one batch (the fold is only replaced between batches, on takeover)."""
 
     __slots__ = ("batch_ids", "drifts", "examples", "extractor", "learn_s", "learner", "model",
                  "monitor", "partition", "predictions", "recent_ids", "scores", "seq_before")
 
-    def __init__(self, model: OnlineModel, extractor: FeatureExtractor, learner: Any,
-                 monitor: ModelMonitor, partition: int | None = None) -> None:
-        self.model, self.extractor, self.learner = model, extractor, learner
-        self.monitor = monitor
-        self.partition = partition
+    def __init__(self, slot: ModelSlot) -> None:
+        self.model, self.extractor, self.learner = slot.model, slot.extractor, slot.learner
+        self.monitor, self.partition = slot.monitor, slot.partition
         self.predictions = 0
         #: (label, prediction made before learning, probabilities, label delay) per learn
         self.scores: list[tuple[Any, Any, dict[Any, float], int]] = []
         self.examples: list[Example] = []
-        self.seq_before = model.seq
+        self.seq_before = self.model.seq
         self.batch_ids: set[str] = set()
         self.drifts: list[int] = []
         self.learn_s: list[float] = []
-        #: the fold's applied-id window (a lane lives for one batch; the fold is only
-        #: replaced between batches, on takeover)
-        self.recent_ids: Any = learner.fold.recent_ids if learner is not None else ()
+        #: the fold's applied-id window
+        self.recent_ids: Container[str] = (
+            self.learner.fold.recent_ids if self.learner is not None else ())
+
+    @property
+    def label_rule(self) -> LabelRule:
+        return self.extractor.label_rule
 
     def covered_below(self, source: str) -> int:
         """Offsets of ``source`` below this are covered by the history (0: none)."""
@@ -347,20 +332,14 @@ class _Lane:
             self.drifts = [self.seq_before + i for i in fired]
             self.scores = []
 
-    def history_events(self, offsets: dict[str, int]) -> list[Any]:
-        events: list[Any] = self.learner.record_batch(
-            self.seq_before, self.examples, offsets, [e.x for e in self.examples])
+    def history_events(self, learner: BatchLearner, offsets: dict[str, int]
+                       ) -> list[HistoryEvent]:
+        """The batch's history records: Learned (and Created), drifts, a due snapshot."""
+        events = learner.record_batch(self.seq_before, self.examples, offsets,
+                                      [e.x for e in self.examples])
         for seq in self.drifts:
-            events.append(self.learner.annotate(seq, "drift",
-                                                f"{type(self.monitor.detector).__name__}"))
-        if self.learner.snapshot_due():
-            events += self.learner.snapshot_events()
+            events.append(learner.annotate(seq, "drift",
+                                           f"{type(self.monitor.detector).__name__}"))
+        if learner.snapshot_due():
+            events += learner.snapshot_events()
         return events
-
-
-def dead_letter(record: InputRecord, reason: str, detail: str, model: str | None) -> DeadLetter:
-    return DeadLetter(
-        value=record.value, key=record.key, reason=reason, detail=detail,
-        source_topic=record.topic, source_partition=record.partition,
-        source_offset=record.offset, model=model,
-    )

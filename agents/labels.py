@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import AsyncIterable, Collection
+from collections.abc import AsyncIterable, Callable, Collection, Sequence
 from typing import Any
 
-from riverbed.agents.inference import BatchOutput, InputRecord, dead_letter
+from riverbed.agents.batch import BatchOutput, InputRecord, LearningLane, Prediction, dead_letter
 from riverbed.schemas import load_schema
-from riverbed.streams.codec import Decoder, make_codec
+from riverbed.streams.codec import Decoder, SchemaRegistry, make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import EventError, ValidationError
+from riverbed.streams.history import HistoryFold
 from riverbed.streams.pending import EarlyLabel, PendingEvent, PendingStore
 from riverbed.streams.pending_codec import decode_pending, encode_pending
 from riverbed.streams.telemetry import TIMING_SAMPLE
@@ -50,7 +51,7 @@ class _LogRecord:
 class LabelJoin:
     """Join state and rules; called by the inference processor, one batch at a time."""
 
-    def __init__(self, settings: Settings, registry: Any = None,
+    def __init__(self, settings: Settings, registry: SchemaRegistry | None = None,
                  decoder: Decoder | None = None) -> None:
         self.topic = settings.topics.labels
         self.decoder = decoder or make_codec(load_schema("label"), f"{self.topic}-value", registry)
@@ -69,7 +70,8 @@ class LabelJoin:
         #: pending-log records that did not decode (skipped by rebuilds)
         self.skipped_records = 0
 
-    def hold(self, event_id: str, made: list[Any], event_time: int, lanes: list[Any],
+    def hold(self, event_id: str, made: list[Prediction], event_time: int,
+             lanes: Sequence[LearningLane],
              out: BatchOutput, now_ms: int) -> None:
         """An unlabelled event was predicted: wait for its label (or join an early one)."""
         entry = PendingEvent(event_id, tuple(made), event_time, now_ms)
@@ -81,7 +83,7 @@ class LabelJoin:
             self._learn(entry, early.label, early.label_time, lanes, out,
                         _Origin(topic, partition, offset, early.raw))
 
-    def on_label(self, record: InputRecord, lanes: list[Any], out: BatchOutput,
+    def on_label(self, record: InputRecord, lanes: Sequence[LearningLane], out: BatchOutput,
                  now_ms: int) -> None:
         """A record from the labels topic. Poison-proof: whatever the bytes or the value,
         the record ends as a join, a held early label, a counted duplicate or a dead letter
@@ -93,7 +95,7 @@ class LabelJoin:
                 raise ValidationError("empty event id", reason="missing_event_id")
             if not self._valid_for(value, lanes):  # no model here may learn it: dead letter
                 for lane in lanes:
-                    lane.extractor.label_rule.check(value)  # raises with the precise reason
+                    lane.label_rule.check(value)  # raises with the precise reason
                 raise ValidationError(f"label {value!r} for no model", reason="invalid_label")
             if any(lane.already_learned(event_id) for lane in lanes):
                 self.store.counters.duplicate_labels += 1
@@ -112,36 +114,36 @@ class LabelJoin:
                                                 f"{type(exc).__name__}: {exc}", None))
 
     @staticmethod
-    def _valid_for(label: Any, lanes: list[Any]) -> list[Any]:
+    def _valid_for(label: Any, lanes: Sequence[LearningLane]) -> list[LearningLane]:
         """The lanes whose model may learn ``label`` (its LabelRule accepts it)."""
         valid = []
         for lane in lanes:
             try:
-                lane.extractor.label_rule.check(label)
+                lane.label_rule.check(label)
             except ValidationError:
                 continue
             valid.append(lane)
         return valid
 
-    def _learn(self, entry: PendingEvent, label: Any, label_time: int, lanes: list[Any],
-               out: BatchOutput, record: InputRecord | None) -> None:
+    def _learn(self, entry: PendingEvent, label: Any, label_time: int,
+               lanes: Sequence[LearningLane], out: BatchOutput, record: InputRecord | None
+               ) -> None:
         """Learn ``label`` for ``entry`` on every lane whose model predicted it; a model that
         may not learn this label gets a dead letter ``invalid_label`` naming it."""
-        made = {m[0]: m for m in entry.predictions}
+        made = {m.model: m for m in entry.predictions}
         for lane in lanes:
             prediction = made.get(lane.model.name)
             if prediction is None:
                 continue
-            _, x, predicted, proba, _ = prediction
             try:
-                y = lane.extractor.label_rule.check(label)
+                y = lane.label_rule.check(label)
             except ValidationError as exc:
                 if record is not None:
                     out.dead_letters.append(dead_letter(record, exc.reason, str(exc),
                                                         lane.model.name))
                 continue
-            lane.learn(entry.event_id, x, y, predicted, proba, label_time - entry.event_time,
-                       timed=out.labels % TIMING_SAMPLE == 0)
+            lane.learn(entry.event_id, prediction.x, y, prediction.prediction, prediction.proba,
+                       label_time - entry.event_time, timed=out.labels % TIMING_SAMPLE == 0)
 
     def end_batch(self, out: BatchOutput, now_ms: int) -> None:
         """Expire old entries (dead-letter orphan labels); encode what must be persisted."""
@@ -179,7 +181,8 @@ class LabelJoin:
             self._log.popleft()
         return self._log_end
 
-    async def rebuild(self, records: AsyncIterable[Any], learned: Any, now_ms: int,
+    async def rebuild(self, records: AsyncIterable[InputRecord], learned: Callable[[str], bool],
+                      now_ms: int,
                       partitions: Collection[int] | None = None,
                       models: Collection[str] = (), start: int = 0) -> int:
         """Restore the store from the pending log (``records``, read from offset ``start``:
@@ -237,16 +240,16 @@ class LabelJoin:
         return {(self.topic, p) for p in partitions}
 
 
-def pending_log_start(log_source: str, learners: Collection[Any]) -> int:
-    """Where a rebuild for ``learners`` starts reading the pending log: the lowest
-    low-water mark their histories carry (0 if one of them has none yet)."""
-    marks = [learner.fold.offsets.get(log_source) for learner in learners]
+def pending_log_start(log_source: str, folds: Collection[HistoryFold]) -> int:
+    """Where a rebuild for the models of ``folds`` starts reading the pending log: the
+    lowest low-water mark their histories carry (0 if one of them has none yet)."""
+    marks = [fold.offsets.get(log_source) for fold in folds]
     return min((0 if mark is None else mark for mark in marks), default=0)
 
 
 def _predicted_by(entry: PendingEvent, models: Collection[str]) -> bool:
     """Did one of ``models`` predict this pending event (per partition: its owner's)?"""
-    return any(made[0] in models for made in entry.predictions)
+    return any(made.model in models for made in entry.predictions)
 
 
 class _Origin:

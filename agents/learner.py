@@ -39,8 +39,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from riverbed.streams.effects import apply_effects
 from riverbed.streams.history import (
     Annotated,
+    Body,
     Claimed,
     Created,
     Example,
@@ -49,10 +51,10 @@ from riverbed.streams.history import (
     Learned,
     Restored,
     Snapshot,
+    SnapshotChunk,
 )
 from riverbed.streams.history_log import HistoryLog, SkippedRecord, SnapshotIndex
 from riverbed.streams.models import OnlineModel, build_estimator
-from riverbed.streams.replay import apply_effects
 from riverbed.streams.snapshots import (
     fingerprint,
     index_entry_ok,
@@ -158,7 +160,7 @@ class Learner:
         position = await self.follow() if restored else await self.catch_up()
         for _ in range(10):
             epoch = self.fold.epoch + 1
-            (offset,) = await self.history.append([self._event(Claimed(self.owner), epoch)])
+            (offset,) = await self.history.append([self.event(Claimed(self.owner), epoch)])
             position = await self._fold_range(position, offset)
             if self.fold.epoch == epoch:
                 self.epoch = epoch
@@ -167,7 +169,7 @@ class Learner:
                 self._last_snapshot_seq = self.fold.seq
                 self.durable_seq = self.fold.seq
                 self.history_position = position
-                await self._publish_entry({"marker": "claimed", "epoch": epoch})
+                await self.publish_claim_marker()
                 log.info("%s: claimed epoch %d at seq %d", self.model.name, epoch, self.fold.seq)
                 await self.report_integrity()
                 return
@@ -244,7 +246,7 @@ class Learner:
                       "history instead", self.model.name, snapshot_id, reason)
             self._reported.add(snapshot_id)
         if new:
-            await self.history.append([self._event(Annotated(
+            await self.history.append([self.event(Annotated(
                 self.fold.seq, "integrity", f"snapshot {sid} refused: {reason}"))
                 for sid, reason in new])
         for skipped in self.skipped:
@@ -280,28 +282,29 @@ class Learner:
         """True if the history already covers this input offset (step 1 of a replay)."""
         return offset < self.fold.applied_offset(source)
 
-    def record_batch(self, seq_before: int, examples: list[Example],
-                     offsets: Mapping[str, int], probe_candidates: list[Mapping[str, float]]
+    def record_batch(self, seq_before: int, examples: Sequence[Example],
+                     offsets: Mapping[str, int],
+                     probe_candidates: Sequence[Mapping[str, float]] | None = None
                      ) -> list[HistoryEvent]:
         """Step 1: the history events for one processed batch, folded into our state."""
         events: list[HistoryEvent] = []
         if self.fold.created is None:
-            candidates = tuple(dict(x) for x in probe_candidates[: self.probe_size])
+            candidates = tuple(dict(x) for x in (probe_candidates or [])[: self.probe_size])
             text = spec_json(self.model)
             created = Created(text, hashlib.sha256(text.encode()).hexdigest(),
                               self.model.river_version, candidates)
-            events.append(self._event(created))
+            events.append(self.event(created))
             self.fold.apply(events[-1])
         probe: tuple[Any, ...] = self.fold.created.probe if self.fold.created else ()
         learned = Learned(seq_before + 1, seq_before + len(examples), dict(offsets),
                           tuple(examples), fingerprint(self.model.estimator, probe))
-        events.append(self._event(learned))
+        events.append(self.event(learned))
         self.fold.apply(events[-1])
         return events
 
     def annotate(self, seq: int, kind: str, note: str) -> HistoryEvent:
         """An Annotated event (drift, promotion, note) for the history."""
-        return self._event(Annotated(seq, kind, note))
+        return self.event(Annotated(seq, kind, note))
 
     def mark_durable(self, events: Sequence[HistoryEvent]) -> None:
         """Step 3 done for ``events``: the broker holds them."""
@@ -325,7 +328,7 @@ class Learner:
                              model=self.model.name, epoch=self.epoch)
         self._last_snapshot_seq = self.fold.seq
         self._last_snapshot_time = time.monotonic()
-        events = [self._event(c) for c in chunks]
+        events = [self.event(c) for c in chunks]
         for event in events:
             self.fold.apply(event)
         return events
@@ -333,20 +336,27 @@ class Learner:
     async def publish_index(self, events: Sequence[HistoryEvent], offsets: Sequence[int]) -> None:
         """Point the snapshot index at snapshot chunks just appended at ``offsets``."""
         chunks = [(e, o) for e, o in zip(events, offsets, strict=True)
-                  if type(e.body).__name__ == "SnapshotChunk"]
+                  if isinstance(e.body, SnapshotChunk)]
         if chunks:
             first_event, first_offset = chunks[0]
-            body: Any = first_event.body
+            body = first_event.body
+            assert isinstance(body, SnapshotChunk)
             await self._publish_entry({
                 "snapshot_id": body.snapshot_id, "seq": body.seq, "offset": first_offset,
                 "chunks": len(chunks), "epoch": first_event.epoch, "lineage": body.lineage})
+
+    async def publish_claim_marker(self) -> None:
+        """Tell the snapshot index that this learner's epoch now owns the model (older
+        epochs' snapshot entries published after it are a zombie's: ignored)."""
+        await self._publish_entry({"marker": "claimed", "epoch": self.epoch})
 
     async def _publish_entry(self, entry: dict[str, Any]) -> None:
         """Publish a signed snapshot-index entry (unsigned or forged entries are ignored)."""
         await self.index.publish(self.model.name,
                                  sign_index_entry(entry, self.model.name, self.key))
 
-    def _event(self, body: Any, epoch: int | None = None) -> HistoryEvent:
+    def event(self, body: Body, epoch: int | None = None) -> HistoryEvent:
+        """A history event of this model, stamped with this learner's epoch (or ``epoch``)."""
         return HistoryEvent(self.model.name, self.epoch if epoch is None else epoch,
                             int(time.time() * 1000), body)
 
@@ -368,11 +378,11 @@ async def rollback(learner: Learner, target_estimator: Any, to_seq: int,
                          epoch=learner.epoch)
     # one append: Claimed (fences the live learner), rollback snapshot, Restored. Followers
     # of a "riverbed-rollback" claim wait for its Restored before taking over again.
-    events = [learner._event(Claimed(ROLLBACK_OWNER))]
-    events += [learner._event(c) for c in chunks]
-    events.append(learner._event(Restored(to_seq, chunks[0].snapshot_id, reason)))
+    events = [learner.event(Claimed(ROLLBACK_OWNER))]
+    events += [learner.event(c) for c in chunks]
+    events.append(learner.event(Restored(to_seq, chunks[0].snapshot_id, reason)))
     offsets = await learner.history.append(events)
-    await learner._publish_entry({"marker": "claimed", "epoch": learner.epoch})
+    await learner.publish_claim_marker()
     for event in events:
         learner.fold.apply(event)
     return {"model": learner.model.name, "to_seq": to_seq, "epoch": learner.epoch,

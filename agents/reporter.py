@@ -9,38 +9,50 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from riverbed.agents.inference import InferenceProcessor
+from riverbed.agents.labels import LabelJoin
 from riverbed.schemas import load_schema
 from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import Settings
+from riverbed.streams.models import OnlineModel
+from riverbed.streams.output import BatchProducer
+from riverbed.streams.telemetry import WorkerStats
 
 log = logging.getLogger(__name__)
 
 
 class Reporter:
-    """Builds and publishes reports for the models of one worker."""
+    """Builds and publishes reports for the models of one worker, from what it is given:
+    the processor's models and monitors, the label join's store, the inputs' lag."""
 
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
+    def __init__(self, settings: Settings, stats: WorkerStats, processor: InferenceProcessor,
+                 join: LabelJoin | None, lag: Callable[[], Mapping[TopicPartition, int]],
+                 output: BatchProducer) -> None:
+        self.stats, self.processor, self.join, self.lag = stats, processor, join, lag
+        self.output = output
+        self.worker_name = settings.worker.group_id
+        self.topic = settings.topics.metrics
         self.codec = AvroCodec(load_schema("metrics_report"))
         self._last = (time.monotonic(), 0)
 
-    def report(self, model: Any, kind: str = "report") -> dict[str, Any]:
+    def report(self, model: OnlineModel, kind: str = "report") -> dict[str, Any]:
         """One MetricsReport dict for ``model``."""
-        w = self.worker
-        stats, monitor = w.stats, w.processor.monitors[model.name]
-        store = w.join.store if w.join is not None else None
+        stats, monitor = self.stats, self.processor.monitors[model.name]
+        store = self.join.store if self.join is not None else None
         now = time.monotonic()
         then, events_then = self._last
         rate = (stats.events - events_then) / max(now - then, 1e-9)
         p50, p99 = monitor.delay_quantiles()
         return {
             "model": model.name, "kind": kind, "time": int(time.time() * 1000),
-            "worker": w.settings.worker.group_id, "seq": model.seq, "lineage": model.lineage,
+            "worker": self.worker_name, "seq": model.seq, "lineage": model.lineage,
             "events": stats.events, "predictions": stats.predictions[model.name],
             "learned": stats.learned[model.name], "dead_letters": stats.dead_letters.total(),
             "labels_joined": store.counters.joined + store.counters.early_joined if store else 0,
@@ -52,33 +64,17 @@ class Reporter:
             "consumer_lag": sum(self.lag().values()),
         }
 
-    def lag(self) -> dict[Any, int]:
-        """Per assigned partition: high-water mark minus confirmed position."""
-        ingest = self.worker.ingest
-        consumer = ingest.consumer
-        lags = {}
-        if consumer is not None:
-            for tp in consumer.assignment():
-                highwater = consumer.highwater(tp)
-                position = ingest.offsets.position(tp)
-                if position is None:  # nothing confirmed since (re)start: where fetching is
-                    position = _fetch_position(consumer, tp)
-                if highwater is not None and position is not None:
-                    lags[tp] = max(0, highwater - position)
-        return lags
-
     async def publish(self, kind: str = "report", models: list[str] | None = None) -> None:
         """Send one report per model (or the named ones) to the metrics topic."""
-        producer = self.worker.output.producer
+        producer = self.output.producer
         if producer is None:
             return
-        topic = self.worker.settings.topics.metrics
         futures = []
         try:  # telemetry: a report lost while the broker is away is skipped, not fatal
-            for model in self.worker.models:
+            for model in self.processor.models:
                 if models is None or model.name in models:
                     value = self.codec.encode(self.report(model, kind))
-                    futures.append(await producer.send(topic, value=value,
+                    futures.append(await producer.send(self.topic, value=value,
                                                        key=model.name.encode()))
             for future in futures:
                 await future
@@ -86,24 +82,23 @@ class Reporter:
             log.warning("metrics report not published: %r", exc)
             return
         if kind == "report":
-            self._last = (time.monotonic(), self.worker.stats.events)
+            self._last = (time.monotonic(), self.stats.events)
 
-    def families(self) -> Iterator[Any]:
+    def families(self) -> Iterator[Metric]:
         """Prometheus families computed at scrape time."""
-        w = self.worker
         metric = GaugeMetricFamily("riverbed_model_metric", "Progressive-validation metric value",
                                    labels=["model", "metric"])
         version = GaugeMetricFamily("riverbed_model_version_metric",
                                     "Metric over the current model version (lineage) only",
                                     labels=["model", "metric"])
-        for name, monitor in w.processor.monitors.items():
+        for name, monitor in self.processor.monitors.items():
             for metric_name, value in monitor.values().items():
                 metric.add_metric([name, metric_name], value)
             for metric_name, value in monitor.version_values().items():
                 version.add_metric([name, metric_name], value)
         yield metric
         yield version
-        store = w.join.store if w.join is not None else None
+        store = self.join.store if self.join is not None else None
         pending = GaugeMetricFamily("riverbed_pending_labels", "Events waiting for a label")
         pending.add_metric([], len(store.events) if store else 0)
         yield pending
@@ -125,7 +120,7 @@ class Reporter:
             yield family
         skipped = CounterMetricFamily("riverbed_skipped_pending_records",
                                       "Pending-log records that did not decode (skipped)")
-        skipped.add_metric([], w.join.skipped_records if w.join is not None else 0)
+        skipped.add_metric([], self.join.skipped_records if self.join is not None else 0)
         yield skipped
         lag = GaugeMetricFamily("riverbed_consumer_lag", "High-water mark minus confirmed "
                                 "position", labels=["topic", "partition"])
@@ -133,10 +128,3 @@ class Reporter:
             lag.add_metric([tp.topic, str(tp.partition)], value)
         yield lag
 
-
-def _fetch_position(consumer: Any, tp: Any) -> int | None:
-    """The consumer's next fetch offset of ``tp`` (committed or sought), None if unknown yet
-    (aiokafka's ``position()`` is a coroutine that waits for it)."""
-    state = consumer._subscription.subscription  # noqa: SLF001
-    tp_state = state.assignment.state_value(tp) if state is not None else None
-    return tp_state.position if tp_state is not None and tp_state.has_valid_position else None

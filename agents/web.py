@@ -112,14 +112,17 @@ class _WorkerAdapter:
         self.model_lock: asyncio.Lock = worker.model_lock
 
     def served(self) -> list[Served]:
-        p = self.worker.processor
-        return [Served(m, e, p.monitors.get(m.name), lr.epoch if lr else None,
-                       lr.durable_seq if lr else None, bool(lr and lr.fenced), part)
-                for m, e, lr, part in zip(p.models, p.extractors, p.learners, p.partitions,
-                                          strict=True)]
+        served = []
+        for slot in self.worker.processor.slots:
+            learner: Any = slot.learner  # an agents.learner.Learner (epoch, fencing)
+            served.append(Served(
+                slot.model, slot.extractor, slot.monitor, getattr(learner, "epoch", None),
+                getattr(learner, "durable_seq", None), bool(getattr(learner, "fenced", False)),
+                slot.partition))
+        return served
 
     def lag(self) -> int:
-        return sum(self.worker.reporter.lag().values())
+        return sum(self.worker.ingest.lag().values())
 
 
 def worker_port(worker: Any) -> WorkerPort:
@@ -174,7 +177,7 @@ class WebApi:
         #: the event schema's Avro codec: a request's events take the Kafka events' path
         self.codec = AvroCodec(schema)
         verify = snapshot_verifier(snapshot_key(s)) if s.history.enabled else None
-        self.feed = HistoryFeed(s.broker.bootstrap_servers, s.topics.history, s.topics.metrics,
+        self.feed = HistoryFeed(s.broker, s.topics.history, s.topics.metrics,
                                 [m.name for m in s.models], max_entries=s.worker.api_history_entries,
                                 max_points=s.worker.api_series_points, verify=verify)
         self.rate = _Rate()
@@ -416,9 +419,11 @@ class WebApi:
         complete = await self.feed.refresh()
         summary = self.feed.summaries.get(name)
         series = self.feed.series.get(name)
-        if summary is None:
-            entries, next_after, versions, dropped = [], None, [], 0
-        else:
+        entries: list[dict[str, Any]] = []
+        versions: list[dict[str, Any]] = []
+        next_after: int | None = None
+        dropped = 0
+        if summary is not None:
             entries, next_after = summary.page(query.from_seq, query.lineage, query.after,
                                                query.limit)
             versions = summary.version_list(series.by_lineage if series else {})

@@ -112,7 +112,7 @@ async def measure(name: str, settings: Any, rate: int, seconds: float,
     await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(local))
     port = free_port()
     if name == "riverbed":
-        command = [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c",
+        command = [sys.executable, "-m", "riverbed.cli", "worker", "-c",
                    str(ROOT / "config" / "riverbed.toml"), "--web-port", str(port)]
     else:
         command = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--contender",

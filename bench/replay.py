@@ -32,11 +32,12 @@ from riverbed.streams.broker import EmbeddedBroker  # noqa: E402
 from riverbed.streams.checks import FEATURES  # noqa: E402
 from riverbed.streams.config import load_settings  # noqa: E402
 from riverbed.streams.datasets import events  # noqa: E402
+from riverbed.streams.effects import apply_effects, gc_paused  # noqa: E402
 from riverbed.streams.history import Example, examples_of, fold  # noqa: E402
 from riverbed.streams.history_log import HistoryLog, SnapshotIndex  # noqa: E402
 from riverbed.streams.models import OnlineModel  # noqa: E402
 from riverbed.streams.output import BatchProducer  # noqa: E402
-from riverbed.streams.replay import apply_effects, gc_paused, read_model_history  # noqa: E402
+from riverbed.streams.replay import read_model_history  # noqa: E402
 from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 
 KEY = os.urandom(32)
@@ -51,8 +52,8 @@ async def build_history(settings: Any, data: list[Example], batch: int) -> Learn
     """Write a history like a live learner would (Learned batches + default snapshots)."""
     producer = BatchProducer(settings.broker.bootstrap_servers)
     await producer.start()
-    log = HistoryLog(settings.broker.bootstrap_servers, settings.topics.history, producer)
-    index = SnapshotIndex(settings.broker.bootstrap_servers, settings.topics.snapshots, producer)
+    log = HistoryLog(settings.broker, settings.topics.history, producer)
+    index = SnapshotIndex(settings.broker, settings.topics.snapshots, producer)
     h = settings.history
     learner = Learner(OnlineModel(settings.models[0]), log, index, KEY,
                       snapshot_every_steps=h.snapshot_every_steps, snapshot_every_s=1e9,
@@ -115,8 +116,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
         producer = BatchProducer(settings.broker.bootstrap_servers)
         await producer.start()
-        log = HistoryLog(settings.broker.bootstrap_servers, settings.topics.history, producer)
-        index = SnapshotIndex(settings.broker.bootstrap_servers, settings.topics.snapshots,
+        log = HistoryLog(settings.broker, settings.topics.history, producer)
+        index = SnapshotIndex(settings.broker, settings.topics.snapshots,
                               producer)
         fresh = Learner(OnlineModel(settings.models[0]), log, index, KEY,
                         snapshot_every_steps=10_000, snapshot_every_s=60, id_window=200_000,

@@ -48,7 +48,7 @@ class Child:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(CONFIG),
+            [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(CONFIG),
              "--web-port", str(self.port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

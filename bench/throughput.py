@@ -137,7 +137,7 @@ async def run_riverbed_2w(events: int) -> None:
 
     env = {**os.environ, "RIVERBED_WORKER__MODEL_PER_PARTITION": "true"}
     ports = [free_port(), free_port()]
-    workers = [subprocess.Popen([sys.executable, "-m", "riverbed.streams.cli", "worker", "-c",
+    workers = [subprocess.Popen([sys.executable, "-m", "riverbed.cli", "worker", "-c",
                                  str(CONFIG), "--web-port", str(port)], env=env, cwd=ROOT,
                                 preexec_fn=die_with_parent, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for port in ports]

@@ -1,8 +1,12 @@
 """The Faust application object of a riverbed worker, configured from :class:`Settings`.
 
-Faust provides the worker's lifecycle (services, agents, timers), its web server
-(bound to ``worker.web_host``, 127.0.0.1 by default -- Faust's own default is
-0.0.0.0) and the ``/metrics`` + ``/riverbed/stats`` pages.
+Faust supervises the worker: the lifecycle of its services (the batch ingest, the
+producer), its tasks and timers, a crash stopping the process, and its web server (bound
+to ``worker.web_host``, 127.0.0.1 by default -- Faust's own default is 0.0.0.0) with the
+``/metrics`` + ``/riverbed/stats`` pages. The hot path is not a Faust agent: plain aiokafka
+batches (``streams/ingest.py``) cost a tenth of Faust's per-event stream path here. So
+Faust's own Kafka consumer, consumer group and producer are not started (nothing would
+use them); downstream Faust apps get riverbed's records from ``streams/faust_records.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 
 from riverbed.streams.config import Settings
 from riverbed.streams.telemetry import WorkerStats, exposition
@@ -46,6 +51,9 @@ def make_faust_app(settings: Settings, stats: WorkerStats, datadir: Path,
         table_standby_replicas=0,
         datadir=datadir,
     )
+
+    # no Faust consumer, consumer group, table manager or producer: see the module docstring
+    app.boot_strategy = BootStrategy(app, enable_kafka=False)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

@@ -31,7 +31,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from riverbed.streams.errors import ConfigError
 
@@ -293,7 +293,7 @@ def _build_model(raw: Mapping[str, Any], index: int) -> ModelSettings:
     for step in model.pipeline:
         if not isinstance(step, Mapping) or len(step) != 1:
             raise ConfigError(f"{where}.pipeline", f"each step is a one-key table, got {step!r}")
-    return model
+    return cast(ModelSettings, model)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -80,7 +80,7 @@ class WorkerProcess:
         self.web_port = web_port
         env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": bootstrap}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(config),
+            [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(config),
              "--web-port", str(web_port)],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
@@ -89,14 +89,14 @@ class WorkerProcess:
     def metrics_text(self) -> str:
         """The worker's Prometheus exposition (``/metrics``)."""
         url = f"http://127.0.0.1:{self.web_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
 
     def stats(self) -> dict[str, Any] | None:
         """The worker's /riverbed/stats, or None while it is not serving."""
         url = f"http://127.0.0.1:{self.web_port}/riverbed/stats"
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=1) as response:
                 data: dict[str, Any] = json.loads(response.read())
                 return data
         except OSError:
@@ -133,26 +133,22 @@ async def watch_outputs(
     settings: Settings, progress: DemoProgress, labels: dict[str, Any], done: asyncio.Event,
 ) -> None:
     """Consume predictions and dead letters, scoring predictions against known labels."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from riverbed.schemas import load_schema
     from riverbed.streams.codec import AvroCodec
+    from riverbed.streams.kafka_clients import PartitionReader
     from riverbed.streams.top import TopView
 
     t = settings.topics
     decode = decoder_for(settings, t.predictions)
     reports = AvroCodec(load_schema("metrics_report"))
     progress.top = TopView(settings)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
-                                enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100)
-    await consumer.start()
-    try:
-        consumer.assign([TopicPartition(t.predictions, p) for p in range(t.partitions)]
-                        + [TopicPartition(t.dead_letters, 0), TopicPartition(t.metrics, 0)])
-        await consumer.seek_to_beginning()
+    partitions = ([TopicPartition(t.predictions, p) for p in range(t.partitions)]
+                  + [TopicPartition(t.dead_letters, 0), TopicPartition(t.metrics, 0)])
+    async with PartitionReader(settings.broker, partitions) as reader:
         while not done.is_set():
-            fetched = await consumer.getmany(timeout_ms=200)
-            for tp, records in fetched.items():
+            for tp, records in (await reader.fetch(200)).items():
                 if tp.topic == t.dead_letters:
                     progress.dead_letters += len(records)
                 elif tp.topic == t.metrics:
@@ -161,8 +157,6 @@ async def watch_outputs(
                 else:
                     _score(progress, [decode(r) for r in records], labels)
                 progress.last_output = time.monotonic()
-    finally:
-        await consumer.stop()
 
 
 def _score(progress: DemoProgress, predictions: list[dict[str, Any]],

@@ -1,6 +1,7 @@
 """Incremental reads of ``riverbed.history`` and ``riverbed.metrics`` for the HTTP API.
 
-One consumer (no group) reads both topics from the beginning, on demand: every API request
+One :class:`~streams.kafka_clients.PartitionReader` (no group) reads both topics from the
+beginning, on demand: every API request
 that needs the history first calls :meth:`HistoryFeed.refresh`, which reads what was
 appended since the last call -- up to the high-water marks reported by the fetches, and
 for at most ``budget_s`` -- and folds it into a :class:`HistorySummary` and a
@@ -19,14 +20,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from riverbed.schemas import load_schema
 from riverbed.streams.codec import AvroCodec
+from riverbed.streams.config import BrokerSettings
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import Snapshot
 from riverbed.streams.history_codec import decode_event
 from riverbed.streams.history_summary import HistorySummary
+from riverbed.streams.kafka_clients import PartitionReader
 from riverbed.streams.metrics_series import MetricsSeries
 
 log = logging.getLogger(__name__)
@@ -35,10 +38,10 @@ log = logging.getLogger(__name__)
 class HistoryFeed:
     """Summaries of the history and metrics series of the models named in the config."""
 
-    def __init__(self, bootstrap_servers: str, history_topic: str, metrics_topic: str,
+    def __init__(self, broker: BrokerSettings, history_topic: str, metrics_topic: str,
                  spec_names: Sequence[str], *, max_entries: int, max_points: int,
                  verify: Callable[[Snapshot], bool] | None = None) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.broker = broker
         self.history = TopicPartition(history_topic, 0)
         self.metrics = TopicPartition(metrics_topic, 0)
         names = "|".join(re.escape(n) for n in spec_names)
@@ -49,7 +52,7 @@ class HistoryFeed:
         self.series: dict[str, MetricsSeries] = {}
         self.skipped = 0
         self._codec = AvroCodec(load_schema("metrics_report"))
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: PartitionReader | None = None
         self._lock = asyncio.Lock()
         #: True once a refresh reached the high-water marks of both topics
         self.complete = False
@@ -70,42 +73,23 @@ class HistoryFeed:
             return self.complete
 
     async def _read(self, budget_s: float) -> bool:
-        consumer = self._consumer
-        if consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
-                                        group_id=None, enable_auto_commit=False,
-                                        fetch_max_wait_ms=100, auto_offset_reset="earliest",
-                                        max_partition_fetch_bytes=8 * 1024 * 1024)
-            await asyncio.wait_for(consumer.start(), budget_s + 5)
-            consumer.assign([self.history, self.metrics])
-            consumer.seek(self.history, 0)
-            consumer.seek(self.metrics, 0)
-            self._consumer = consumer
+        reader = self._reader
+        if reader is None:
+            reader = PartitionReader(self.broker, [self.history, self.metrics])
+            await asyncio.wait_for(reader.__aenter__(), budget_s + 5)
+            self._reader = reader
         deadline = time.monotonic() + budget_s
         started_ms = int(time.time() * 1000)
-        while not await self._caught_up(consumer, started_ms):
+        # a fresh fetch response for both: a high-water mark can be stale (see
+        # PartitionReader.fetched_since)
+        while not (reader.fetched_since(started_ms) and await reader.caught_up()):
             if time.monotonic() > deadline:
                 return False
-            fetched = await consumer.getmany(self.history, self.metrics, timeout_ms=100)
+            fetched = await reader.fetch(100)
             for record in fetched.get(self.history, []):
                 self._history_record(record)
             for record in fetched.get(self.metrics, []):
                 self._metrics_record(record)
-        return True
-
-    async def _caught_up(self, consumer: AIOKafkaConsumer, since_ms: int) -> bool:
-        """Both positions at the high-water marks of fetch responses received since
-        ``since_ms``. The consumer fetches in the background (long polls of
-        ``fetch_max_wait_ms``), but not for a partition whose fetched records wait to be
-        consumed, and pauses while any do: a high-water mark can be stale, so only a fresh
-        response counts."""
-        for tp in (self.history, self.metrics):
-            highwater = consumer.highwater(tp)
-            polled = consumer.last_poll_timestamp(tp)
-            if highwater is None or polled is None or polled < since_ms:
-                return False
-            if await consumer.position(tp) < highwater:
-                return False
         return True
 
     def _history_record(self, record: Any) -> None:
@@ -147,9 +131,9 @@ class HistoryFeed:
         series.add(report)
 
     async def close(self) -> None:
-        """Stop the consumer (the next refresh starts over where it was: from scratch)."""
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        """Stop the reader (the next refresh starts over: from scratch)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.__aexit__(None, None, None)
             self.summaries.clear()
             self.series.clear()

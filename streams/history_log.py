@@ -1,8 +1,7 @@
 """Kafka I/O of the history: append events, read them back, and the snapshot index.
 
 Reads stop at a known position -- the writer's own record, or the high-water mark
-reported by a fetch response -- never at ``end_offsets``, which the embedded broker
-under-reports when a batch holds several records.
+reported by a fetch response (``streams/kafka_clients.py``).
 
 Delivery guarantee: :meth:`HistoryLog.append` returns only after the broker has
 acknowledged every event (``acks=all``) and returns their offsets.
@@ -13,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
+from riverbed.streams.config import BrokerSettings
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import HistoryEvent
 from riverbed.streams.history_codec import KIND_HEADER, decode_event, encode_event, kind_of
+from riverbed.streams.kafka_clients import read_to_end
 from riverbed.streams.output import BatchProducer
 
 
@@ -39,14 +37,15 @@ class SkippedRecord:
 class HistoryLog:
     """The ``riverbed.history`` topic (one partition, key = model)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, producer: BatchProducer) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, broker: BrokerSettings, topic: str, producer: BatchProducer | None
+                 ) -> None:
+        self.broker = broker
         self.topic = topic
         self.producer = producer
 
     async def append(self, events: Sequence[HistoryEvent]) -> list[int]:
         """Append ``events`` in order; their offsets once acknowledged."""
-        kafka = self.producer.producer
+        kafka = self.producer.producer if self.producer is not None else None
         assert kafka is not None, "producer not started"
         futures = [await kafka.send(self.topic, value=encode_event(e), key=e.model.encode(),
                                     partition=0, headers=[(KIND_HEADER, kind_of(e).encode())])
@@ -60,8 +59,7 @@ class HistoryLog:
 
         Records that do not decode as history events (garbage, another producer's data,
         an unknown kind) are not yielded; each is appended to ``skipped`` if given."""
-        async for record in read_partition(self.bootstrap_servers, self.topic, start, until,
-                                           idle_timeout_s):
+        async for record in read_to_end(self.broker, self.topic, start, until, idle_timeout_s):
             try:
                 yield decode_event(record.value or b"", record.offset)
             except DecodeError as exc:
@@ -69,50 +67,18 @@ class HistoryLog:
                     skipped.append(SkippedRecord(record.offset, record.key, str(exc)))
 
 
-async def read_partition(bootstrap: str, topic: str, start: int, until: int | None,
-                         idle_timeout_s: float) -> AsyncIterator[Any]:
-    """Records of partition 0 of ``topic`` from ``start`` to ``until`` or the high-water mark."""
-    tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=50,
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        deadline = time.monotonic() + idle_timeout_s
-        while True:
-            fetched = await consumer.getmany(tp, timeout_ms=200)
-            for record in fetched.get(tp, []):
-                if until is not None and record.offset > until:
-                    return
-                yield record
-                if until is not None and record.offset == until:
-                    return
-            if fetched:
-                deadline = time.monotonic() + idle_timeout_s
-            position = await consumer.position(tp)
-            highwater = consumer.highwater(tp)
-            if until is None and highwater is not None and position >= highwater:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: no progress at offset {position} "
-                                   f"(want {until if until is not None else highwater})")
-    finally:
-        await consumer.stop()
-
-
 class SnapshotIndex:
     """``riverbed.snapshots``: where each model's newest snapshot starts in the history."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, producer: BatchProducer) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, broker: BrokerSettings, topic: str, producer: BatchProducer | None
+                 ) -> None:
+        self.broker = broker
         self.topic = topic
         self.producer = producer
 
     async def publish(self, model: str, entry: dict[str, Any]) -> None:
         """Record ``entry`` (snapshot_id, seq, offset, epoch, lineage) for ``model``."""
-        kafka = self.producer.producer
+        kafka = self.producer.producer if self.producer is not None else None
         assert kafka is not None, "producer not started"
         future = await kafka.send(self.topic, value=json.dumps(entry).encode(),
                                   key=model.encode(), partition=0)
@@ -121,7 +87,7 @@ class SnapshotIndex:
     async def entries(self, model: str) -> list[dict[str, Any]]:
         """Every index entry of ``model``, oldest first."""
         found = []
-        async for record in read_partition(self.bootstrap_servers, self.topic, 0, None, 30.0):
+        async for record in read_to_end(self.broker, self.topic):
             if record.key == model.encode():
                 entry = _index_entry(record.value)
                 if entry is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -50,6 +50,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ingest.offsets.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.ingest.note_start_positions(assigned)
         if assigned:
             self.ingest.assigned.set()
         if self.ingest.on_assign is not None:  # fetching waits for it (e.g. model takeover)
@@ -82,6 +83,9 @@ class BatchIngest(Service):
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         #: Positions of a rewind, applied by the fetch loop (see :meth:`rewind`).
         self._seek_to: dict[TopicPartition, int] | None = None
+        #: where fetching (re)started per partition: the committed offset (else the log
+        #: start) at assignment, or a rewind's position -- lag before the first batch
+        self._start_positions: dict[TopicPartition, int] = {}
         #: Set once this worker owns at least one partition (group join done).
         self.assigned = asyncio.Event()
         super().__init__(**kwargs)
@@ -167,7 +171,39 @@ class BatchIngest(Service):
             # offset 0 below the log start resets to the earliest (auto_offset_reset)
             positions[tp] = 0 if position is None else position
         self._seek_to = positions
+        self._start_positions.update(positions)
         self.offsets.revoke(positions)
+
+    async def note_start_positions(self, assigned: Collection[TopicPartition]) -> None:
+        """Remember where fetching starts on newly assigned partitions (for :meth:`lag`)."""
+        if self.consumer is None or not assigned:
+            return
+        try:
+            committed = {tp: await self.consumer.committed(tp) for tp in assigned}
+            missing = [tp for tp, offset in committed.items() if offset is None]
+            starts = await self.consumer.beginning_offsets(missing) if missing else {}
+        except KafkaError as exc:  # lag is telemetry: unknown until the first batch
+            log.warning("start positions unknown (%r); lag shown after the first batch", exc)
+            return
+        for tp, offset in committed.items():
+            position = offset if offset is not None else starts.get(tp)
+            if position is not None:
+                self._start_positions[tp] = position
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: high-water mark minus the confirmed position (before
+        the first confirmed batch: minus where fetching started)."""
+        lags: dict[TopicPartition, int] = {}
+        if self.consumer is None:
+            return lags
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            position = self.offsets.position(tp)
+            if position is None:
+                position = self._start_positions.get(tp)
+            if highwater is not None and position is not None:
+                lags[tp] = max(0, highwater - position)
+        return lags
 
     def _apply_seeks(self) -> bool:
         """Apply a pending rewind (see :meth:`rewind`); True if there was one."""

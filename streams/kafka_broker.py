@@ -338,7 +338,9 @@ class KafkaBroker(LocalBroker):
             self.work_dir = None
 
     def __enter__(self) -> Self:
-        return self.start() if self.process is None else self
+        if self.process is None:
+            self.start()
+        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,

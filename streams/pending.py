@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Prediction(NamedTuple):
+    """What one model predicted for an event before learning from it."""
+
+    model: str
+    x: dict[str, float]
+    prediction: Any
+    proba: dict[Any, float]
+    seq: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -24,8 +34,8 @@ class PendingEvent:
     """What we need to learn and score an event once its label arrives."""
 
     event_id: str
-    #: per model: (model, features, prediction, probabilities, model_seq), made before learning
-    predictions: tuple[tuple[str, dict[str, float], Any, dict[Any, float], int], ...]
+    #: what each model predicted, before learning
+    predictions: tuple[Prediction, ...]
     event_time: int
     added_ms: int
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from riverbed.streams.history import Example
 from riverbed.streams.history_codec import decode_columns, encode_columns
-from riverbed.streams.pending import EarlyLabel, PendingEvent
+from riverbed.streams.pending import EarlyLabel, PendingEvent, Prediction
 
 VERSION = 2
 
@@ -49,12 +49,12 @@ def decode_pending(payload: bytes) -> tuple[list[PendingEvent], list[EarlyLabel]
     labels = [EarlyLabel(eid, label, lt, added, base64.b64decode(raw), tuple(origin))
               for eid, label, lt, added, raw, origin in data["labels"]]
     if data.get("v") != VERSION:
-        events = [PendingEvent(eid, tuple((m, x, p, dict(proba), s)
+        events = [PendingEvent(eid, tuple(Prediction(m, x, p, dict(proba), s)
                                           for m, x, p, proba, s in made), et, added)
                   for eid, made, et, added in data["events"]]
         return events, labels
     xs = {model: iter(_rows(body)) for model, body in data["features"].items()}
-    events = [PendingEvent(eid, tuple((m, next(xs[m]), p, dict(proba), s)
+    events = [PendingEvent(eid, tuple(Prediction(m, next(xs[m]), p, dict(proba), s)
                                       for m, p, proba, s in made), et, added)
               for eid, et, added, made in data["events"]]
     return events, labels

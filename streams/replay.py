@@ -11,14 +11,13 @@ own fingerprint compared: a mismatch is reported, a tampered snapshot raises
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from riverbed.streams.config import ModelSettings, Settings
+from riverbed.streams.effects import apply_effects
 from riverbed.streams.errors import HistoryError, UsageError
 from riverbed.streams.history import (
     Created,
@@ -38,35 +37,6 @@ from riverbed.streams.snapshots import (
     load_snapshot,
     verify_snapshot,
 )
-
-
-def apply_effects(model: OnlineModel, effects: Sequence[Any], key: bytes) -> None:
-    """Apply fold effects to a live estimator (learn examples, load snapshots).
-
-    The cyclic GC is paused meanwhile: a replay holds the decoded history (millions of
-    small dicts) in memory, and full collections over it cost more than the learning
-    (bench/replay.py). Reference counting still frees everything as usual.
-    """
-    with gc_paused():
-        for effect in effects:
-            if isinstance(effect, Learn):
-                learn = model.estimator.learn_one  # type: ignore[attr-defined]
-                for example in effect.examples:
-                    learn(dict(example.x), example.y)
-            elif isinstance(effect, Load):
-                model.estimator, _ = load_snapshot(effect.snapshot, key)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Disable the cyclic garbage collector inside the block (restored after)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 @dataclasses.dataclass
@@ -111,7 +81,7 @@ async def read_model_history(settings: Settings, model: str, start: int = 0, *,
     """Every history event of ``model`` from offset ``start`` to the high-water mark.
 
     Undecodable records keyed with ``model``'s name are appended to ``skipped``."""
-    log = HistoryLog(settings.broker.bootstrap_servers, settings.topics.history, None)  # type: ignore[arg-type]
+    log = HistoryLog(settings.broker, settings.topics.history, None)
     every: list[SkippedRecord] = []
     events = [e async for e in log.read(start, None, skipped=every) if e.model == model]
     if skipped is not None:

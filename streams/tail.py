@@ -13,13 +13,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from riverbed.schemas import load_schema
 from riverbed.streams.codec import AvroCodec, SchemaRegistry, make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.deadletter import parse_headers
 from riverbed.streams.errors import DecodeError, UsageError
+from riverbed.streams.kafka_clients import PartitionReader, Record
 
 
 def decoder_for(
@@ -59,51 +60,36 @@ async def tail(
 ) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
     """Yield ``(record, decoded)`` until no record arrived for ``idle_timeout_s``."""
     decode = decoder_for(settings, topic, registry)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker.bootstrap_servers, enable_auto_commit=False,
-        group_id=None, fetch_max_wait_ms=100,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-    )
-    await consumer.start()
-    try:
-        partitions = await consumer._client.fetch_all_metadata()  # noqa: SLF001
-        numbers = partitions.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(numbers)])
+    async with PartitionReader(settings.broker, start="beginning" if from_beginning else "end"
+                               ) as reader:
+        await reader.assign_topic(topic)
         while True:
-            fetched = await consumer.getmany(timeout_ms=int(idle_timeout_s * 1000))
+            fetched = await reader.fetch(int(idle_timeout_s * 1000))
             if not fetched:
                 return
             for records in fetched.values():
                 for record in records:
                     yield record, decode(record)
-    finally:
-        await consumer.stop()
 
 
 async def collect(settings: Settings, topic: str, partitions: int, expected: int,
-                  timeout_s: float = 60.0, settle_s: float = 0.0) -> list[Any]:
+                  timeout_s: float = 60.0, settle_s: float = 0.0) -> list[Record]:
     """Records of ``topic`` from the start until ``expected`` arrived (deadline ``timeout_s``).
 
     With ``settle_s``, keep reading that long after reaching ``expected`` so that extra
     (unexpected) records would be seen too.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
-                                group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-        await consumer.seek_to_beginning()
+    records: list[Record] = []
+    async with PartitionReader(settings.broker,
+                               [TopicPartition(topic, p) for p in range(partitions)],
+                               fetch_max_wait_ms=50) as reader:
         deadline = time.monotonic() + timeout_s
         settle_until = None
         while time.monotonic() < deadline:
-            fetched = await consumer.getmany(timeout_ms=100)
-            for part in fetched.values():
+            for part in (await reader.fetch(100)).values():
                 records.extend(part)
             if len(records) >= expected and settle_until is None:
                 settle_until = time.monotonic() + settle_s
             if settle_until is not None and time.monotonic() >= settle_until:
                 break
-    finally:
-        await consumer.stop()
     return records

@@ -10,13 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from rich.table import Table
 
 from riverbed.schemas import load_schema
 from riverbed.streams.codec import AvroCodec
 from riverbed.streams.config import Settings
-from riverbed.streams.history_log import read_partition
+from riverbed.streams.kafka_clients import PartitionReader, read_to_end
 
 PRIMARY = {"classification": "Accuracy", "regression": "MAE"}
 
@@ -26,22 +26,15 @@ async def reports(settings: Settings, follow: bool, idle_timeout_s: float = 3600
     """MetricsReports from the start of the topic; with ``follow``, keep waiting for more."""
     codec = AvroCodec(load_schema("metrics_report"))
     if not follow:
-        async for record in read_partition(settings.broker.bootstrap_servers,
-                                           settings.topics.metrics, 0, None, idle_timeout_s):
+        async for record in read_to_end(settings.broker, settings.topics.metrics,
+                                        idle_timeout_s=idle_timeout_s):
             yield codec.decode(record.value)
         return
     tp = TopicPartition(settings.topics.metrics, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker.bootstrap_servers,
-                                group_id=None, enable_auto_commit=False, fetch_max_wait_ms=500)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
+    async with PartitionReader(settings.broker, [tp], fetch_max_wait_ms=500) as reader:
         while True:
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+            for record in (await reader.fetch(1000)).get(tp, []):
                 yield codec.decode(record.value)
-    finally:
-        await consumer.stop()
 
 
 class TopView:

@@ -190,10 +190,6 @@ async def explain(settings: Settings, oracle: Oracle) -> str:
     lines.append(f"dead letters read {len(dead)}, expected {sum(expected.values())}, "
                  f"fates {len(oracle.fates)}, sent {len(oracle.sent)}, oracle count at "
                  f"failure {oracle.dead_letters}")
-    import pickle
-    with open("/tmp/fuzz-failure.pkl", "wb") as f:
-        pickle.dump({"fates": oracle.fates, "sent": sorted(oracle.sent),
-                     "dead": [(r.value, parse_headers(r.headers)) for r in dead]}, f)
     return "\n".join(lines[:20])
 
 
@@ -204,28 +200,27 @@ class TopicCounter:
     def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
         self.settings, self.topic, self.partitions = settings, topic, partitions
         self.count = 0
-        self._consumer: Any = None
+        self._reader: Any = None
 
     async def read(self) -> int:
         """Read what has arrived since the last call; the total so far."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
-        if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.broker.bootstrap_servers, group_id=None,
-                enable_auto_commit=False, fetch_max_wait_ms=50,
-                max_partition_fetch_bytes=16 * 1024 * 1024)
-            await self._consumer.start()
-            self._consumer.assign([TopicPartition(self.topic, p)
-                                   for p in range(self.partitions)])
-            await self._consumer.seek_to_beginning()
-        fetched = await self._consumer.getmany(timeout_ms=200)
+        from riverbed.streams.kafka_clients import PartitionReader
+
+        if self._reader is None:
+            self._reader = PartitionReader(
+                self.settings.broker,
+                [TopicPartition(self.topic, p) for p in range(self.partitions)],
+                fetch_max_wait_ms=50, max_partition_fetch_bytes=16 * 1024 * 1024)
+            await self._reader.__aenter__()
+        fetched = await self._reader.fetch(200)
         self.count += sum(len(records) for records in fetched.values())
         return self.count
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
+        if self._reader is not None:
+            await self._reader.__aexit__(None, None, None)
 
 
 async def _settled(oracle: Oracle, counters: tuple[TopicCounter, TopicCounter], alive: Any,
@@ -345,6 +340,6 @@ async def check_outcome(settings: Settings, oracle: Oracle, alive: Any,
                          settle_s=0.5)
     assert len(dead) == oracle.dead_letters
     verify = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "riverbed.streams.cli", "replay", name, "--verify", "--json"],
+        sys.executable, "-m", "riverbed.cli", "replay", name, "--verify", "--json"],
         env=env, capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -118,7 +118,7 @@ class WorkerChild:
         # its own TMPDIR: a SIGKILLed worker cannot remove its temporary files, kill() does
         self.tmp = tempfile.mkdtemp(prefix="riverbed-test-worker-")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(CONFIG),
+            [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(CONFIG),
              "--web-port", str(self.port), "--log-level", level],
             env={**env, "TMPDIR": self.tmp}, cwd=ROOT,
             preexec_fn=die_with_parent, stdout=output, stderr=output)

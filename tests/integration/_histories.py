@@ -66,7 +66,7 @@ async def build_history(settings: Settings, key: bytes, phases: Sequence[int] = 
             await until(lambda s=seq: learner.durable_seq >= s, 60)
             marks[f"p{i}"] = (_now_ms(), seq, 0)
         if rollback_to is not None:
-            from riverbed.streams.cli_history import rollback_command
+            from riverbed.cli_history import rollback_command
 
             with contextlib.redirect_stdout(io.StringIO()):
                 code = await asyncio.to_thread(rollback_command, settings, name, rollback_to,
@@ -110,7 +110,7 @@ async def copy_history(built: Built, suffix: str,
 def cli(settings: Settings, key: bytes, *args: str, stdin: str = "",
         timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``riverbed ARGS -c CONFIG`` in a child process pointed at ``settings``."""
-    return subprocess.run([sys.executable, "-m", "riverbed.streams.cli", *args, "-c", str(CONFIG)],
+    return subprocess.run([sys.executable, "-m", "riverbed.cli", *args, "-c", str(CONFIG)],
                           env=worker_env(settings, key.hex()), cwd=ROOT, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
 

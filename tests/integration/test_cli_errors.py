@@ -135,7 +135,7 @@ def test_user_error_is_one_line(histories: dict[str, Any], request: pytest.Fixtu
         env = worker_env(settings, (OTHER_KEY if where.endswith("other-key") else KEY).hex())
     if "-c" not in args and args[0] not in ("broker", "bogus"):
         args += ["-c", str(CONFIG)]
-    done = subprocess.run([sys.executable, "-m", "riverbed.streams.cli", *args], input=stdin,
+    done = subprocess.run([sys.executable, "-m", "riverbed.cli", *args], input=stdin,
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     lines = done.stderr.splitlines()
     assert "Traceback" not in done.stderr + done.stdout
@@ -148,7 +148,7 @@ def test_user_error_is_one_line(histories: dict[str, Any], request: pytest.Fixtu
 def test_score_goes_on_after_a_bad_line(history_settings: Settings) -> None:
     """The bad line is reported with its number; the lines after it are still scored."""
     done = subprocess.run(
-        [sys.executable, "-m", "riverbed.streams.cli", "score", NAME, "-c", str(CONFIG)],
+        [sys.executable, "-m", "riverbed.cli", "score", NAME, "-c", str(CONFIG)],
         input=GOOD + "\n{oops\n" + _event() + "\n", cwd=ROOT, capture_output=True, text=True,
         env=worker_env(history_settings, KEY.hex()), timeout=60)
     assert done.returncode == 1
@@ -163,7 +163,7 @@ def test_no_broker_fails_within_seconds() -> None:
 
     began = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "riverbed.streams.cli", "replay", NAME, "-c", str(CONFIG),
+        [sys.executable, "-m", "riverbed.cli", "replay", NAME, "-c", str(CONFIG),
          "-b", "10.255.255.1:9092"],  # non-routable: a connect() hangs (or a proxy answers)
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "no broker reachable" in done.stderr

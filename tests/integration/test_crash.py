@@ -13,9 +13,10 @@ from riverbed.schemas import load_schema
 from riverbed.streams.codec import AvroCodec
 from riverbed.streams.config import Settings
 from riverbed.streams.datasets import events
+from riverbed.streams.effects import apply_effects
 from riverbed.streams.history import examples_of, fold
 from riverbed.streams.models import OnlineModel
-from riverbed.streams.replay import apply_effects, read_model_history, replay
+from riverbed.streams.replay import read_model_history, replay
 from riverbed.streams.snapshots import fingerprint
 from tests.helpers import WorkerChild, provision, send_raw, worker_env
 

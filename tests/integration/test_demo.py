@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_json_summary_and_no_process_left_behind() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "riverbed.streams.cli", "demo", "--events", "3000", "--json"],
+        [sys.executable, "-m", "riverbed.cli", "demo", "--events", "3000", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -40,7 +40,7 @@ def test_demo_json_summary_and_no_process_left_behind() -> None:
 def test_demo_delayed_label_mode_and_its_metrics_endpoint(tmp_path: Path) -> None:
     scraped = tmp_path / "metrics.txt"
     done = subprocess.run(
-        [sys.executable, "-m", "riverbed.streams.cli", "demo", "--events", "3000", "--rate", "1500",
+        [sys.executable, "-m", "riverbed.cli", "demo", "--events", "3000", "--rate", "1500",
          "--label-delay", "0.5", "--json", "--scrape", str(scraped)], cwd=ROOT,
         capture_output=True, text=True, timeout=240,
     )

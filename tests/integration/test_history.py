@@ -27,8 +27,8 @@ KEY = os.urandom(32)
 
 
 def _learner(settings: Settings, producer: BatchProducer) -> Learner:
-    history = HistoryLog(settings.broker.bootstrap_servers, settings.topics.history, producer)
-    index = SnapshotIndex(settings.broker.bootstrap_servers, settings.topics.snapshots, producer)
+    history = HistoryLog(settings.broker, settings.topics.history, producer)
+    index = SnapshotIndex(settings.broker, settings.topics.snapshots, producer)
     return Learner(OnlineModel(settings.models[0]), history, index, KEY,
                    snapshot_every_steps=10**9, snapshot_every_s=1e9, id_window=1000,
                    probe_size=4)
@@ -58,7 +58,7 @@ async def test_zombie_learner_writes_are_ignored_and_counted(settings: Settings)
 
 def _replay_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = worker_env(settings, KEY.hex())
-    return subprocess.run([sys.executable, "-m", "riverbed.streams.cli", "replay",
+    return subprocess.run([sys.executable, "-m", "riverbed.cli", "replay",
                            settings.models[0].name, "-c", str(CONFIG), "--json", *args],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 

@@ -171,7 +171,7 @@ async def test_riverbed_broker_kafka_is_a_durable_local_broker(tmp_path: Path) -
 
     def start() -> subprocess.Popen[str]:
         child = subprocess.Popen(
-            [sys.executable, "-m", "riverbed.streams.cli", "broker", "--kafka", "--port",
+            [sys.executable, "-m", "riverbed.cli", "broker", "--kafka", "--port",
              str(port), "--data-dir", str(data)], stderr=subprocess.PIPE, text=True)
         assert child.stderr is not None
         line = child.stderr.readline()  # the one line it prints once it answers

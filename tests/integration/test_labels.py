@@ -226,7 +226,7 @@ async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> 
                      reported["time"] + 600, 10)  # at least two report intervals later
     env = worker_env(settings, KEY.hex())
     done = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "riverbed.streams.cli", "top", "--once", "--json", "-c", str(CONFIG)],
+        sys.executable, "-m", "riverbed.cli", "top", "--once", "--json", "-c", str(CONFIG)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     (row,) = _json.loads(done.stdout.splitlines()[-1])

@@ -39,7 +39,7 @@ async def test_rollback_restores_state_and_lineage(settings: Settings,
         recorded = (await replay(settings, name, KEY, to_seq=2000, verify=True))
         assert recorded.mismatches == []
         done = await asyncio.to_thread(subprocess.run, [
-            sys.executable, "-m", "riverbed.streams.cli", "rollback", name, "--to-seq", "2500",
+            sys.executable, "-m", "riverbed.cli", "rollback", name, "--to-seq", "2500",
             "--reason", "bad upstream data", "-c", str(CONFIG), "--json"],
             env=worker_env(settings, KEY.hex()), cwd=ROOT, capture_output=True, text=True,
             timeout=120)

@@ -91,7 +91,7 @@ async def test_one_active_worker_and_standbys_learn_every_event_once_through_sig
     assert len(applied) == len(set(applied)) == EVENTS  # nothing learned twice
     assert set(applied) == {e["event_id"] for e in stream}  # nothing lost
     assert live["seq"] == state.seq == EVENTS and state.counters.stale_writes == 0
-    verify = subprocess.run([sys.executable, "-m", "riverbed.streams.cli", "replay", "agrawal-lr",
+    verify = subprocess.run([sys.executable, "-m", "riverbed.cli", "replay", "agrawal-lr",
                              "-c", str(CONFIG), "--verify", "--json"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=180)
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -112,7 +112,7 @@ async def test_a_worker_whose_start_fails_leaves_the_history_untouched(
             taken.listen()
             port = taken.getsockname()[1]
             failed = subprocess.run(
-                [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(CONFIG),
+                [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(CONFIG),
                  "--web-port", str(port)], env=env, cwd=ROOT, capture_output=True, text=True,
                 timeout=120)
         assert failed.returncode != 0 and "in use" in failed.stderr

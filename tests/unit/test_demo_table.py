@@ -6,7 +6,7 @@ import time
 
 from rich.console import Console
 
-from riverbed.streams.cli import _demo_table
+from riverbed.cli import _demo_table
 from riverbed.streams.demo import DemoProgress
 
 

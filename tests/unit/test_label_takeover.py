@@ -10,7 +10,7 @@ from typing import Any
 
 from riverbed.agents.labels import LabelJoin
 from riverbed.streams.config import Settings
-from riverbed.streams.pending import EarlyLabel, PendingEvent
+from riverbed.streams.pending import EarlyLabel, PendingEvent, Prediction
 from riverbed.streams.pending_codec import encode_pending
 
 
@@ -21,7 +21,7 @@ class _Record:
 
 
 def _event(event_id: str, partition: int, added_ms: int) -> PendingEvent:
-    made = (f"m@p{partition}", {"x": 1.0}, 0, {0: 0.6, 1: 0.4}, 3)
+    made = Prediction(f"m@p{partition}", {"x": 1.0}, 0, {0: 0.6, 1: 0.4}, 3)
     return PendingEvent(event_id, (made,), added_ms - 5, added_ms)
 
 

@@ -14,7 +14,7 @@ def test_generic_top_level_names_are_not_riverbed(tmp_path: Path) -> None:
             "    origin = spec.origin if spec else ''\n"
             "    ours = (origin or '').startswith(sys.argv[1])\n"
             "    assert spec is None or not ours, (name, origin)\n"
-            "import riverbed.streams.cli, riverbed.agents.worker, riverbed.schemas\n"
+            "import riverbed.cli, riverbed.agents.worker, riverbed.schemas\n"
             "print(riverbed.__version__)\n")
     repo = str(Path(__file__).resolve().parents[2])
     done = subprocess.run([sys.executable, "-c", code, repo], cwd=tmp_path, capture_output=True,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from riverbed.streams.pending import PendingEvent, PendingStore
+from riverbed.streams.pending import PendingEvent, PendingStore, Prediction
 
 
 def event(i: int, t: int) -> PendingEvent:
-    return PendingEvent(f"e{i}", (("m", {"a": float(i)}, True, {}, 0),), t, t)
+    return PendingEvent(f"e{i}", (Prediction("m", {"a": float(i)}, True, {}, 0),), t, t)
 
 
 ops = st.lists(st.tuples(st.sampled_from(["event", "label", "expire"]), st.integers(0, 15),

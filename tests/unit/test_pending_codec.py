@@ -8,7 +8,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riverbed.streams.pending import EarlyLabel, PendingEvent
+from riverbed.streams.pending import EarlyLabel, PendingEvent, Prediction
 from riverbed.streams.pending_codec import decode_pending, encode_pending
 
 FLOATS = st.floats(allow_nan=False, width=64)
@@ -36,10 +36,11 @@ def test_events_round_trip_with_exact_features_in_their_key_order(
 
 
 def test_infinite_features_survive_and_version_1_records_still_read() -> None:
-    event = PendingEvent("e", (("lr", {"b": math.inf, "a": -0.0}, True, {True: 0.5}, 3),), 1, 2)
+    made = Prediction("lr", {"b": math.inf, "a": -0.0}, True, {True: 0.5}, 3)
+    event = PendingEvent("e", (made,), 1, 2)
     (decoded,), _ = decode_pending(encode_pending([event], []))
     assert decoded == event and math.copysign(1, decoded.predictions[0][1]["a"]) == -1
     old = json.dumps({"events": [["e", [["lr", {"b": 1.5}, True, [[True, 0.5]], 3]], 1, 2]],
                       "labels": []}).encode()
     (legacy,), _ = decode_pending(old)
-    assert legacy == PendingEvent("e", (("lr", {"b": 1.5}, True, {True: 0.5}, 3),), 1, 2)
+    assert legacy == PendingEvent("e", (Prediction("lr", {"b": 1.5}, True, {True: 0.5}, 3),), 1, 2)

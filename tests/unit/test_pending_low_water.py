@@ -18,6 +18,7 @@ from riverbed.schemas import load_schema
 from riverbed.streams.codec import AvroCodec
 from riverbed.streams.config import Settings
 from riverbed.streams.features import LabelRule
+from riverbed.streams.pending import Prediction
 
 LABELS = AvroCodec(load_schema("label"))
 TTL_MS = 1_000
@@ -45,9 +46,9 @@ class _Lane:
     def __init__(self, joined: set[str]) -> None:
         self.model = types.SimpleNamespace(name="no-model")
         self.already_learned = joined.__contains__
-        self.extractor = types.SimpleNamespace(label_rule=LabelRule(
+        self.label_rule = LabelRule(
             "classification", binary=True, classes=None, label_type=int, max_classes=2,
-            max_abs_value=1.0))
+            max_abs_value=1.0)
 
 
 class _Run:
@@ -68,7 +69,7 @@ class _Run:
     def event(self, n: int) -> None:
         event_id = f"e{n}"
         early = event_id in self.join.store.labels  # its label came first: joined now
-        made = [(f"m@p{n % 2}", {"x": float(n)}, 0, {0: 0.5, 1: 0.5}, 1)]
+        made = [Prediction(f"m@p{n % 2}", {"x": float(n)}, 0, {0: 0.5, 1: 0.5}, 1)]
         self.join.hold(event_id, made, self.now - 5, self.lanes, BatchOutput(), self.now)
         if early:
             self.joined.add(event_id)
@@ -173,13 +174,7 @@ def test_rebuild_starts_at_the_lowest_mark_of_its_learners(example_settings: Set
     class _Fold:
         offsets: dict[str, int]
 
-    @dataclasses.dataclass
-    class _Learner:
-        fold: _Fold
-
     source = LabelJoin(example_settings).log_source
-    assert pending_log_start(source, [_Learner(_Fold({source: 9})),
-                                      _Learner(_Fold({source: 4}))]) == 4
-    assert pending_log_start(source, [_Learner(_Fold({source: 9})),
-                                      _Learner(_Fold({}))]) == 0  # one without a mark
+    assert pending_log_start(source, [_Fold({source: 9}), _Fold({source: 4})]) == 4  # type: ignore[list-item]
+    assert pending_log_start(source, [_Fold({source: 9}), _Fold({})]) == 0  # type: ignore[list-item]
     assert pending_log_start(source, []) == 0

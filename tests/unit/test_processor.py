@@ -93,6 +93,6 @@ def test_per_partition_models_learn_only_their_partition(example_settings: Setti
         assert processor.stats.predictions[model.name] == 10
     assert 2 not in result.predictions  # no model serves partition 2: nothing published ...
     assert result.unowned == {f"{records[0].topic}:2"}  # ... and the agent stops loudly
-    assert processor.remove_partition(0) == [None]
+    assert [slot.model for slot in processor.remove_partition(0)] == [shards[0]]
     assert [m.name for m in processor.models] == [shards[1].name]
     assert set(processor.monitors) == {shards[1].name}

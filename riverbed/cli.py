@@ -359,7 +359,7 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Show a model's history: seq, time, kind, snapshots, fingerprints."""
-    from riverbed.streams.cli_history import history_command
+    from riverbed.cli_history import history_command
     from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
@@ -382,7 +382,7 @@ def replay_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Rebuild a past model version; with --verify exit 1 on any mismatch (2: tampered)."""
-    from riverbed.streams.cli_history import check_target, parse_time, replay_command
+    from riverbed.cli_history import check_target, parse_time, replay_command
     from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
@@ -442,7 +442,7 @@ def rollback_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Roll a model back to seq N (of --lineage L); the rollback is itself a history event."""
-    from riverbed.streams.cli_history import check_target, rollback_command
+    from riverbed.cli_history import check_target, rollback_command
     from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)
@@ -463,7 +463,7 @@ def score(
     """Score JSON-lines events from stdin with the model as of --seq (and --lineage).
 
     A line that cannot be scored is reported on stderr with its number; exit 1 at the end."""
-    from riverbed.streams.cli_history import check_target, score_command
+    from riverbed.cli_history import check_target, score_command
     from riverbed.streams.replay import model_spec
 
     settings = _settings(config, bootstrap)

@@ -193,8 +193,8 @@ def rollback_command(settings: Any, model: str, to_seq: int, reason: str, as_jso
             h = settings.history
             learner = Learner(
                 OnlineModel(spec, name=model),
-                HistoryLog(settings.broker.bootstrap_servers, settings.topics.history, producer),
-                SnapshotIndex(settings.broker.bootstrap_servers, settings.topics.snapshots,
+                HistoryLog(settings.broker, settings.topics.history, producer),
+                SnapshotIndex(settings.broker, settings.topics.snapshots,
                               producer),
                 key, snapshot_every_steps=h.snapshot_every_steps,
                 snapshot_every_s=h.snapshot_every_s, id_window=h.id_window,

@@ -1,0 +1,147 @@
+"""Kafka clients built in one place, and the one partition reader every reader uses.
+
+:func:`client_options` holds what every consumer, producer and admin client riverbed
+makes shares: where the brokers are and how to connect to them. :class:`PartitionReader`
+is the only way riverbed reads topics outside its consumer groups (the history, the
+snapshot index, the pending log, ``tail``, ``top``, the demo's scoreboard, the tests):
+partitions are *assigned*, not subscribed, so reading joins no group, commits nothing
+and never disturbs a deployment. Public aiokafka API only.
+
+Delivery guarantee: every record of the assigned partitions from the start position, in
+offset order per partition. "The end" is the high-water mark a fetch response reported
+(:meth:`PartitionReader.caught_up`), never ``end_offsets``, which the embedded broker
+under-reports when one batch holds several records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Literal, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from riverbed.streams.config import BrokerSettings
+
+#: A consumed record: key and value are raw bytes (riverbed decodes them itself).
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+def client_options(broker: BrokerSettings) -> dict[str, str]:
+    """Connection options shared by every Kafka client riverbed makes."""
+    return {"bootstrap_servers": broker.bootstrap_servers}
+
+
+class PartitionReader:
+    """Reads assigned partitions of one or more topics; see the module docstring.
+
+    Use as ``async with PartitionReader(broker, partitions) as reader:`` and call
+    :meth:`fetch` in a loop; :meth:`caught_up` tells when every partition is read to the
+    high-water mark seen so far. With ``partitions`` None, :meth:`assign_topic` chooses
+    them once the reader has started (every partition of a topic).
+    """
+
+    def __init__(
+        self, broker: BrokerSettings, partitions: Iterable[TopicPartition] = (), *,
+        start: Mapping[TopicPartition, int] | Literal["beginning", "end"] = "beginning",
+        fetch_max_wait_ms: int = 100, max_partition_fetch_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.partitions = list(partitions)
+        self._start = start
+        self._consumer = AIOKafkaConsumer(
+            **client_options(broker), group_id=None, enable_auto_commit=False,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_partition_fetch_bytes=max_partition_fetch_bytes)
+
+    async def __aenter__(self) -> PartitionReader:
+        await self._consumer.start()
+        try:
+            if self.partitions:
+                await self._assign(self.partitions)
+        except BaseException:
+            await self._consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._consumer.stop()
+
+    async def assign_topic(self, topic: str) -> list[TopicPartition]:
+        """Read every partition of ``topic`` (empty if the topic does not exist)."""
+        await self._consumer.topics()  # a metadata round trip: partitions become known
+        numbers = self._consumer.partitions_for_topic(topic) or set()
+        await self._assign([TopicPartition(topic, p) for p in sorted(numbers)])
+        return self.partitions
+
+    async def _assign(self, partitions: list[TopicPartition]) -> None:
+        self.partitions = partitions
+        self._consumer.assign(partitions)
+        if self._start == "beginning":
+            await self._consumer.seek_to_beginning(*partitions)
+        elif self._start == "end":
+            await self._consumer.seek_to_end(*partitions)
+        else:
+            for tp in partitions:
+                self._consumer.seek(tp, self._start.get(tp, 0))
+
+    async def fetch(self, timeout_ms: int = 200) -> dict[TopicPartition, list[Record]]:
+        """Whatever arrives within ``timeout_ms`` (empty dict: nothing)."""
+        return await self._consumer.getmany(timeout_ms=timeout_ms)
+
+    async def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record :meth:`fetch` returns for ``tp``."""
+        return await self._consumer.position(tp)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The high-water mark of ``tp`` from the last fetch response (None: none yet)."""
+        return self._consumer.highwater(tp)
+
+    def fetched_since(self, time_ms: int) -> bool:
+        """True when every partition had a fetch response at or after ``time_ms`` (epoch
+        ms). The consumer keeps fetching in the background, but not for a partition whose
+        fetched records wait to be read, and not at all while any do: a reader that stays
+        open between reads can hold a stale high-water mark, and :meth:`caught_up` alone
+        would then stop short of records appended since (``streams/history_feed.py``)."""
+        for tp in self.partitions:
+            polled = self._consumer.last_poll_timestamp(tp)
+            if polled is None or polled < time_ms:
+                return False
+        return True
+
+    async def caught_up(self) -> bool:
+        """True when every partition's position reached the high-water mark of the last
+        fetch response (False while a partition has had no fetch response yet)."""
+        for tp in self.partitions:
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or await self._consumer.position(tp) < highwater:
+                return False
+        return True
+
+
+async def read_to_end(broker: BrokerSettings, topic: str, start: int = 0,
+                      until: int | None = None, idle_timeout_s: float = 30.0,
+                      partition: int = 0) -> AsyncIterator[Record]:
+    """Records of one partition from ``start`` to offset ``until`` (inclusive), else to the
+    high-water mark. TimeoutError when nothing arrives for ``idle_timeout_s`` before then."""
+    tp = TopicPartition(topic, partition)
+    async with PartitionReader(broker, [tp], start={tp: start}, fetch_max_wait_ms=50
+                               ) as reader:
+        deadline = time.monotonic() + idle_timeout_s
+        while True:
+            fetched = await reader.fetch(200)
+            for record in fetched.get(tp, []):
+                if until is not None and record.offset > until:
+                    return
+                yield record
+                if until is not None and record.offset == until:
+                    return
+            if fetched:
+                deadline = time.monotonic() + idle_timeout_s
+            if until is None and await reader.caught_up():
+                return
+            if time.monotonic() > deadline:
+                want = until if until is not None else reader.highwater(tp)
+                raise TimeoutError(f"{topic}: no progress at offset "
+                                   f"{await reader.position(tp)} (want {want})")
