@@ -97,7 +97,7 @@ def main() -> None:
         env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
                "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex()}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "riverbed.streams.cli", "worker", "-c", str(CONFIG),
+            [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(CONFIG),
              "--web-port", str(port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -110,7 +110,7 @@ def main() -> None:
                 stream = None
                 if rate:
                     stream = subprocess.Popen(
-                        [sys.executable, "-m", "riverbed.streams.cli", "produce", "-c",
+                        [sys.executable, "-m", "riverbed.cli", "produce", "-c",
                          str(CONFIG), "-n", str(int(rate * 120)), "--rate", str(rate)],
                         env=env, cwd=ROOT, preexec_fn=die_with_parent,
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

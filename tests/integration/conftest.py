@@ -72,7 +72,7 @@ def web_worker(example_settings: Settings, broker: Any) -> Iterator[WebWorker]:
             assert time.monotonic() < deadline, "no drift annotation in the history"
             time.sleep(0.2)
         done = subprocess.run(
-            [sys.executable, "-m", "riverbed.streams.cli", "rollback", worker.model,
+            [sys.executable, "-m", "riverbed.cli", "rollback", worker.model,
              "--to-seq", "3000", "--reason", "drifted: back to before the change",
              "-c", str(CONFIG)], env=env, cwd=ROOT, capture_output=True, text=True, check=False,
             timeout=120)

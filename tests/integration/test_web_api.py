@@ -224,13 +224,13 @@ def test_a_worker_on_another_address_refuses_to_start_without_a_token(
     env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
            "RIVERBED_WORKER__WEB_HOST": "0.0.0.0"}
     env.pop("RIVERBED_WORKER__API_TOKEN", None)
-    done = subprocess.run([sys.executable, "-m", "riverbed.streams.cli", "worker", "-c",
+    done = subprocess.run([sys.executable, "-m", "riverbed.cli", "worker", "-c",
                            str(CONFIG)], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "RIVERBED_WORKER__API_TOKEN" in done.stderr
     short = {**env, "RIVERBED_WORKER__API_TOKEN": "short"}
-    done = subprocess.run([sys.executable, "-m", "riverbed.streams.cli", "worker", "-c",
+    done = subprocess.run([sys.executable, "-m", "riverbed.cli", "worker", "-c",
                            str(CONFIG)], env=short, cwd=ROOT, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 2 and "at least 16 characters" in done.stderr
