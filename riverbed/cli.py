@@ -1,4 +1,6 @@
-"""The ``riverbed`` command line: broker, worker, produce, tail, demo."""
+"""The ``riverbed`` command line: broker, worker, produce, tail, demo, top, and the history
+commands history, replay, rollback and score (``riverbed/cli_history.py``). It composes
+``riverbed.streams`` and ``riverbed.agents`` and sits above both."""
 
 from __future__ import annotations
 

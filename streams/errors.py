@@ -9,9 +9,7 @@ from __future__ import annotations
 
 
 class RiverbedError(Exception):
-    """Root of every riverbed error. ``retriable`` says whether trying again may help."""
-
-    retriable: bool = False
+    """Root of every riverbed error."""
 
 
 class ConfigError(RiverbedError):
@@ -64,8 +62,6 @@ class ValidationError(EventError):
 
 class SchemaRegistryError(RiverbedError):
     """The schema registry could not be reached or does not know a schema id."""
-
-    retriable = True
 
 
 class OwnershipError(RiverbedError):

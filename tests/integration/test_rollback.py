@@ -26,7 +26,7 @@ KEY = os.urandom(32)
 
 async def test_rollback_restores_state_and_lineage(settings: Settings,
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="riverbed.agents.worker")
+    caplog.set_level(logging.INFO, logger="riverbed.agents.ownership")
     settings = dataclasses.replace(settings, history=dataclasses.replace(
         settings.history, snapshot_every_steps=1000, snapshot_key=KEY.hex()))
     await provision(settings)
