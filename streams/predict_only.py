@@ -39,8 +39,6 @@ from riverbed.streams.errors import RiverbedError
 class WouldLearn(RiverbedError):
     """River would update the model while predicting (a process-wide switch is on)."""
 
-    retriable = True
-
 
 def _pipelines(estimator: Any, depth: int = 0) -> Iterator[Any]:
     """Every ``compose.Pipeline`` inside ``estimator`` (steps, unions, wrapped models)."""
