@@ -32,6 +32,7 @@ from riverbed.agents.pending_labels import PendingLabels
 from riverbed.agents.reporter import Reporter
 from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
 from riverbed.agents.supervision import BrokerWatch, Supervisor
+from riverbed.agents.web import WebApi, worker_port
 from riverbed.schemas import load_schema
 from riverbed.streams.app import make_faust_app
 from riverbed.streams.broker_features import detect_features
@@ -114,6 +115,7 @@ class Worker:
         ).register()
         self._register_timers()
         register_pages(self.app, self.processor, self.join)
+        WebApi(worker_port(self), self.app).register()  # the HTTP API and page (agents/web.py)
 
     def _register_timers(self) -> None:
         @self.app.timer(self.settings.labels.report_interval_s)

@@ -15,7 +15,9 @@ Layout of the file (every key optional except ``[[models]]``)::
     [labels]   enabled, ttl_s, max_pending, report_interval_s
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
                session_timeout_ms, heartbeat_interval_ms, lease_session_timeout_ms,
-               commit_interval_s, max_unconfirmed_batches, model_per_partition
+               commit_interval_s, max_unconfirmed_batches, model_per_partition,
+               api_token, api_max_body_bytes, api_max_events, api_history_entries,
+               api_series_points
     [[models]] name, task, pipeline, seed, features, metrics, classes
 
 Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
@@ -40,6 +42,8 @@ from typing import Any, Literal, cast
 from riverbed.streams.errors import ConfigError
 
 ENV_PREFIX = "RIVERBED_"
+#: Shortest accepted ``worker.api_token``.
+MIN_TOKEN_CHARS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +167,21 @@ class WorkerSettings:
     #: Workers then scale out: each owns the models of the partitions it is assigned.
     #: Off (default): one model per spec learns from every partition, one worker at a time.
     model_per_partition: bool = False
+    #: Bearer token of the worker's HTTP API (``Authorization: Bearer <token>``), at least
+    #: 16 characters; set it with RIVERBED_WORKER__API_TOKEN. Required when ``web_host`` is
+    #: not a loopback address (the worker refuses to start without it); when set, every
+    #: page but ``/``, its static files, ``/healthz`` and ``/readyz`` asks for it.
+    api_token: str | None = dataclasses.field(default=None, repr=False)
+    #: Largest request body the API reads (bytes); a larger one is refused with 413.
+    api_max_body_bytes: int = 1_048_576
+    #: Most events one ``POST /models/{name}/predict`` may carry (the model lock is held
+    #: while they are predicted, so this bounds how long a request can delay a batch).
+    api_max_events: int = 1000
+    #: History entries (merged learn runs, snapshots, claims, rollbacks, annotations) the
+    #: API keeps per model in memory; older ones are dropped first.
+    api_history_entries: int = 5000
+    #: Metrics reports (points of the page's chart) the API keeps per model.
+    api_series_points: int = 2000
 
     @property
     def effective_fetch_max_wait_ms(self) -> int:
@@ -398,6 +417,10 @@ def _check_ranges(s: Settings) -> None:
         "worker.lease_session_timeout_ms": s.worker.lease_session_timeout_ms,
         "worker.commit_interval_s": s.worker.commit_interval_s,
         "worker.max_unconfirmed_batches": s.worker.max_unconfirmed_batches,
+        "worker.api_max_body_bytes": s.worker.api_max_body_bytes,
+        "worker.api_max_events": s.worker.api_max_events,
+        "worker.api_history_entries": s.worker.api_history_entries,
+        "worker.api_series_points": s.worker.api_series_points,
         "history.snapshot_every_steps": s.history.snapshot_every_steps,
         "history.snapshot_every_s": s.history.snapshot_every_s,
         "history.id_window": s.history.id_window,
@@ -421,6 +444,10 @@ def _check_ranges(s: Settings) -> None:
                           f"{s.topics.replication_factor}: no write could ever succeed")
     if not 0 <= s.worker.web_port <= 65535:
         raise ConfigError("worker.web_port", f"must be a TCP port, got {s.worker.web_port}")
+    token = s.worker.api_token
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError("worker.api_token", f"must be at least {MIN_TOKEN_CHARS} characters "
+                          f"(got {len(token)})")
     if ":" not in s.broker.bootstrap_servers:
         raise ConfigError("broker.bootstrap_servers", "must be host:port[,host:port]")
     _check_registry(s.registry)

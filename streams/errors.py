@@ -33,14 +33,19 @@ class ModelSpecError(RiverbedError):
 
 
 class EventError(RiverbedError):
-    """One event cannot be processed; it goes to the dead-letter topic with ``reason``."""
+    """One event cannot be processed; it goes to the dead-letter topic with ``reason``.
+    ``field`` names the event field at fault, where one is (the HTTP API reports it)."""
 
     reason: str = "invalid_event"
+    field: str | None = None
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None,
+                 field: str | None = None) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+        if field is not None:
+            self.field = field
 
 
 class DecodeError(EventError):

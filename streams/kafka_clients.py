@@ -103,6 +103,18 @@ class PartitionReader:
         """The high-water mark of ``tp`` from the last fetch response (None: none yet)."""
         return self._consumer.highwater(tp)
 
+    def fetched_since(self, time_ms: int) -> bool:
+        """True when every partition had a fetch response at or after ``time_ms`` (epoch
+        ms). The consumer keeps fetching in the background, but not for a partition whose
+        fetched records wait to be read, and not at all while any do: a reader that stays
+        open between reads can hold a stale high-water mark, and :meth:`caught_up` alone
+        would then stop short of records appended since (``streams/history_feed.py``)."""
+        for tp in self.partitions:
+            polled = self._consumer.last_poll_timestamp(tp)
+            if polled is None or polled < time_ms:
+                return False
+        return True
+
     async def caught_up(self) -> bool:
         """True when every partition's position reached the high-water mark of the last
         fetch response (False while a partition has had no fetch response yet)."""

@@ -9,7 +9,9 @@ mismatch would break co-partitioning of events, labels and predictions).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -117,8 +119,13 @@ def _created(response: object, name: str) -> bool:
 async def _check_partitions(admin: AIOKafkaAdminClient, existing: list[TopicSpec]) -> None:
     if not existing:
         return
-    described = await admin.describe_topics([s.name for s in existing])
-    counts = {d["topic"]: len(d["partitions"]) for d in described}
+    deadline = time.monotonic() + 10.0
+    while True:  # a topic created a moment ago may not be in every broker's metadata yet
+        described = await admin.describe_topics([s.name for s in existing])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        if all(counts.get(s.name) for s in existing) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)  # metadata propagates asynchronously: ask again
     for spec in existing:
         if counts.get(spec.name) != spec.partitions:
             raise TopicError(
