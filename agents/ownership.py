@@ -92,13 +92,17 @@ class ModelOwnership:
             await learner.restore()
             self.stats.model_seq[learner.model.name] = learner.model.seq
 
-    async def acquire(self) -> None:
-        """Hold the lease (following the history as a standby until then), claim every
-        global model, rebuild their pending labels, and start following the history."""
+    async def acquire(self, before_claim: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Hold the lease (following the history as a standby until then), run
+        ``before_claim`` (exactly-once: start the transactional producer, which fences an
+        older one), claim every global model, rebuild their pending labels, and start
+        following the history."""
         if self.lease is not None:
             await self.lease.start()
             await self._standby_until_leased()
             self._supervise(self._watch_lease(), "lease watch")
+        if before_claim is not None:
+            await before_claim()
         for learner in self.learners:
             await learner.takeover(restored=True)
             self.stats.model_seq[learner.model.name] = learner.model.seq
