@@ -13,11 +13,14 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from aiokafka.errors import ProducerFenced
+
 from riverbed.agents.batch import BatchLearner, BatchOutput
 from riverbed.agents.inference import InferenceProcessor
 from riverbed.streams.config import Settings
-from riverbed.streams.errors import OwnershipError, RiverbedError
+from riverbed.streams.errors import LeaseLostError, OwnershipError, RiverbedError
 from riverbed.streams.history import HistoryEvent
+from riverbed.streams.output import retrieve
 
 Hook = Callable[[], Awaitable[None]]
 OutputHook = Callable[[BatchOutput], Awaitable[None]]
@@ -138,6 +141,11 @@ class InferenceAgent:
                     if self.after_outputs is not None:
                         await self.after_outputs(result)
                 await append_history([result for _, result, _ in items])              # 3.
+            except ProducerFenced:  # exactly-once: a newer worker started; nothing of ours
+                await self.stop(LeaseLostError(  # after that is committed
+                    "another worker took over (this worker's transactional producer was "
+                    "fenced); stopping: its open transaction is aborted, nothing committed"))
+                return
             except Exception as exc:  # the broker refused our output: stop, do not commit
                 await self.app.crash(exc)
                 return
@@ -152,9 +160,13 @@ class InferenceAgent:
         committed history (read_committed) and resumes from the committed offsets."""
         producer = self.output.producer
         await producer.begin_transaction()
+        futures: list[Any] = []
         try:
-            futures = [f for _, result, _ in items for f in await self._publish(result)]
-            await asyncio.gather(*futures)
+            for _, result, _ in items:
+                futures += await self._publish(result)
+            for outcome in await asyncio.gather(*futures, return_exceptions=True):
+                if isinstance(outcome, BaseException):  # every future retrieved, first raised
+                    raise outcome
             for _, result, _ in items:
                 if self.after_outputs is not None:
                     await self.after_outputs(result)
@@ -169,6 +181,8 @@ class InferenceAgent:
                 await producer.send_offsets_to_transaction(offsets, self.group_id)
             await producer.commit_transaction()
         except BaseException:
+            for future in futures:  # outcomes nobody awaits any more: retrieved, not logged
+                future.add_done_callback(retrieve)
             with contextlib.suppress(Exception):  # fenced or broken: the broker aborts it
                 await producer.abort_transaction()
             raise

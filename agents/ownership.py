@@ -263,6 +263,14 @@ class ModelOwnership:
         fenced = self.fenced_learners()
         if not fenced:
             return
+        usurped = [lr for lr in fenced if lr.fenced_by != "rollback"]
+        if self.lease is not None and usurped:
+            # global models: another worker holds the lease now; claiming again would
+            # fence the rightful owner. Stop (the worker stops; this waits until then)
+            await self.supervisor.stop(LeaseLostError(
+                f"{usurped[0].model.name}: claimed by {usurped[0].fenced_by}, the active "
+                "worker now; stopping (nothing more is committed here)"))
+            await asyncio.Event().wait()
         for learner in fenced:
             if learner.fenced_by == "rollback":
                 log.info("%s: rolled back by `riverbed rollback`; continuing from the "
@@ -308,6 +316,12 @@ class ModelOwnership:
                     learner.fenced_by = ("rollback" if isinstance(body, Restored) else
                                          f"worker {body.owner}" if isinstance(body, Claimed)
                                          else "another worker")
+                    if self.lease is not None and learner.fenced_by != "rollback":
+                        # global models: another worker holds the lease now (this one was
+                        # frozen past it); claiming again would fence the rightful owner
+                        raise LeaseLostError(
+                            f"{learner.model.name}: claimed by {learner.fenced_by}, the "
+                            "active worker now; stopping (nothing more is committed here)")
                     async with self.lock:
                         await self.retake_if_fenced()
 

@@ -178,7 +178,8 @@ class WebApi:
         self.codec = AvroCodec(schema)
         verify = snapshot_verifier(snapshot_key(s)) if s.history.enabled else None
         self.feed = HistoryFeed(s.broker, s.topics.history, s.topics.metrics,
-                                [m.name for m in s.models], max_entries=s.worker.api_history_entries,
+                                [m.name for m in s.models],
+                                max_entries=s.worker.api_history_entries,
                                 max_points=s.worker.api_series_points, verify=verify)
         self.rate = _Rate()
         self.static = {p.relative_to(STATIC).as_posix(): p for p in STATIC.rglob("*")

@@ -30,10 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from riverbed.streams.broker import EmbeddedBroker, die_with_parent, free_port
-from riverbed.streams.config import load_settings
-from riverbed.streams.produce import produce
-from riverbed.streams.topics import ensure_topics, riverbed_topics
+from riverbed.streams.broker import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
+from riverbed.streams.config import load_settings  # noqa: E402
+from riverbed.streams.produce import produce  # noqa: E402
+from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 
 CONFIG = ROOT / "config" / "riverbed.toml"
 EVENT = {"salary": 50000.0, "commission": 0.0, "age": 30, "elevel": 1, "car": 3,

@@ -82,6 +82,18 @@ class BatchProducer(Service):
         """Send ``(key, value)`` records to one partition; futures of the acks."""
         assert self.producer is not None, "producer not started"
         futures: list[asyncio.Future[Any]] = []
+        try:
+            return await self._publish(topic, partition, records, futures)
+        except BaseException:
+            for future in futures:  # the caller never sees them: retrieve their outcome
+                future.add_done_callback(retrieve)
+            raise
+
+    async def _publish(
+        self, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes]],
+        futures: list[asyncio.Future[Any]],
+    ) -> list[asyncio.Future[Any]]:
+        assert self.producer is not None, "producer not started"
         batch = self.producer.create_batch()
         for key, value in records:
             if batch.append(key=key, value=value, timestamp=None) is None:
@@ -103,3 +115,9 @@ class BatchProducer(Service):
             await self.producer.send(topic, value=d.value, key=d.key, headers=d.headers())
             for d in dead_letters
         ]
+
+
+def retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark ``future``'s exception as seen (no "exception was never retrieved" log)."""
+    if not future.cancelled():
+        future.exception()
