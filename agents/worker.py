@@ -63,7 +63,7 @@ class Worker:
             registry = HttpSchemaRegistry(settings.broker.schema_registry_url)
         event_schema = load_schema(settings.event.schema, settings.base_dir)
         topics = settings.topics
-        self.output = BatchProducer(settings.broker.bootstrap_servers,
+        self.output = BatchProducer(settings.broker,
                                     request_timeout_s=settings.broker.reconnect_timeout_s + 10)
         #: keeps aiokafka/Faust from logging every failed attempt while the broker is away
         self.log_limiter = ClientLogLimiter()
@@ -163,7 +163,7 @@ class Worker:
         web server, restore every model from its history (nothing written yet); then, for
         global models, wait as a *standby* until this worker holds the lease; only then
         claim the models (the first write), rebuild the pending labels and consume."""
-        await ensure_topics(self.settings.broker.bootstrap_servers, riverbed_topics(self.settings))
+        await ensure_topics(self.settings.broker, riverbed_topics(self.settings))
         await self.output.start()
         await self.app.start()  # binds the web port: a port in use fails here, before a claim
         await self.ownership.restore()

@@ -38,7 +38,7 @@ BootstrapOption = Annotated[
 ]
 LineageOption = Annotated[int | None, typer.Option(
     help="Model lineage (0 = before any rollback; default: the live lineage).")]
-#: how long a command waits for a TCP connection to the broker before giving up
+#: how long a command waits for the broker's first answer (TLS and SASL included)
 PROBE_TIMEOUT_S = 3.0
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,10 +109,11 @@ def _settings(config: Path, bootstrap: str | None = None, *, probe: bool = False
 
 
 def _probe(settings: Settings) -> Settings:
-    """BrokerError (exit 1) unless a broker answers within PROBE_TIMEOUT_S."""
-    from riverbed.streams.broker import probe_bootstrap
+    """BrokerError (exit 1) unless a broker answers within PROBE_TIMEOUT_S over a
+    connection made as the clients will make theirs (TLS, SASL: a refusal is one line)."""
+    from riverbed.streams.probe import probe_now
 
-    probe_bootstrap(settings.broker.bootstrap_servers, PROBE_TIMEOUT_S)
+    probe_now(settings.broker, PROBE_TIMEOUT_S)
     return settings
 
 
@@ -134,6 +135,10 @@ def _check_fraction(name: str, value: float) -> None:
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiokafka logs every request at DEBUG, SASL authentication payloads (the password)
+    # included: its connection logger never goes below INFO
+    conn = logging.getLogger("aiokafka.conn")
+    conn.setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
 
 
 @contextlib.contextmanager
@@ -242,7 +247,7 @@ def produce_cmd(
     settings = _settings(config, bootstrap, probe=True)
 
     async def run() -> Any:
-        await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(settings))
+        await ensure_topics(settings.broker, riverbed_topics(settings))
         with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=err, transient=True,
                       disable=not err.is_terminal) as bar:

@@ -15,15 +15,17 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
+from riverbed.streams.config import BrokerSettings
 from riverbed.streams.deadletter import DeadLetter
+from riverbed.streams.kafka_clients import client_options
 
 
 class BatchProducer(Service):
     """One aiokafka producer shared by a worker's agents."""
 
-    def __init__(self, bootstrap_servers: str, request_timeout_s: float = 40.0,
+    def __init__(self, broker: BrokerSettings, request_timeout_s: float = 40.0,
                  **kwargs: Any) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.broker = broker
         #: how long a send may wait for its ack, retries included (a worker sets this past
         #: ``broker.reconnect_timeout_s`` so outputs survive a broker outage)
         self.request_timeout_s = request_timeout_s
@@ -32,7 +34,7 @@ class BatchProducer(Service):
 
     async def on_start(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
+            **client_options(self.broker),
             acks="all",
             linger_ms=2,
             max_batch_size=1024 * 1024,

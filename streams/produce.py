@@ -56,7 +56,7 @@ async def produce(
     report = ProduceReport(labels={} if labels is None else labels)
     delayed = DelayedLabels(settings, registry, label_delay_s, rng) if label_delay_s > 0 else None
     chunker = _Chunker(codec, partitions, report, rng, bad_fraction, keep_labels, delayed)
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     start = time.monotonic()
     futures: list[Any] = []

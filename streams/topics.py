@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from riverbed.streams.config import Settings
+from riverbed.streams.config import BrokerSettings, Settings
 from riverbed.streams.errors import TopicError
+from riverbed.streams.kafka_clients import client_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +41,10 @@ def riverbed_topics(settings: Settings) -> list[TopicSpec]:
     return [TopicSpec(n, p, t.replication_factor, c) for n, p, c in data]
 
 
-async def ensure_topics(bootstrap_servers: str, specs: Iterable[TopicSpec]) -> list[str]:
+async def ensure_topics(broker: BrokerSettings, specs: Iterable[TopicSpec]) -> list[str]:
     """Create ``specs`` (idempotent); returns the names that were newly created."""
     specs = list(specs)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(broker), request_timeout_ms=10_000)
     await admin.start()
     created: list[str] = []
     try:

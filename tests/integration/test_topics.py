@@ -13,11 +13,11 @@ pytestmark = pytest.mark.integration
 
 
 async def test_topics_get_their_partitions_and_mismatch_is_an_error(settings: Settings) -> None:
-    servers = settings.broker.bootstrap_servers
+    servers = settings.broker
     specs = riverbed_topics(settings)
     assert sorted(await ensure_topics(servers, specs)) == sorted(s.name for s in specs)
     assert await ensure_topics(servers, specs) == []  # idempotent
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers.bootstrap_servers)
     await admin.start()
     try:
         described = await admin.describe_topics([s.name for s in specs])
