@@ -74,8 +74,11 @@ class PartitionReader:
 
     async def assign_topic(self, topic: str) -> list[TopicPartition]:
         """Read every partition of ``topic`` (empty if the topic does not exist)."""
-        await self._consumer.topics()  # a metadata round trip: partitions become known
-        numbers = self._consumer.partitions_for_topic(topic) or set()
+        # a metadata round trip for every topic; its answer is not cached by the consumer
+        # (partitions_for_topic reads a cache that Apache Kafka's bootstrap answer leaves
+        # without topics: found with `riverbed tail` on Kafka), so read it directly
+        cluster = await self._consumer._client.fetch_all_metadata()
+        numbers = cluster.partitions_for_topic(topic) or set()
         await self._assign([TopicPartition(topic, p) for p in sorted(numbers)])
         return self.partitions
 

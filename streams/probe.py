@@ -12,6 +12,7 @@ The password never appears in a message.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 from aiokafka import errors as kafka_errors
@@ -34,6 +35,11 @@ async def probe(broker: BrokerSettings, timeout_s: float = 3.0) -> None:
     refusals: list[str] = []
     for host, port in split_bootstrap(broker.bootstrap_servers):
         where = f"{host}:{port}"
+        try:
+            await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            problems.append(f"{where} (cannot resolve host {host!r})")
+            continue
         try:
             await asyncio.wait_for(_metadata(host, port, timeout_s, options), timeout_s)
             return
@@ -99,4 +105,4 @@ def _mismatch_hint(broker: BrokerSettings) -> str:
         return "; a SASL listener? broker.security_protocol is SSL"
     if broker.security_protocol == "SASL_PLAINTEXT":
         return "; a TLS listener? broker.security_protocol is SASL_PLAINTEXT"
-    return ""
+    return f"; a plaintext listener? broker.security_protocol is {broker.security_protocol}"
