@@ -115,3 +115,19 @@ def test_librdkafka_gets_the_same_settings(tmp_path: Path) -> None:
         "security.protocol": "sasl_ssl", "ssl.ca.location": "/etc/ca.pem",
         "ssl.endpoint.identification.algorithm": "none", "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "app", "sasl.password": SECRET}
+
+
+def test_the_readme_managed_kafka_example_is_a_valid_config() -> None:
+    import re
+    import tomllib
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    managed = [b for b in blocks if "SASL_SSL" in b]
+    assert len(managed) == 1
+    raw = {**tomllib.loads(managed[0]), "models": [MODEL]}
+    broker = settings_from_dict(raw, env={"RIVERBED_BROKER__SASL_PASSWORD": SECRET}).broker
+    assert (broker.security_protocol, broker.sasl_mechanism) == ("SASL_SSL", "PLAIN")
+    assert sasl_password(broker) == SECRET and ssl_context(broker) is not None
+    with pytest.raises(ConfigError, match="RIVERBED_BROKER__SASL_PASSWORD"):
+        settings_from_dict(raw, env={})  # no password anywhere: refused, naming the way
