@@ -15,10 +15,12 @@ from typing import Any
 from riverbed.agents.batch import BatchOutput
 from riverbed.agents.inference import InferenceProcessor
 from riverbed.streams.config import Settings
-from riverbed.streams.errors import OwnershipError
+from riverbed.streams.errors import OwnershipError, RiverbedError
 
 Hook = Callable[[], Awaitable[None]]
 OutputHook = Callable[[BatchOutput], Awaitable[None]]
+RecordsHook = Callable[[Sequence[Any]], Awaitable[None]]
+StopHook = Callable[[BaseException], Awaitable[None]]
 
 
 async def append_history(results: Sequence[BatchOutput]) -> None:
@@ -49,6 +51,7 @@ class InferenceAgent:
         self, app: Any, batches: asyncio.Queue[Any], processor: InferenceProcessor,
         output: Any, ingest: Any, settings: Settings, before_batch: Hook | None = None,
         guard: asyncio.Lock | None = None, after_outputs: OutputHook | None = None,
+        resolve_schemas: RecordsHook | None = None, stop: StopHook | None = None,
     ) -> None:
         self.app, self.batches, self.processor = app, batches, processor
         self.output, self.ingest, self.topics = output, ingest, settings.topics
@@ -57,6 +60,11 @@ class InferenceAgent:
         self.lock = guard or asyncio.Lock()
         #: run between a batch's acks and its history append (pending log, drift reports)
         self.after_outputs = after_outputs
+        #: awaited with each batch's records before it is processed: the registry prefetch
+        #: (streams/registry.py); it waits out a registry outage, the batch with it
+        self.resolve_schemas = resolve_schemas
+        #: stops the worker for what retrying cannot fix (default: the Faust app's crash)
+        self.stop = stop or app.crash
         #: processed batches waiting for their acks and history append: bounded, so the
         #: live model never runs more than this many batches ahead of its durable history
         self.pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(
@@ -71,6 +79,12 @@ class InferenceAgent:
         """Step 1 of the learner's batch protocol (agents/learner.py): process, publish."""
         while True:
             batch = await self.batches.get()
+            if self.resolve_schemas is not None:
+                try:
+                    await self.resolve_schemas(batch.records)
+                except RiverbedError as exc:  # what waiting cannot fix (credentials, TLS)
+                    await self.stop(exc)
+                    return
             async with self.lock:  # models are not touched by anyone else meanwhile
                 if self.before_batch is not None:
                     await self.before_batch()

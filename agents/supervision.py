@@ -66,6 +66,14 @@ class Supervisor:
         log.error("background task %r failed; stopping the worker", name, exc_info=exc)
         self._crashing.append(asyncio.ensure_future(self.crash(exc)))  # type: ignore[arg-type]
 
+    async def stop(self, exc: BaseException) -> None:
+        """Stop the worker because of ``exc``: one line for a RiverbedError (when
+        ``Worker.run`` waits on :attr:`fatal`), the crash with its traceback otherwise."""
+        if isinstance(exc, RiverbedError) and self.fatal is not None and not self.fatal.done():
+            self.fatal.set_result(exc)
+            return
+        await self.crash(exc)
+
     async def cancel_all(self) -> None:
         """Cancel every task and wait for them to end."""
         for task in self._tasks:

@@ -32,18 +32,21 @@ from riverbed.agents.pending_labels import PendingLabels
 from riverbed.agents.reporter import Reporter
 from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
 from riverbed.agents.supervision import BrokerWatch, Supervisor
+from riverbed.agents.web import WebApi, worker_port
 from riverbed.schemas import load_schema
 from riverbed.streams.app import make_faust_app
-from riverbed.streams.codec import HttpSchemaRegistry, SchemaRegistry, make_codec
+from riverbed.streams.broker_features import detect_features
+from riverbed.streams.codec import make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import BrokerUnavailableError, RiverbedError
 from riverbed.streams.history_log import HistoryLog, SnapshotIndex
 from riverbed.streams.ingest import Batch, BatchIngest
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.output import BatchProducer
+from riverbed.streams.registry import RegistryClient, SchemaPrefetch
 from riverbed.streams.snapshots import snapshot_key
 from riverbed.streams.telemetry import WorkerStats
-from riverbed.streams.topics import ensure_topics, riverbed_topics
+from riverbed.streams.topics import ensure_topics, retention_warnings, riverbed_topics
 
 __all__ = ["Worker", "shard_name"]
 
@@ -55,12 +58,14 @@ class Worker:
 
     def __init__(
         self, settings: Settings, web_port: int | None = None,
-        registry: SchemaRegistry | None = None,
+        registry: RegistryClient | None = None,
     ) -> None:
         self.settings = settings
         self.stats = WorkerStats()
-        if registry is None and settings.broker.schema_registry_url:
-            registry = HttpSchemaRegistry(settings.broker.schema_registry_url)
+        if registry is None and settings.registry.url:
+            registry = RegistryClient(settings.registry)
+        #: the schema registry client (None: plain Avro, no registry)
+        self.registry = registry
         event_schema = load_schema(settings.event.schema, settings.base_dir)
         topics = settings.topics
         self.output = BatchProducer(settings.broker,
@@ -72,14 +77,16 @@ class Worker:
         models = [] if per_partition else [OnlineModel(spec) for spec in settings.models]
         new_learner = self._learner if settings.history.enabled else None
         self.join = LabelJoin(settings, registry) if settings.labels.enabled else None
+        decoder = make_codec(event_schema, f"{topics.events}-value", registry)
+        encoder = make_codec(load_schema("prediction"), f"{topics.predictions}-value", registry)
         self.processor = InferenceProcessor(
-            settings, event_schema, join=self.join,
-            decoder=make_codec(event_schema, f"{topics.events}-value", registry),
-            prediction_encoder=make_codec(
-                load_schema("prediction"), f"{topics.predictions}-value", registry),
+            settings, event_schema, join=self.join, decoder=decoder, prediction_encoder=encoder,
             models=models, stats=self.stats,
             learners=[new_learner(m) for m in models] if new_learner else None,
         )
+        #: resolves a batch's schema ids before it is processed (streams/registry.py)
+        prefetch = None if registry is None else SchemaPrefetch(registry, {
+            topics.events: decoder, topics.labels: self.join and self.join.decoder}, [encoder])
         self.pending = (PendingLabels(settings, self.join, self.output, self.stats)
                         if self.join is not None else None)
         self._faust_dir = tempfile.TemporaryDirectory(prefix="riverbed-faust-")
@@ -103,10 +110,12 @@ class Worker:
         InferenceAgent(
             self.app, self.batches, self.processor, self.output, self.ingest, settings,
             before_batch=self.ownership.before_batch, guard=self.model_lock,
-            after_outputs=self._after_outputs,
+            after_outputs=self._after_outputs, resolve_schemas=prefetch,
+            stop=self.supervisor.stop,
         ).register()
         self._register_timers()
         register_pages(self.app, self.processor, self.join)
+        WebApi(worker_port(self), self.app).register()  # the HTTP API and page (agents/web.py)
 
     def _register_timers(self) -> None:
         @self.app.timer(self.settings.labels.report_interval_s)
@@ -163,7 +172,9 @@ class Worker:
         web server, restore every model from its history (nothing written yet); then, for
         global models, wait as a *standby* until this worker holds the lease; only then
         claim the models (the first write), rebuild the pending labels and consume."""
-        await ensure_topics(self.settings.broker, riverbed_topics(self.settings))
+        s = self.settings
+        await ensure_topics(s.broker, riverbed_topics(s))
+        await self._check_broker()
         await self.output.start()
         await self.app.start()  # binds the web port: a port in use fails here, before a claim
         await self.ownership.restore()
@@ -179,12 +190,30 @@ class Worker:
         except TimeoutError:
             log.warning("no input partitions assigned after %.0fs", wait_s)
 
+    async def _check_broker(self) -> None:
+        """Use what the broker offers (the idempotent producer), and warn loudly when the
+        topics that must keep everything would delete records."""
+        s = self.settings
+        features = await detect_features(s.broker)
+        self.output.idempotent = self.stats.idempotent_producer = features.idempotent_producer
+        if features.idempotent_producer:
+            log.info("broker offers the idempotent producer: outputs and history use it")
+        else:
+            log.info("no idempotent producer (%s): outputs and history use acks=all "
+                     "without it (a retried send may be written twice; reads deduplicate)",
+                     features.detail)
+        self.stats.retention_warnings = await retention_warnings(s.broker, s)
+        for problem in self.stats.retention_warnings:
+            log.warning("HISTORY AT RISK: %s", problem)
+
     async def stop(self) -> None:
         """Stop agents and services; commits offsets of finished batches."""
         await self.supervisor.cancel_all()
         await self.app.stop()
         await self.ownership.stop()  # after the last commit: a standby takes over at once
         await self.output.stop()
+        if self.registry is not None:
+            await self.registry.close()
         self._faust_dir.cleanup()
 
     async def run(self, stop: asyncio.Event | None = None) -> int:

@@ -13,9 +13,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from rich.table import Table
 
 from riverbed.streams.config import Settings, load_settings
 from riverbed.streams.errors import BrokerError, ConfigError, RiverbedError, UsageError
+
+if TYPE_CHECKING:
+    from riverbed.streams.registry import RegistryClient
 
 app = typer.Typer(help="riverbed: online learning on Kafka streams.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -40,6 +43,8 @@ LineageOption = Annotated[int | None, typer.Option(
     help="Model lineage (0 = before any rollback; default: the live lineage).")]
 #: how long a command waits for the broker's first answer (TLS and SASL included)
 PROBE_TIMEOUT_S = 3.0
+#: how long a command (not the worker: it waits) waits out a schema-registry outage
+REGISTRY_GIVE_UP_S = 30.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,6 +111,18 @@ def _settings(config: Path, bootstrap: str | None = None, *, probe: bool = False
     if probe:
         _probe(settings)
     return settings
+
+
+@contextlib.asynccontextmanager
+async def _registry(settings: Settings) -> AsyncIterator[RegistryClient | None]:
+    """The configured registry's client for one command (None: no registry), closed after."""
+    from riverbed.streams.registry import RegistryClient
+
+    if settings.registry.url is None:
+        yield None
+        return
+    async with RegistryClient(settings.registry, give_up_after_s=REGISTRY_GIVE_UP_S) as client:
+        yield client
 
 
 def _probe(settings: Settings) -> Settings:
@@ -248,14 +265,15 @@ def produce_cmd(
 
     async def run() -> Any:
         await ensure_topics(settings.broker, riverbed_topics(settings))
-        with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=err, transient=True,
-                      disable=not err.is_terminal) as bar:
-            task = bar.add_task("events", total=events)
-            return await produce(settings, dataset, events, rate, label_fraction=label_fraction,
-                                 bad_fraction=bad_fraction, seed=seed, keep_labels=False,
-                                 label_delay_s=label_delay,
-                                 on_progress=lambda n: bar.advance(task, n))
+        async with _registry(settings) as registry:
+            with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), console=err, transient=True,
+                          disable=not err.is_terminal) as bar:
+                task = bar.add_task("events", total=events)
+                return await produce(settings, dataset, events, rate,
+                                     label_fraction=label_fraction, bad_fraction=bad_fraction,
+                                     seed=seed, keep_labels=False, label_delay_s=label_delay,
+                                     registry=registry, on_progress=lambda n: bar.advance(task, n))
 
     report = asyncio.run(run())
     err.print(f"sent {report.sent} events ({report.bad} bad) to {settings.topics.events} "
@@ -285,11 +303,13 @@ def tail(
 
     async def run() -> None:
         n = 0
-        async for _, decoded in tail_topic(settings, topic, from_beginning, idle_timeout):
-            sys.stdout.write(json.dumps(decoded, default=str) + "\n")
-            n += 1
-            if max_records and n >= max_records:
-                return
+        async with _registry(settings) as registry:
+            async for _, decoded in tail_topic(settings, topic, from_beginning, idle_timeout,
+                                               registry):
+                sys.stdout.write(json.dumps(decoded, default=str) + "\n")
+                n += 1
+                if max_records and n >= max_records:
+                    return
 
     asyncio.run(run())
 

@@ -3,12 +3,19 @@
 * Plain (embedded default): the payload is exactly one Avro record written with the
   topic's schema from ``schemas/``.
 * Confluent: ``0x00`` + 4-byte big-endian schema id + Avro record; the writer schema is
-  fetched from the registry by id and resolved against the reader schema (evolution).
+  looked up by id and resolved against the reader schema (evolution).
+
+Pure and synchronous: the codec does no I/O. It asks a :class:`SchemaRegistry` for schemas
+and ids *from memory*; the async client (:mod:`riverbed.streams.registry`) fetches them
+beforehand -- the ids a batch needs (:meth:`ConfluentCodec.unknown_ids`) are prefetched
+before the batch is processed, an encoder's own schema is registered before its first
+encode. In tests and tools, :class:`InMemorySchemaRegistry` answers directly.
 
 The Avro engine is cavro, or fastavro where cavro is not installed
-(:mod:`streams.avro_backend`). A decode must consume exactly the payload. Every failure --
-truncation, trailing bytes, bad union index, unknown schema id -- becomes a
-:class:`~streams.errors.DecodeError` with a reason code.
+(:mod:`streams.avro_backend`). A decode must consume exactly the payload. Every failure of
+an event -- truncation, trailing bytes, bad union index, a schema id the registry does not
+know, a writer schema that does not resolve -- becomes a :class:`~streams.errors.DecodeError`
+with a reason code. A registry *outage* never reaches the codec: events wait for it.
 
 Logical types are stripped from the schemas used on the hot path: timestamps travel
 as epoch milliseconds (``int``) inside riverbed, which saves a ``datetime`` per field.
@@ -18,10 +25,7 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
-import urllib.error
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from riverbed.streams.avro_backend import (
@@ -32,13 +36,16 @@ from riverbed.streams.avro_backend import (
     parse,
     strip_logical_types,
 )
-from riverbed.streams.errors import DecodeError, SchemaRegistryError
+from riverbed.streams.errors import DecodeError
+from riverbed.streams.schema_cache import BoundedLru, SchemaJson
 
-__all__ = ["AvroCodec", "ConfluentCodec", "HttpSchemaRegistry", "InMemorySchemaRegistry",
-           "make_codec", "parse", "strip_logical_types"]
+__all__ = ["AvroCodec", "ConfluentCodec", "InMemorySchemaRegistry", "SchemaRegistry",
+           "framed_ids", "make_codec", "parse", "strip_logical_types"]
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
+#: compiled writer->reader readers a codec keeps (least recently used out first)
+MAX_READERS = 1000
 
 
 class Decoder(Protocol):
@@ -70,11 +77,17 @@ class AvroCodec:
 
 
 class SchemaRegistry(Protocol):
-    """The two registry calls riverbed needs."""
+    """What the codec asks of a registry: answers from memory, no I/O."""
 
-    def schema_by_id(self, schema_id: int) -> Mapping[str, Any] | None: ...
+    def schema_by_id(self, schema_id: int) -> SchemaJson | None:
+        """The writer schema of ``schema_id``; None: the registry has no such id. Raises
+        :class:`~streams.errors.SchemaNotLoadedError` if the id was not resolved before."""
+        ...
 
-    def register(self, subject: str, schema: Mapping[str, Any]) -> int: ...
+    def id_of(self, subject: str, schema: Mapping[str, Any]) -> int:
+        """The id of ``schema`` under ``subject``; raises
+        :class:`~streams.errors.SchemaNotLoadedError` if it was not registered before."""
+        ...
 
 
 class InMemorySchemaRegistry:
@@ -96,87 +109,51 @@ class InMemorySchemaRegistry:
             self._by_id[self._ids[text]] = json.loads(text)
         return self._ids[text]
 
-
-class HttpSchemaRegistry:
-    """Client of a Confluent-compatible schema registry (REST); ids are cached forever.
-
-    Lookups are synchronous and happen once per unknown schema id, not per event.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-        self._cache: dict[int, Mapping[str, Any] | None] = {}
-        self._lock = threading.Lock()
-
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
-            return json.loads(response.read())
-
-    def schema_by_id(self, schema_id: int) -> Mapping[str, Any] | None:
-        """Fetch (once) the schema with ``schema_id``; None when the registry has no such id."""
-        with self._lock:
-            if schema_id in self._cache:
-                return self._cache[schema_id]
-        try:
-            answer = self._call("GET", f"/schemas/ids/{schema_id}")
-            schema: Mapping[str, Any] | None = json.loads(answer["schema"])
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                raise SchemaRegistryError(f"registry answered {exc.code} for id {schema_id}")
-            schema = None
-        except (urllib.error.URLError, OSError) as exc:
-            raise SchemaRegistryError(f"registry at {self.url} unreachable: {exc}") from exc
-        with self._lock:
-            self._cache[schema_id] = schema
-        return schema
-
-    def register(self, subject: str, schema: Mapping[str, Any]) -> int:
-        """Register ``schema`` under ``subject`` and return its id."""
-        try:
-            answer = self._call(
-                "POST", f"/subjects/{subject}/versions", {"schema": json.dumps(schema)}
-            )
-        except (urllib.error.URLError, OSError) as exc:
-            raise SchemaRegistryError(f"cannot register {subject}: {exc}") from exc
-        return int(answer["id"])
+    def id_of(self, subject: str, schema: Mapping[str, Any]) -> int:
+        """Same as :meth:`register` (memory only, so registering on the spot is fine)."""
+        return self.register(subject, schema)
 
 
 class ConfluentCodec:
-    """Confluent wire format: magic byte, schema id, Avro body; reader/writer resolution."""
+    """Confluent wire format: magic byte, schema id, Avro body; reader/writer resolution.
+
+    Compiled readers (one per writer schema id, or why that id cannot be read) are kept
+    for the :data:`MAX_READERS` most recently used ids.
+    """
 
     def __init__(
         self, registry: SchemaRegistry, reader_schema: Mapping[str, Any], subject: str,
-        backend: Backend = DEFAULT_BACKEND,
+        backend: Backend = DEFAULT_BACKEND, max_readers: int = MAX_READERS,
     ) -> None:
         self.registry = registry
         self._raw_reader = dict(reader_schema)
         self._backend = backend
         self._writer = RecordWriter(reader_schema, backend)
         self.subject = subject
-        self._readers: dict[int, RecordReader] = {}
+        #: schema id -> its reader, or the reason it cannot be read as the reader schema
+        self._readers: BoundedLru[int, RecordReader | str] = BoundedLru(max_readers)
         self._own_id: int | None = None
+
+    @property
+    def schema(self) -> Mapping[str, Any]:
+        """The reader schema: what ``encode`` writes (and registers under ``subject``)."""
+        return self._raw_reader
+
+    def unknown_ids(self, payloads: Iterable[bytes | None]) -> set[int]:
+        """The schema ids of framed ``payloads`` this codec has no reader for yet: what the
+        registry client must prefetch before :meth:`decode` sees these payloads."""
+        return {i for i in framed_ids(payloads) if i not in self._readers}
 
     def _reader_for(self, schema_id: int) -> RecordReader:
         reader = self._readers.get(schema_id)
         if reader is None:
             raw = self.registry.schema_by_id(schema_id)
-            if raw is None:
+            if raw is None:  # not remembered: the registry's "missing" answers expire
                 raise DecodeError(f"schema id {schema_id} is unknown", reason="unknown_schema_id")
-            try:
-                reader = RecordReader(raw, self._raw_reader, self._backend)
-            except Exception as exc:  # not a record, or not resolvable against the reader
-                raise DecodeError(f"schema id {schema_id} cannot be read as "
-                                  f"{self._raw_reader.get('name')!r}: {exc}",
-                                  reason="incompatible_schema") from exc
-            self._readers[schema_id] = reader
+            reader = _compile(raw, self._raw_reader, self._backend, schema_id)
+            self._readers.put(schema_id, reader)
+        if isinstance(reader, str):
+            raise DecodeError(reader, reason="incompatible_schema")
         return reader
 
     def decode(self, payload: bytes) -> dict[str, Any]:
@@ -187,10 +164,32 @@ class ConfluentCodec:
         return self._reader_for(schema_id).read(payload, _HEADER.size)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
-        """Encode with the reader schema, registering it on first use."""
-        if self._own_id is None:
-            self._own_id = self.registry.register(self.subject, self._raw_reader)
+        """Encode with the reader schema, under the id it was registered with."""
+        if self._own_id is None:  # an id never changes: ask the registry once
+            self._own_id = self.registry.id_of(self.subject, self._raw_reader)
         return _HEADER.pack(MAGIC_BYTE, self._own_id) + self._writer.encode(record)
+
+
+def _compile(writer: SchemaJson, reader: Mapping[str, Any], backend: Backend,
+             schema_id: int) -> RecordReader | str:
+    """A reader of ``writer``-written records as ``reader``, or why there is none."""
+    name = reader.get("name")
+    if not isinstance(writer, Mapping) or writer.get("type") != "record":
+        return f"schema id {schema_id} is not an Avro record schema; cannot be read as {name!r}"
+    try:
+        return RecordReader(writer, reader, backend)
+    except Exception as exc:  # not resolvable against the reader (either engine's error)
+        return f"schema id {schema_id} cannot be read as {name!r}: {exc}"
+
+
+def framed_ids(payloads: Iterable[bytes | None]) -> set[int]:
+    """The schema ids in the Confluent headers of ``payloads`` (unframed ones ignored).
+
+    >>> sorted(framed_ids([b"\\x00\\x00\\x00\\x00\\x07body", b"\\x01plain", None]))
+    [7]
+    """
+    return {_HEADER.unpack_from(p)[1] for p in payloads
+            if p is not None and len(p) >= _HEADER.size and p[0] == MAGIC_BYTE}
 
 
 def make_codec(

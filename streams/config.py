@@ -2,12 +2,15 @@
 
 Layout of the file (every key optional except ``[[models]]``)::
 
-    [broker]   bootstrap_servers, schema_registry_url, reconnect_timeout_s,
-               security_protocol, sasl_mechanism, sasl_username, sasl_password_file,
-               allow_password_in_config, ssl_cafile, ssl_certfile, ssl_keyfile,
-               ssl_check_hostname (the password itself: RIVERBED_BROKER__SASL_PASSWORD)
+    [broker]   bootstrap_servers, reconnect_timeout_s, security_protocol, sasl_mechanism,
+               sasl_username, sasl_password_file, allow_password_in_config, ssl_cafile,
+               ssl_certfile, ssl_keyfile, ssl_check_hostname (the password itself:
+               RIVERBED_BROKER__SASL_PASSWORD)
+    [registry] url, username, password_file, ca_file, cert_file, key_file, check_hostname,
+               request_timeout_s, cache_size, missing_ttl_s, backoff_initial_s,
+               backoff_max_s, warn_interval_s
     [topics]   events, predictions, dead_letters, labels, training, history,
-               snapshots, metrics, partitions, replication_factor
+               snapshots, metrics, partitions, replication_factor, min_insync_replicas
     [event]    schema, id_field, key_field, timestamp_field, label_field
     [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes, max_classes
     [history]  enabled, snapshot_every_steps, snapshot_every_s, snapshot_key,
@@ -15,11 +18,15 @@ Layout of the file (every key optional except ``[[models]]``)::
     [labels]   enabled, ttl_s, max_pending, report_interval_s
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
                session_timeout_ms, heartbeat_interval_ms, lease_session_timeout_ms,
-               commit_interval_s, max_unconfirmed_batches, model_per_partition
+               commit_interval_s, max_unconfirmed_batches, model_per_partition,
+               api_token, api_max_body_bytes, api_max_events, api_history_entries,
+               api_series_points
     [[models]] name, task, pipeline, seed, features, metrics, classes
 
 Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
 ``RIVERBED_BROKER__BOOTSTRAP_SERVERS=kafka:9092`` or ``RIVERBED_TOPICS__PARTITIONS=8``.
+Secrets never come from the file: ``registry.password`` only from the environment
+(``RIVERBED_REGISTRY__PASSWORD``) or through ``registry.password_file``.
 Any invalid value raises :class:`~streams.errors.ConfigError` naming the field.
 """
 
@@ -30,6 +37,7 @@ import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -37,6 +45,8 @@ from typing import Any, Literal, cast
 from riverbed.streams.errors import ConfigError
 
 ENV_PREFIX = "RIVERBED_"
+#: Shortest accepted ``worker.api_token``.
+MIN_TOKEN_CHARS = 16
 
 
 #: How clients reach the brokers (Kafka's ``security.protocol`` values).
@@ -49,7 +59,7 @@ SASL_PASSWORD_ENV = "RIVERBED_BROKER__SASL_PASSWORD"
 
 @dataclasses.dataclass(frozen=True)
 class BrokerSettings:
-    """Where Kafka and the (optional) Confluent schema registry are, and how to connect.
+    """Where Kafka is, how to connect to it, and how long a worker waits for it.
 
     Security: ``security_protocol`` SSL or SASL_SSL encrypts (``ssl_cafile`` to trust a
     private CA, else the system's CAs; ``ssl_certfile``/``ssl_keyfile`` for mutual TLS);
@@ -61,7 +71,7 @@ class BrokerSettings:
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    #: Confluent-compatible registry; when set, payloads use Confluent framing.
+    #: Deprecated spelling of ``registry.url`` (still read; both set must agree).
     schema_registry_url: str | None = None
     #: How long a worker waits for an unreachable broker (not ready meanwhile, outputs and
     #: history appends held) before it exits non-zero for its supervisor to restart it.
@@ -96,6 +106,44 @@ class BrokerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RegistrySettings:
+    """The (optional) Confluent-API schema registry: where, with which credentials, how to wait.
+
+    Used by the async client ``riverbed.streams.registry.RegistryClient``.
+    """
+
+    #: Base URL of a Confluent-API registry (``http(s)://host:8081``, or e.g. Apicurio's
+    #: ``.../apis/ccompat/v7``); when set, payloads use Confluent framing. No credentials
+    #: in the URL: use ``username`` and the password settings.
+    url: str | None = None
+    #: HTTP basic auth user (Confluent Cloud: the API key).
+    username: str | None = None
+    #: Basic auth password: from the environment ``RIVERBED_REGISTRY__PASSWORD`` only
+    #: (refused in the TOML file); never logged, never in ``repr``.
+    password: str | None = dataclasses.field(default=None, repr=False)
+    #: A file whose first line is the password (``~`` is expanded).
+    password_file: str | None = None
+    #: CA bundle (PEM) to verify an https registry with; None: the system's CAs.
+    ca_file: str | None = None
+    #: Client certificate (PEM) for mutual TLS, and its key (None: the key is in cert_file).
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Check that the registry's certificate names the host of ``url``.
+    check_hostname: bool = True
+    #: One HTTP request's limit; a timeout is retried like a 5xx.
+    request_timeout_s: float = 5.0
+    #: Schemas kept by id (LRU), and as many "no such id" answers.
+    cache_size: int = 1000
+    #: How long a 404 ("no such schema id") is believed before the registry is asked again.
+    missing_ttl_s: float = 10.0
+    #: Retry delays after 5xx/timeouts/connection errors: doubling from the first to the max.
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+    #: At most one warning line per this many seconds while the registry is unavailable.
+    warn_interval_s: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TopicSettings:
     """Names and partitioning of every topic riverbed reads or writes."""
 
@@ -111,6 +159,9 @@ class TopicSettings:
     #: Partitions of the events topic (and predictions, labels: co-partitioned).
     partitions: int = 4
     replication_factor: int = 1
+    #: ``min.insync.replicas`` of every topic riverbed provisions (with ``acks=all``, a
+    #: write succeeds only once this many replicas hold it); <= replication_factor
+    min_insync_replicas: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +214,21 @@ class WorkerSettings:
     #: Workers then scale out: each owns the models of the partitions it is assigned.
     #: Off (default): one model per spec learns from every partition, one worker at a time.
     model_per_partition: bool = False
+    #: Bearer token of the worker's HTTP API (``Authorization: Bearer <token>``), at least
+    #: 16 characters; set it with RIVERBED_WORKER__API_TOKEN. Required when ``web_host`` is
+    #: not a loopback address (the worker refuses to start without it); when set, every
+    #: page but ``/``, its static files, ``/healthz`` and ``/readyz`` asks for it.
+    api_token: str | None = dataclasses.field(default=None, repr=False)
+    #: Largest request body the API reads (bytes); a larger one is refused with 413.
+    api_max_body_bytes: int = 1_048_576
+    #: Most events one ``POST /models/{name}/predict`` may carry (the model lock is held
+    #: while they are predicted, so this bounds how long a request can delay a batch).
+    api_max_events: int = 1000
+    #: History entries (merged learn runs, snapshots, claims, rollbacks, annotations) the
+    #: API keeps per model in memory; older ones are dropped first.
+    api_history_entries: int = 5000
+    #: Metrics reports (points of the page's chart) the API keeps per model.
+    api_series_points: int = 2000
 
     @property
     def effective_fetch_max_wait_ms(self) -> int:
@@ -230,6 +296,7 @@ class Settings:
     """Everything a riverbed process needs; build it with :func:`load_settings`."""
 
     broker: BrokerSettings = BrokerSettings()
+    registry: RegistrySettings = RegistrySettings()
     topics: TopicSettings = TopicSettings()
     event: EventSettings = EventSettings()
     limits: LimitSettings = LimitSettings()
@@ -248,6 +315,7 @@ class Settings:
 
 _SECTIONS: dict[str, type] = {
     "broker": BrokerSettings,
+    "registry": RegistrySettings,
     "topics": TopicSettings,
     "event": EventSettings,
     "limits": LimitSettings,
@@ -283,6 +351,9 @@ def settings_from_dict(
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown section")
     sections = {name: dict(raw.get(name, {})) for name in _SECTIONS}
+    if "password" in sections["registry"]:
+        raise ConfigError("registry.password", "never in the config file: set the environment "
+                          "variable RIVERBED_REGISTRY__PASSWORD or registry.password_file")
     for key, value in (env or {}).items():
         if key.startswith(ENV_PREFIX) and "__" in key:
             section, _, field = key[len(ENV_PREFIX) :].lower().partition("__")
@@ -290,6 +361,7 @@ def settings_from_dict(
                 raise ConfigError(key, f"unknown section {section!r}")
             sections[section][field] = value
     built = {name: _build(cls, sections[name], name) for name, cls in _SECTIONS.items()}
+    built["registry"] = _registry_url(built["broker"], built["registry"])
     models = tuple(_build_model(m, i) for i, m in enumerate(raw.get("models", [])))
     if not models:
         raise ConfigError("models", "declare at least one [[models]] entry")
@@ -437,6 +509,7 @@ def _check_ranges(s: Settings) -> None:
         "broker.reconnect_timeout_s": s.broker.reconnect_timeout_s,
         "topics.partitions": s.topics.partitions,
         "topics.replication_factor": s.topics.replication_factor,
+        "topics.min_insync_replicas": s.topics.min_insync_replicas,
         "limits.max_features": s.limits.max_features,
         "limits.max_abs_value": s.limits.max_abs_value,
         "limits.max_batch_records": s.limits.max_batch_records,
@@ -447,6 +520,10 @@ def _check_ranges(s: Settings) -> None:
         "worker.lease_session_timeout_ms": s.worker.lease_session_timeout_ms,
         "worker.commit_interval_s": s.worker.commit_interval_s,
         "worker.max_unconfirmed_batches": s.worker.max_unconfirmed_batches,
+        "worker.api_max_body_bytes": s.worker.api_max_body_bytes,
+        "worker.api_max_events": s.worker.api_max_events,
+        "worker.api_history_entries": s.worker.api_history_entries,
+        "worker.api_series_points": s.worker.api_series_points,
         "history.snapshot_every_steps": s.history.snapshot_every_steps,
         "history.snapshot_every_s": s.history.snapshot_every_s,
         "history.id_window": s.history.id_window,
@@ -454,11 +531,66 @@ def _check_ranges(s: Settings) -> None:
         "labels.ttl_s": s.labels.ttl_s,
         "labels.max_pending": s.labels.max_pending,
         "labels.report_interval_s": s.labels.report_interval_s,
+        "registry.request_timeout_s": s.registry.request_timeout_s,
+        "registry.cache_size": s.registry.cache_size,
+        "registry.missing_ttl_s": s.registry.missing_ttl_s,
+        "registry.backoff_initial_s": s.registry.backoff_initial_s,
+        "registry.backoff_max_s": s.registry.backoff_max_s,
+        "registry.warn_interval_s": s.registry.warn_interval_s,
     }
     for field, value in positive.items():
         if not value > 0:
             raise ConfigError(field, f"must be > 0, got {value!r}")
+    if s.topics.min_insync_replicas > s.topics.replication_factor:
+        raise ConfigError("topics.min_insync_replicas",
+                          f"{s.topics.min_insync_replicas} > topics.replication_factor "
+                          f"{s.topics.replication_factor}: no write could ever succeed")
     if not 0 <= s.worker.web_port <= 65535:
         raise ConfigError("worker.web_port", f"must be a TCP port, got {s.worker.web_port}")
+    token = s.worker.api_token
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError("worker.api_token", f"must be at least {MIN_TOKEN_CHARS} characters "
+                          f"(got {len(token)})")
     if ":" not in s.broker.bootstrap_servers:
         raise ConfigError("broker.bootstrap_servers", "must be host:port[,host:port]")
+    _check_registry(s.registry)
+
+
+def _registry_url(broker: BrokerSettings, registry: RegistrySettings) -> RegistrySettings:
+    """``registry.url``, or the deprecated ``broker.schema_registry_url`` (both: the same)."""
+    old = broker.schema_registry_url
+    if old is None or old == registry.url:
+        return registry
+    if registry.url is not None:
+        raise ConfigError("registry.url", f"{registry.url!r} differs from the deprecated "
+                          f"broker.schema_registry_url {old!r}; keep only registry.url")
+    return dataclasses.replace(registry, url=old)
+
+
+def _check_registry(r: RegistrySettings) -> None:
+    """A usable registry URL; credentials and TLS files only where they can apply."""
+    if r.backoff_max_s < r.backoff_initial_s:
+        raise ConfigError("registry.backoff_max_s", f"must be >= registry.backoff_initial_s "
+                          f"({r.backoff_initial_s:g}), got {r.backoff_max_s:g}")
+    if r.url is None:
+        return
+    parsed = urllib.parse.urlsplit(r.url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError("registry.url", f"must be http(s)://host[:port][/path], got {r.url!r}")
+    if parsed.username is not None or parsed.password is not None:
+        raise ConfigError("registry.url", "no credentials in the URL: use registry.username "
+                          "and RIVERBED_REGISTRY__PASSWORD or registry.password_file")
+    if r.password is not None and r.password_file is not None:
+        raise ConfigError("registry.password_file", "set the password or the password file, "
+                          "not both")
+    has_password = r.password is not None or r.password_file is not None
+    if has_password != (r.username is not None):
+        raise ConfigError("registry.username", "basic auth needs both registry.username and "
+                          "a password (RIVERBED_REGISTRY__PASSWORD or registry.password_file)")
+    if r.key_file is not None and r.cert_file is None:
+        raise ConfigError("registry.key_file", "a client key needs registry.cert_file")
+    if parsed.scheme == "http":
+        for name in ("ca_file", "cert_file"):
+            if getattr(r, name) is not None:
+                raise ConfigError(f"registry.{name}", f"TLS settings need an https URL, "
+                                  f"got {r.url!r}")

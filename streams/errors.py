@@ -33,14 +33,19 @@ class ModelSpecError(RiverbedError):
 
 
 class EventError(RiverbedError):
-    """One event cannot be processed; it goes to the dead-letter topic with ``reason``."""
+    """One event cannot be processed; it goes to the dead-letter topic with ``reason``.
+    ``field`` names the event field at fault, where one is (the HTTP API reports it)."""
 
     reason: str = "invalid_event"
+    field: str | None = None
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None,
+                 field: str | None = None) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+        if field is not None:
+            self.field = field
 
 
 class DecodeError(EventError):
@@ -56,7 +61,29 @@ class ValidationError(EventError):
 
 
 class SchemaRegistryError(RiverbedError):
-    """The schema registry could not be reached or does not know a schema id."""
+    """The schema registry refused a request, or stayed unreachable past a caller's limit.
+
+    ``retriable`` is True for an outage (5xx, timeout, connection refused or reset: trying
+    again may help) and False for what only a person can fix (wrong credentials, an
+    untrusted certificate, a schema the registry rejects). ``status`` is the HTTP status,
+    when there was one. A schema id the registry does not know is *not* this error: the
+    codec dead-letters those events as ``unknown_schema_id``.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = True,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.status = status
+
+
+class SchemaNotLoadedError(SchemaRegistryError):
+    """The codec met a schema id (or needed its own schema's id) that nobody resolved
+    beforehand: the caller must ``await`` the registry client's ``prefetch``/``register``
+    before decoding/encoding. A bug in the caller, never an event's fault."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
 
 
 class OwnershipError(RiverbedError):

@@ -119,11 +119,11 @@ def _coerce_slow(name: str, value: Any, limit: float) -> float:
         return float(value)
     if value is None:
         raise ValidationError(f"feature {name!r} is null inside a map",
-                              reason="non_numeric_feature")
+                              reason="non_numeric_feature", field=name)
     if not isinstance(value, int | float):
         raise ValidationError(
             f"feature {name!r} is {type(value).__name__}, not a number",
-            reason="non_numeric_feature",
+            reason="non_numeric_feature", field=name,
         )
     if not -limit <= value <= limit:
         _reject(name, value, limit)
@@ -132,9 +132,11 @@ def _coerce_slow(name: str, value: Any, limit: float) -> float:
 
 def _reject(name: str, value: float, limit: float) -> None:
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValidationError(f"feature {name!r} is {value}", reason="non_finite_feature")
+        raise ValidationError(f"feature {name!r} is {value}", reason="non_finite_feature",
+                              field=name)
     raise ValidationError(
-        f"feature {name!r}={value!r} exceeds |{limit:g}|", reason="feature_out_of_range"
+        f"feature {name!r}={value!r} exceeds |{limit:g}|", reason="feature_out_of_range",
+        field=name,
     )
 
 

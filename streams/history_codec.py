@@ -110,8 +110,10 @@ def encode_event(event: HistoryEvent) -> bytes:
     return buffer.getvalue()
 
 
-def decode_event(payload: bytes, offset: int = -1) -> HistoryEvent:
-    """A history event from Avro bytes (DecodeError if it is not one)."""
+def decode_event(payload: bytes, offset: int = -1, *, examples: bool = True) -> HistoryEvent:
+    """A history event from Avro bytes (DecodeError if it is not one). With ``examples``
+    False a ``Learned`` comes without its examples (for readers that only summarise: the
+    per-example work is most of a decode)."""
     buffer = io.BytesIO(payload)
     try:
         raw: Any = fastavro.schemaless_reader(buffer, _SCHEMA, None, return_record_name=True)
@@ -124,7 +126,8 @@ def decode_event(payload: bytes, offset: int = -1) -> HistoryEvent:
         cls = _TYPES[name]
         if cls is Learned:
             value: Any = Learned(body["seq_from"], body["seq_to"], body["offsets"],
-                                 decode_columns(body), body["fingerprint"])
+                                 decode_columns(body) if examples else (),
+                                 body["fingerprint"])
         elif cls is Created:
             value = Created(body["spec"], body["spec_hash"], body["river_version"],
                             tuple(body["probe"]))

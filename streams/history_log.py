@@ -81,18 +81,40 @@ class SnapshotIndex:
         kafka = self.producer.producer if self.producer is not None else None
         assert kafka is not None, "producer not started"
         future = await kafka.send(self.topic, value=json.dumps(entry).encode(),
-                                  key=model.encode(), partition=0)
+                                  key=index_key(model, entry), partition=0)
         await future
 
     async def entries(self, model: str) -> list[dict[str, Any]]:
-        """Every index entry of ``model``, oldest first."""
+        """Every index entry of ``model`` still on the topic, oldest first."""
         found = []
         async for record in read_to_end(self.broker, self.topic):
-            if record.key == model.encode():
+            if record.key is not None and index_key_model(record.key) == model:
                 entry = _index_entry(record.value)
                 if entry is not None:
                     found.append(entry)
         return found
+
+
+#: separates the parts of an index key (model names may contain '@' and ':')
+_KEY_SEPARATOR = "\x1f"
+
+
+def index_key(model: str, entry: dict[str, Any]) -> bytes:
+    """The key of an index entry: ``model, epoch, kind``. The index topic is compacted,
+    so the newest entry per key survives: each epoch keeps its claim marker and its newest
+    snapshot entry (a fallback chain of one snapshot per epoch, and every marker the
+    zombie check in ``agents/learner.py: valid_entries`` needs)."""
+    kind = "claimed" if entry.get("marker") == "claimed" else "snapshot"
+    return _KEY_SEPARATOR.join((model, str(entry.get("epoch")), kind)).encode()
+
+
+def index_key_model(key: bytes) -> str | None:
+    """The model an index key names (keys written before compaction: the bare name)."""
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return None
+    return text.split(_KEY_SEPARATOR, 1)[0]
 
 
 def _index_entry(value: bytes | None) -> dict[str, Any] | None:

@@ -74,10 +74,10 @@ class PartitionReader:
 
     async def assign_topic(self, topic: str) -> list[TopicPartition]:
         """Read every partition of ``topic`` (empty if the topic does not exist)."""
-        # a metadata round trip for every topic; its answer is not cached by the consumer
-        # (partitions_for_topic reads a cache that Apache Kafka's bootstrap answer leaves
-        # without topics: found with `riverbed tail` on Kafka), so read it directly
-        cluster = await self._consumer._client.fetch_all_metadata()
+        # aiokafka's public topics() fetches the metadata but keeps only the names: on Apache
+        # Kafka, partitions_for_topic() stays None for a topic never assigned (Tansu's
+        # metadata answers happen to fill it); the fetched metadata has them
+        cluster = await self._consumer._client.fetch_all_metadata()  # noqa: SLF001
         numbers = cluster.partitions_for_topic(topic) or set()
         await self._assign([TopicPartition(topic, p) for p in sorted(numbers)])
         return self.partitions
@@ -85,6 +85,8 @@ class PartitionReader:
     async def _assign(self, partitions: list[TopicPartition]) -> None:
         self.partitions = partitions
         self._consumer.assign(partitions)
+        if not partitions:  # aiokafka refuses to seek nothing
+            return
         if self._start == "beginning":
             await self._consumer.seek_to_beginning(*partitions)
         elif self._start == "end":
@@ -104,6 +106,18 @@ class PartitionReader:
     def highwater(self, tp: TopicPartition) -> int | None:
         """The high-water mark of ``tp`` from the last fetch response (None: none yet)."""
         return self._consumer.highwater(tp)
+
+    def fetched_since(self, time_ms: int) -> bool:
+        """True when every partition had a fetch response at or after ``time_ms`` (epoch
+        ms). The consumer keeps fetching in the background, but not for a partition whose
+        fetched records wait to be read, and not at all while any do: a reader that stays
+        open between reads can hold a stale high-water mark, and :meth:`caught_up` alone
+        would then stop short of records appended since (``streams/history_feed.py``)."""
+        for tp in self.partitions:
+            polled = self._consumer.last_poll_timestamp(tp)
+            if polled is None or polled < time_ms:
+                return False
+        return True
 
     async def caught_up(self) -> bool:
         """True when every partition's position reached the high-water mark of the last

@@ -24,8 +24,12 @@ class BatchProducer(Service):
     """One aiokafka producer shared by a worker's agents."""
 
     def __init__(self, broker: BrokerSettings, request_timeout_s: float = 40.0,
-                 **kwargs: Any) -> None:
+                 idempotent: bool = False, **kwargs: Any) -> None:
         self.broker = broker
+        #: use the idempotent producer (a retried send is never written twice, and per
+        #: partition order survives retries); only where the broker offers it
+        #: (``streams/broker_features.py``)
+        self.idempotent = idempotent
         #: how long a send may wait for its ack, retries included (a worker sets this past
         #: ``broker.reconnect_timeout_s`` so outputs survive a broker outage)
         self.request_timeout_s = request_timeout_s
@@ -40,6 +44,7 @@ class BatchProducer(Service):
             max_batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
             request_timeout_ms=int(self.request_timeout_s * 1000),
+            enable_idempotence=self.idempotent,
         )
         await self.producer.start()
 

@@ -22,6 +22,7 @@ from riverbed.streams.config import Settings
 from riverbed.streams.datasets import DATASET_SCHEMAS, check_dataset, corrupt, events
 from riverbed.streams.output import BatchProducer
 from riverbed.streams.partitioner import partition_for
+from riverbed.streams.registry import RegistryClient, register_encoders
 
 
 @dataclasses.dataclass
@@ -38,14 +39,15 @@ class ProduceReport:
 async def produce(
     settings: Settings, dataset: str, count: int, rate: float = 0.0, *,
     label_fraction: float = 1.0, bad_fraction: float = 0.0, seed: int = 7,
-    chunk: int = 2000, registry: SchemaRegistry | None = None,
+    chunk: int = 2000, registry: RegistryClient | None = None,
     on_progress: Callable[[int], None] | None = None, keep_labels: bool = True,
     labels: dict[str, Any] | None = None, label_delay_s: float = 0.0,
 ) -> ProduceReport:
     """Send ``count`` events of ``dataset`` (``rate`` events/s, 0 = as fast as possible).
 
     With ``label_delay_s``, events go out unlabelled and each label follows on the labels
-    topic after a uniform random delay in ``[0, label_delay_s]`` seconds.
+    topic after a uniform random delay in ``[0, label_delay_s]`` seconds. With a
+    ``registry``, values are Confluent-framed; their schemas are registered first.
     """
     check_dataset(dataset)
     topic, partitions = settings.topics.events, settings.topics.partitions
@@ -55,6 +57,7 @@ async def produce(
         chunk = max(1, min(chunk, int(rate / 100)))
     report = ProduceReport(labels={} if labels is None else labels)
     delayed = DelayedLabels(settings, registry, label_delay_s, rng) if label_delay_s > 0 else None
+    await register_encoders(registry, [codec, delayed and delayed.codec])
     chunker = _Chunker(codec, partitions, report, rng, bad_fraction, keep_labels, delayed)
     producer = BatchProducer(settings.broker)
     await producer.start()

@@ -16,11 +16,12 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from riverbed.schemas import load_schema
-from riverbed.streams.codec import AvroCodec, SchemaRegistry, make_codec
+from riverbed.streams.codec import AvroCodec, SchemaRegistry, framed_ids, make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.deadletter import parse_headers
 from riverbed.streams.errors import DecodeError, UsageError
 from riverbed.streams.kafka_clients import PartitionReader, Record
+from riverbed.streams.registry import RegistryClient
 
 
 def decoder_for(
@@ -56,9 +57,10 @@ def decoder_for(
 
 async def tail(
     settings: Settings, topic: str, from_beginning: bool = True, idle_timeout_s: float = 5.0,
-    registry: SchemaRegistry | None = None,
+    registry: RegistryClient | None = None,
 ) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
-    """Yield ``(record, decoded)`` until no record arrived for ``idle_timeout_s``."""
+    """Yield ``(record, decoded)`` until no record arrived for ``idle_timeout_s``. With a
+    ``registry``, the schema ids of each fetch are resolved before it is decoded."""
     decode = decoder_for(settings, topic, registry)
     async with PartitionReader(settings.broker, start="beginning" if from_beginning else "end"
                                ) as reader:
@@ -67,6 +69,9 @@ async def tail(
             fetched = await reader.fetch(int(idle_timeout_s * 1000))
             if not fetched:
                 return
+            if registry is not None and topic not in (settings.topics.metrics,
+                                                      settings.topics.dead_letters):
+                await registry.prefetch(framed_ids(r.value for rs in fetched.values() for r in rs))
             for records in fetched.values():
                 for record in records:
                     yield record, decode(record)

@@ -76,6 +76,10 @@ class WorkerStats:
     role: str = "starting"
     #: False while the broker cannot be reached (``riverbed_broker_connected``).
     broker_connected: bool = True
+    #: what the broker offers, detected at start (streams/broker_features.py)
+    idempotent_producer: bool = False
+    #: problems with the retention of the history and pending topics (logged at start)
+    retention_warnings: list[str] = dataclasses.field(default_factory=list)
     #: Snapshots refused by integrity checks and history records skipped (not decodable).
     rejected_snapshots: int = 0
     skipped_history_records: int = 0
@@ -109,6 +113,8 @@ class WorkerStats:
             "ready": self.ready,
             "role": self.role,
             "broker_connected": self.broker_connected,
+            "idempotent_producer": self.idempotent_producer,
+            "retention_warnings": list(self.retention_warnings),
             "rejected_snapshots": self.rejected_snapshots,
             "skipped_history_records": self.skipped_history_records,
             "partitions": list(self.partitions),

@@ -9,7 +9,9 @@ mismatch would break co-partitioning of events, labels and predictions).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -30,15 +32,55 @@ class TopicSpec:
     configs: tuple[tuple[str, str], ...] = ()
 
 
+#: the history is the source of truth: never deleted, never compacted
+KEEP_FOREVER = (("retention.ms", "-1"), ("cleanup.policy", "delete"))
+#: the snapshot index: one entry per (model, epoch, kind) key matters (streams/history_log.py)
+COMPACTED = (("cleanup.policy", "compact"),)
+
+
 def riverbed_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic a riverbed deployment with ``settings`` uses."""
     t = settings.topics
-    keep_forever = (("retention.ms", "-1"), ("cleanup.policy", "delete"))
     data = [(t.events, t.partitions, ()), (t.predictions, t.partitions, ()),
             (t.labels, t.partitions, ()), (t.dead_letters, 1, ()),
-            (t.training, t.partitions, ()), (t.history, 1, keep_forever),
-            (t.snapshots, 1, keep_forever), (t.metrics, 1, ()), (t.pending, 1, keep_forever)]
-    return [TopicSpec(n, p, t.replication_factor, c) for n, p, c in data]
+            (t.training, t.partitions, ()), (t.history, 1, KEEP_FOREVER),
+            (t.snapshots, 1, COMPACTED), (t.metrics, 1, ()), (t.pending, 1, KEEP_FOREVER)]
+    isr = (("min.insync.replicas", str(t.min_insync_replicas)),)
+    return [TopicSpec(n, p, t.replication_factor, c + isr) for n, p, c in data]
+
+
+async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list[str]:
+    """What is wrong with the retention of topics that must keep everything (the history,
+    the pending log): finite ``retention.ms``/``retention.bytes`` or compaction would
+    delete the record of what was learned. One line per problem; an empty list if all is
+    well. Checked on every start: the topics may predate riverbed or be changed later."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    t = settings.topics
+    admin = AIOKafkaAdminClient(**client_options(broker), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in (t.history, t.pending)])
+    finally:
+        await admin.close()
+    problems = []
+    for response in responses:
+        for resource in response.resources:
+            name, entries = resource[3], resource[4]
+            configs = {entry[0]: entry[1] for entry in entries}
+            if configs.get("retention.ms") not in (None, "-1"):
+                problems.append(f"topic {name} has retention.ms={configs['retention.ms']}: "
+                                "records older than that are DELETED (set retention.ms=-1)")
+            if configs.get("retention.bytes") not in (None, "-1"):
+                problems.append(f"topic {name} has retention.bytes="
+                                f"{configs['retention.bytes']}: old records are DELETED "
+                                "(set retention.bytes=-1)")
+            if "compact" in (configs.get("cleanup.policy") or ""):
+                problems.append(f"topic {name} is compacted (cleanup.policy="
+                                f"{configs['cleanup.policy']}): all but the newest record "
+                                "per model are DELETED (set cleanup.policy=delete)")
+    return problems
 
 
 async def ensure_topics(broker: BrokerSettings, specs: Iterable[TopicSpec]) -> list[str]:
@@ -78,8 +120,13 @@ def _created(response: object, name: str) -> bool:
 async def _check_partitions(admin: AIOKafkaAdminClient, existing: list[TopicSpec]) -> None:
     if not existing:
         return
-    described = await admin.describe_topics([s.name for s in existing])
-    counts = {d["topic"]: len(d["partitions"]) for d in described}
+    deadline = time.monotonic() + 10.0
+    while True:  # a topic created a moment ago may not be in every broker's metadata yet
+        described = await admin.describe_topics([s.name for s in existing])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        if all(counts.get(s.name) for s in existing) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)  # metadata propagates asynchronously: ask again
     for spec in existing:
         if counts.get(spec.name) != spec.partitions:
             raise TopicError(

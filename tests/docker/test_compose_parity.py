@@ -44,7 +44,7 @@ def test_compose_runs_the_kafka_of_the_tests_and_a_schema_registry() -> None:
     assert "apicurio" in services["schema-registry"]["image"]
     for client in ("worker", "producer"):
         env = services[client]["environment"]
-        assert env["RIVERBED_BROKER__SCHEMA_REGISTRY_URL"] == (
+        assert env["RIVERBED_REGISTRY__URL"] == (
             "http://schema-registry:8080/apis/ccompat/v7")
         assert "schema-registry" in services[client]["depends_on"]
 

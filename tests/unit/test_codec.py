@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from riverbed.schemas import load_schema, shipped_names
-from riverbed.streams.codec import (
-    AvroCodec,
-    ConfluentCodec,
-    HttpSchemaRegistry,
-    InMemorySchemaRegistry,
-)
-from riverbed.streams.errors import DecodeError, SchemaRegistryError
+from riverbed.streams.codec import AvroCodec, ConfluentCodec, InMemorySchemaRegistry
+from riverbed.streams.errors import DecodeError
 
 EVENT = {"event_id": "e1", "key": "k1", "timestamp": 1_700_000_000_000, "salary": 1.5,
          "commission": 0.0, "age": 30, "elevel": 1, "car": 2, "zipcode": 3, "hvalue": 4.0,
@@ -103,42 +94,3 @@ def test_confluent_resolves_writer_v2_against_reader_v1() -> None:
     writer = ConfluentCodec(registry, schema_v2, "events-value")
     reader = ConfluentCodec(registry, load_schema("agrawal_event"), "events-value")
     assert reader.decode(writer.encode({**EVENT, "extra": 2.0})) == EVENT
-
-
-class _Registry(BaseHTTPRequestHandler):
-    schemas: dict[int, str] = {}
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        schema_id = int(self.path.rsplit("/", 1)[-1])
-        if schema_id not in self.schemas:
-            self.send_response(404)
-            self.end_headers()
-            return
-        body = json.dumps({"schema": self.schemas[schema_id]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_http_registry_client_against_a_local_registry() -> None:
-    _Registry.schemas = {7: json.dumps(load_schema("agrawal_event"))}
-    server = HTTPServer(("127.0.0.1", 0), _Registry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        registry = HttpSchemaRegistry(f"http://127.0.0.1:{server.server_port}")
-        codec = ConfluentCodec(registry, load_schema("agrawal_event"), "s")
-        body = AvroCodec(load_schema("agrawal_event")).encode(EVENT)
-        assert codec.decode(b"\x00" + struct.pack(">I", 7) + body) == EVENT
-        with pytest.raises(DecodeError):
-            codec.decode(b"\x00" + struct.pack(">I", 8) + body)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-    with pytest.raises(SchemaRegistryError):
-        HttpSchemaRegistry(f"http://127.0.0.1:{server.server_port}", timeout_s=0.5).schema_by_id(1)

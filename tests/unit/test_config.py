@@ -9,6 +9,9 @@ import pytest
 
 from riverbed.streams.config import load_settings, settings_from_dict
 from riverbed.streams.errors import ConfigError
+from riverbed.streams.history_log import index_key, index_key_model
+from riverbed.streams.topics import riverbed_topics
+from tests.conftest import CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = {"name": "m", "pipeline": [{"linear_model.LogisticRegression": {}}]}
@@ -60,3 +63,68 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[broker\n")
     with pytest.raises(ConfigError):
         load_settings(bad, env={})
+
+
+REGISTRY = "https://registry.example:8081"
+
+
+@pytest.mark.parametrize("registry,env,field", [
+    ({"url": "ftp://x"}, {}, "registry.url"),
+    ({"url": "http://user:pw@registry:8081"}, {}, "registry.url"),
+    ({"url": REGISTRY, "password": "in-clear"}, {}, "registry.password"),
+    ({"url": REGISTRY, "username": "u"}, {}, "registry.username"),
+    ({"url": REGISTRY}, {"RIVERBED_REGISTRY__PASSWORD": "pw"}, "registry.username"),
+    ({"url": REGISTRY, "username": "u", "password_file": "/f"},
+     {"RIVERBED_REGISTRY__PASSWORD": "pw"}, "registry.password_file"),
+    ({"url": REGISTRY, "key_file": "k.pem"}, {}, "registry.key_file"),
+    ({"url": "http://registry:8081", "ca_file": "ca.pem"}, {}, "registry.ca_file"),
+    ({"url": REGISTRY, "cache_size": 0}, {}, "registry.cache_size"),
+    ({"url": REGISTRY, "backoff_initial_s": 2, "backoff_max_s": 1}, {}, "registry.backoff_max_s"),
+])
+def test_invalid_registry_settings_name_the_field(registry: dict, env: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"registry": registry, "models": [MODEL]}, env=env)
+    assert info.value.field == field
+    assert "in-clear" not in str(info.value) and "pw@" not in str(info.value)
+
+
+def test_registry_settings_with_the_password_from_the_environment() -> None:
+    env = {"RIVERBED_REGISTRY__URL": REGISTRY, "RIVERBED_REGISTRY__USERNAME": "ci",
+           "RIVERBED_REGISTRY__PASSWORD": "s3cret", "RIVERBED_REGISTRY__CHECK_HOSTNAME": "no"}
+    settings = settings_from_dict({"models": [MODEL]}, env=env)
+    assert settings.registry.url == REGISTRY and settings.registry.password == "s3cret"
+    assert not settings.registry.check_hostname
+    assert "s3cret" not in repr(settings)
+
+
+def test_the_deprecated_broker_schema_registry_url_still_works() -> None:
+    old = settings_from_dict({"broker": {"schema_registry_url": REGISTRY}, "models": [MODEL]})
+    assert old.registry.url == REGISTRY
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"broker": {"schema_registry_url": REGISTRY},
+                            "registry": {"url": "http://other:8081"}, "models": [MODEL]})
+    assert info.value.field == "registry.url"
+
+
+def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
+    with pytest.raises(ConfigError, match="topics.min_insync_replicas"):
+        load_settings(CONFIG, env={"RIVERBED_TOPICS__MIN_INSYNC_REPLICAS": "2"})
+    settings = load_settings(CONFIG, env={"RIVERBED_TOPICS__REPLICATION_FACTOR": "3",
+                                          "RIVERBED_TOPICS__MIN_INSYNC_REPLICAS": "2"})
+    specs = {s.name: s for s in riverbed_topics(settings)}
+    assert all(s.replication_factor == 3 and ("min.insync.replicas", "2") in s.configs
+               for s in specs.values())
+    t = settings.topics
+    assert ("retention.ms", "-1") in specs[t.history].configs
+    assert ("cleanup.policy", "compact") in specs[t.snapshots].configs
+
+
+def test_index_keys_keep_one_entry_per_model_epoch_and_kind() -> None:
+    for model in ("lr", "lr@p3", "a:b@c"):
+        claimed = index_key(model, {"marker": "claimed", "epoch": 4})
+        snapshot = index_key(model, {"snapshot_id": "s", "epoch": 4, "seq": 9})
+        assert claimed != snapshot != index_key(model, {"snapshot_id": "t", "epoch": 5})
+        assert snapshot == index_key(model, {"snapshot_id": "u", "epoch": 4, "seq": 99})
+        assert index_key_model(claimed) == index_key_model(snapshot) == model
+        assert index_key_model(model.encode()) == model  # entries written before
+    assert index_key_model(b"\xff\xfe") is None

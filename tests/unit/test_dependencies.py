@@ -18,9 +18,11 @@ FOLDERS = {"streams": "riverbed.streams", "agents": "riverbed.agents",
            "schemas": "riverbed.schemas", "riverbed": "riverbed"}
 PURE = ("history", "features", "pending", "offsets", "evaluation", "batch_metrics",
         "pending_codec", "history_codec", "snapshots", "models", "config", "errors",
-        "deadletter", "codec", "avro_backend", "effects")
-FORBIDDEN = ("aiokafka", "faust", "mode", "riverbed.agents", "riverbed.streams.history_log",
-             "riverbed.streams.replay", "riverbed.streams.ingest", "riverbed.streams.output")
+        "deadletter", "codec", "avro_backend", "effects", "api_schema", "predict_only",
+        "history_summary", "metrics_series", "schema_cache")
+FORBIDDEN = ("aiokafka", "aiohttp", "faust", "mode", "riverbed.agents",
+             "riverbed.streams.history_log", "riverbed.streams.replay", "riverbed.streams.ingest",
+             "riverbed.streams.output", "riverbed.streams.registry")
 #: the processor and the label join: pure too (no I/O), though they live with the agents
 PURE_AGENTS = ("inference", "labels", "batch")
 

@@ -1,0 +1,150 @@
+"""Broker faults on Apache Kafka (issue riverbed 8), each during a 30,000-event stream with
+labels, under a worker process: the broker SIGTERMed or SIGKILLed and restarted on the same
+log dir after 10 s, and a broker frozen past the session timeout (SIGSTOP 10 s, SIGCONT).
+
+Each ends with: every event predicted, learned steps == distinct labelled ids, ``replay
+--verify`` exit 0, the same worker process alive (no crash, no restart), and a bounded
+log while degraded (at most one line per 5 s, plus a few for the transitions). Each prints
+the time from the broker's return to the first new prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+
+from riverbed.streams.config import Settings
+from riverbed.streams.kafka_broker import KafkaBroker, kafka_available
+from riverbed.streams.kafka_clients import PartitionReader
+from riverbed.streams.produce import produce
+from tests.conftest import CONFIG, ROOT, unique_settings
+from tests.helpers import WorkerChild, provision, worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_broker]
+
+EVENTS = 30_000
+FAULT_S = 10.0  # how long the broker stays away (the fault itself, not a synchronisation)
+
+
+@pytest.fixture
+def kafka_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("RIVERBED_TEST_WORKER_LOGS", str(tmp_path))
+    missing = kafka_available()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Apache Kafka is required under CI=true: {missing}")
+        pytest.skip(f"Apache Kafka cannot run here: {missing}")
+    yield tmp_path / "kafka-data"
+
+
+class _Predictions:
+    """Counts distinct predicted event ids as they arrive (one long-lived reader)."""
+
+    def __init__(self, settings: Settings) -> None:
+        t = settings.topics
+        self.reader = PartitionReader(settings.broker, [TopicPartition(t.predictions, p)
+                                                        for p in range(t.partitions)],
+                                      fetch_max_wait_ms=100)
+        self.ids: set[bytes] = set()
+        self.records = 0
+
+    async def read(self) -> int:
+        from riverbed.schemas import load_schema
+        from riverbed.streams.codec import AvroCodec
+
+        decode = AvroCodec(load_schema("prediction")).decode
+        for records in (await self.reader.fetch(200)).values():
+            self.records += len(records)
+            self.ids.update(decode(r.value)["event_id"].encode() for r in records)
+        return len(self.ids)
+
+
+async def _until(check: object, timeout_s: float, what: str, child: WorkerChild) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():  # type: ignore[operator]
+        assert child.process.poll() is None, f"the worker died ({child.process.returncode})"
+        assert time.monotonic() < deadline, f"{what}: not before the deadline"
+
+
+async def _run_fault(kafka_dir: Path, example_settings: Settings, tmp_path: Path,
+                     fault: str) -> None:
+    broker = KafkaBroker(data_dir=kafka_dir).start()
+    port, controller = broker.port, broker.controller_port
+    try:
+        settings = unique_settings(example_settings, broker.bootstrap_servers)
+        await provision(settings)
+        key_hex = os.urandom(32).hex()
+        child = WorkerChild(worker_env(settings, key_hex))
+        predictions = _Predictions(settings)
+        await predictions.reader.__aenter__()
+        try:
+            first = await produce(settings, "agrawal", EVENTS * 2 // 3, seed=1)
+            await _until(lambda: _more(predictions, EVENTS // 3), 120, "first third", child)
+            assert child.log_path is not None
+            lines_before = len(Path(child.log_path).read_text().splitlines())
+            # the fault, mid-stream: predictions are flowing now
+            if fault == "stop":
+                broker.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+                await asyncio.sleep(FAULT_S)
+                broker.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            else:
+                sig = signal.SIGTERM if fault == "term" else signal.SIGKILL
+                broker.process.send_signal(sig)  # type: ignore[union-attr]
+                broker.process.wait(60)  # type: ignore[union-attr]
+                broker.stop()  # the process is gone: clean up (the log dir is kept)
+                await asyncio.sleep(FAULT_S)
+                broker = KafkaBroker(port=port, controller_port=controller,
+                                     data_dir=kafka_dir).start()
+            returned = time.monotonic()
+            seen = await predictions.read()
+            await _until(lambda: _more(predictions, seen + 1), 120, "a new prediction", child)
+            recovery_s = time.monotonic() - returned
+            degraded = Path(child.log_path).read_text().splitlines()[lines_before:]
+            second = await produce(settings, "agrawal", EVENTS - EVENTS * 2 // 3, seed=2)
+            valid = first.valid + second.valid
+            await _until(lambda: _more(predictions, valid), 240, "every prediction", child)
+            live = await child.wait_for(lambda m: m["durable_seq"] >= valid, 120)
+            assert child.process.poll() is None  # the same process throughout
+            print(f"{fault}: {valid} events, {len(predictions.ids)} predicted "
+                  f"({predictions.records} prediction records), {live['seq']} learned, "
+                  f"first new prediction {recovery_s:.1f}s after the broker returned, "
+                  f"{len(degraded)} log lines while degraded")
+        finally:
+            child.kill()
+            await predictions.reader.__aexit__(None, None, None)
+        labelled = set(first.labels) | set(second.labels)
+        assert len(predictions.ids) == valid                     # every event predicted
+        assert live["seq"] == live["durable_seq"] == len(labelled)  # each learned once
+        # one line per 5 s while degraded, plus a few for going away and coming back
+        assert len(degraded) <= (FAULT_S + recovery_s) / 5 + 4, "\n".join(degraded[-30:])
+        done = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "riverbed.cli", "replay", "agrawal-lr", "--verify",
+            "-c", str(CONFIG)], env=worker_env(settings, key_hex), cwd=ROOT,
+            capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    finally:
+        broker.stop()
+
+
+async def _more(predictions: _Predictions, at_least: int) -> bool:
+    return await predictions.read() >= at_least
+
+
+@pytest.mark.parametrize("fault", ["term", "kill"])
+async def test_the_broker_restarts_on_its_log_dir_mid_stream(
+        kafka_dir: Path, example_settings: Settings, tmp_path: Path, fault: str) -> None:
+    await _run_fault(kafka_dir, example_settings, tmp_path, fault)
+
+
+async def test_a_broker_frozen_past_the_session_timeout(
+        kafka_dir: Path, example_settings: Settings, tmp_path: Path) -> None:
+    await _run_fault(kafka_dir, example_settings, tmp_path, "stop")
