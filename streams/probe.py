@@ -98,11 +98,15 @@ def _untrusted(broker: BrokerSettings, where: str, exc: ssl.SSLCertVerificationE
 
 
 def _mismatch_hint(broker: BrokerSettings) -> str:
-    """A listener that closes on a Kafka request usually speaks another protocol."""
+    """A listener that closes on a Kafka request usually speaks another protocol, or (TLS)
+    wants a client certificate this client did not present."""
+    protocol = f"broker.security_protocol is {broker.security_protocol}"
+    certificate = (", or a client certificate required (broker.ssl_certfile)"
+                   if broker.uses_tls and broker.ssl_certfile is None else "")
     if broker.security_protocol == "PLAINTEXT":
-        return "; a TLS or SASL listener? broker.security_protocol is PLAINTEXT"
+        return f"; a TLS or SASL listener? {protocol}"
     if broker.security_protocol == "SSL":
-        return "; a SASL listener? broker.security_protocol is SSL"
+        return f"; a SASL listener{certificate}? {protocol}"
     if broker.security_protocol == "SASL_PLAINTEXT":
-        return "; a TLS listener? broker.security_protocol is SASL_PLAINTEXT"
-    return f"; a plaintext listener? broker.security_protocol is {broker.security_protocol}"
+        return f"; a TLS listener? {protocol}"
+    return f"; a plaintext listener{certificate}? {protocol}"

@@ -2,7 +2,8 @@
 certificate made with ``openssl`` for the test, SCRAM users added when the log dir is
 formatted (``kafka-storage format --add-scram``), a PLAIN user in the listener's JAAS
 config. The node keeps its PLAINTEXT listener for the inter-broker link and its readiness
-probe; clients under test use :attr:`SecureKafka.sasl_ssl`."""
+probe; clients under test use :attr:`SecureKafka.sasl_ssl`, or :attr:`SecureKafka.mtls` (SSL
+with client certificates required)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ PLAIN_USER = "riverbed-plain"
 
 @dataclass(frozen=True)
 class Pki:
-    """PEM files: the CA, another CA nobody trusts, the broker's keystore (key + chain)."""
+    """PEM files: the CA, another CA nobody trusts, the broker's keystore (key + chain),
+    a client certificate and key the CA signed (mutual TLS)."""
 
     ca: Path
     other_ca: Path
     broker_keystore: Path
+    client_cert: Path
+    client_key: Path
 
 
 def openssl_missing() -> str | None:
@@ -62,7 +66,14 @@ def make_pki(directory: Path) -> Pki:
     keystore = directory / "broker-keystore.pem"  # Kafka's PEM keystore: key, then chain
     keystore.write_text((directory / "broker.key").read_text()
                         + (directory / "broker.pem").read_text() + ca.read_text())
-    return Pki(ca=ca, other_ca=other, broker_keystore=keystore)
+    (directory / "client.cnf").write_text("extendedKeyUsage=clientAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key",
+             "-out", "client.csr", "-subj", "/CN=riverbed-client", cwd=directory)
+    _openssl("x509", "-req", "-in", "client.csr", "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", "client.pem", "-days", "2",
+             "-extfile", "client.cnf", cwd=directory)
+    return Pki(ca=ca, other_ca=other, broker_keystore=keystore,
+               client_cert=directory / "client.pem", client_key=directory / "client.key")
 
 
 class SecureKafka:
@@ -75,15 +86,23 @@ class SecureKafka:
         self.plain_password = "rp" + secrets.token_hex(16)
         host = "127.0.0.1"
         self.sasl_port = free_port(host)
+        self.mtls_port = free_port(host)
         port, controller = free_port(host), free_port(host)
         jaas = "org.apache.kafka.common.security"
         settings = {
             "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller},"
-                         f"SASL_SSL://{host}:{self.sasl_port}",
+                         f"SASL_SSL://{host}:{self.sasl_port},SSL://{host}:{self.mtls_port}",
             "advertised.listeners": f"PLAINTEXT://{host}:{port},"
-                                    f"SASL_SSL://{host}:{self.sasl_port}",
+                                    f"SASL_SSL://{host}:{self.sasl_port},"
+                                    f"SSL://{host}:{self.mtls_port}",
             "listener.security.protocol.map":
-                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
+            # mutual TLS: the client must present a certificate the CA signed
+            "listener.name.ssl.ssl.client.auth": "required",
+            "listener.name.ssl.ssl.keystore.type": "PEM",
+            "listener.name.ssl.ssl.keystore.location": str(pki.broker_keystore),
+            "listener.name.ssl.ssl.truststore.type": "PEM",
+            "listener.name.ssl.ssl.truststore.location": str(pki.ca),
             "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
             "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config":
                 f"{jaas}.scram.ScramLoginModule required;",
@@ -106,6 +125,11 @@ class SecureKafka:
     def sasl_ssl(self) -> str:
         """The SASL_SSL listener's ``host:port``."""
         return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def mtls(self) -> str:
+        """The SSL listener's ``host:port`` (client certificates required)."""
+        return f"127.0.0.1:{self.mtls_port}"
 
     @property
     def log_text(self) -> str:

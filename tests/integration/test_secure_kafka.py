@@ -190,6 +190,27 @@ def test_a_refused_connection_is_one_line_and_exit_1(
         assert settings.broker.sasl_password not in kafka.log_text[before:]
 
 
+async def test_mutual_tls(kafka: SecureKafka, example_settings: Settings) -> None:
+    """SSL with a client certificate the broker requires: provisioning, producing and
+    reading work with it; without it, the probe says what may be missing."""
+    from riverbed.streams.errors import BrokerError
+    from riverbed.streams.probe import probe
+
+    broker = BrokerSettings(bootstrap_servers=kafka.mtls, security_protocol="SSL",
+                            ssl_cafile=str(kafka.pki.ca), ssl_certfile=str(kafka.pki.client_cert),
+                            ssl_keyfile=str(kafka.pki.client_key))
+    settings = dataclasses.replace(unique_settings(example_settings, kafka.mtls), broker=broker)
+    await probe(broker, 5.0)
+    await provision(settings)
+    await produce(settings, "agrawal", 50, seed=3)
+    events = await collect(settings, settings.topics.events, settings.topics.partitions, 50,
+                           timeout_s=60)
+    assert len(events) == 50
+    anonymous = dataclasses.replace(broker, ssl_certfile=None, ssl_keyfile=None)
+    with pytest.raises(BrokerError, match=r"a client certificate required \(broker.ssl_certfile"):
+        await probe(anonymous, 5.0)
+
+
 async def test_the_broker_watch_connects_as_the_clients_do(kafka: SecureKafka) -> None:
     """The probe every CLI command and the worker's broker watch run: TLS and SASL, so a
     secure broker is "up" (a plaintext ApiVersions to a TLS port would call it down)."""
@@ -204,3 +225,24 @@ async def test_the_broker_watch_connects_as_the_clients_do(kafka: SecureKafka) -
                             ssl_cafile=str(kafka.pki.other_ca)), 5.0)
     with pytest.raises(BrokerError, match="a plaintext listener"):
         await probe(_secure(kafka, bootstrap_servers=kafka.broker.bootstrap_servers), 5.0)
+
+
+async def test_the_broker_watch_stops_at_once_on_a_refusal(kafka: SecureKafka,
+                                                            example_settings: Settings) -> None:
+    """A worker whose credentials stop working (rotated, revoked) stops with one line at
+    the watch's next probe instead of calling the broker "away" for
+    ``broker.reconnect_timeout_s`` (60 s by default)."""
+    import asyncio
+
+    from riverbed.agents.runtime import ClientLogLimiter
+    from riverbed.agents.supervision import BrokerWatch
+    from riverbed.streams.errors import BrokerSecurityError
+    from riverbed.streams.telemetry import WorkerStats
+
+    settings = dataclasses.replace(example_settings, broker=_secure(
+        kafka, sasl_password="rotated-" + os.urandom(6).hex()))
+    stats = WorkerStats()
+    watch = BrokerWatch(settings, stats, ClientLogLimiter(), lambda: True)
+    with pytest.raises(BrokerSecurityError, match="SASL authentication"):
+        await asyncio.wait_for(watch.run(), 15)
+    assert settings.broker.reconnect_timeout_s >= 60
