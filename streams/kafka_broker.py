@@ -388,6 +388,8 @@ class KafkaBroker(LocalBroker):
             else:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(sig)
+                    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                        process.send_signal(signal.SIGCONT)  # a frozen JVM handles it now
                 try:
                     process.wait(grace_s)
                 except subprocess.TimeoutExpired:

@@ -167,13 +167,10 @@ class KafkaCluster:
         return self.work_dir / f"node-{index + 1}" / "server.log"
 
     def stop(self, keep: bool = False) -> None:
-        """Stop every node by PID (SIGCONT first: a frozen JVM cannot shut down); safe to
-        call twice. The work dir is removed unless ``keep`` or a node died or needed
-        SIGKILL (its path is printed to stderr then)."""
+        """Stop every node by PID (SIGTERM, SIGCONT for a frozen one, SIGKILL after a grace
+        period); safe to call twice. The work dir is removed unless ``keep`` or a node died
+        or needed SIGKILL (its path is printed to stderr then)."""
         atexit.unregister(self.stop)
-        for node in self.nodes:
-            if node.process is not None and node.process.poll() is None:
-                node.process.send_signal(signal.SIGCONT)
         # all brokers at once (each waits for its controlled shutdown), then the quorum
         stages = [[n for n in self.nodes if n.is_broker],
                   [n for n in self.nodes if not n.is_broker]]

@@ -8,6 +8,7 @@ Without Java or the fetched jars these tests skip with the reason -- except unde
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from riverbed.streams.broker import port_in_use
+from riverbed.streams.errors import BrokerError
 from riverbed.streams.kafka_cluster import KafkaCluster
 from tests.conftest import pid_alive
 from tests.integration.test_kafka_broker import require_kafka
@@ -130,3 +132,21 @@ async def test_combined_nodes_restart_on_their_log_dirs() -> None:
         # read it from the restarted node alone
         assert await _consume(cluster.nodes[0].bootstrap_servers, "kc.kept", 3,
                               group="kc2") == [b"a", b"b", b"c"]
+        cluster.signal_node(2, signal.SIGSTOP)  # frozen when the cluster stops
+        work_dir, pids = cluster.work_dir, [n.pid for n in cluster.nodes if n.pid]
+    # a clean stop (SIGTERM, SIGCONT): no node needed SIGKILL, so no logs were kept
+    assert all(not pid_alive(p) for p in pids)
+    assert not work_dir.exists()
+
+
+def test_a_cluster_that_cannot_start_keeps_its_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    require_kafka()
+    cluster = KafkaCluster(brokers=2, settings={"num.partitions": "many"})
+    with pytest.raises(BrokerError, match=r"num\.partitions.*log kept in"):
+        cluster.start()
+    try:
+        assert all(n.process is None for n in cluster.nodes)
+        assert "num.partitions" in cluster.log_of(0).read_text()
+        assert str(cluster.work_dir) in capsys.readouterr().err
+    finally:
+        shutil.rmtree(cluster.work_dir)
