@@ -35,7 +35,7 @@ class InputRecord(Protocol):
 class HistoryAppender(Protocol):
     """Appends history events, returning their offsets once acknowledged."""
 
-    async def append(self, events: Sequence[HistoryEvent]) -> list[int]: ...
+    async def append(self, events: Sequence[HistoryEvent], via: Any = None) -> list[int]: ...
 
 
 class BatchLearner(Protocol):
@@ -63,8 +63,8 @@ class BatchLearner(Protocol):
 
     def snapshot_events(self) -> list[HistoryEvent]: ...
 
-    async def publish_index(self, events: Sequence[HistoryEvent],
-                            offsets: Sequence[int]) -> None: ...
+    async def publish_index(self, events: Sequence[HistoryEvent], offsets: Sequence[int],
+                            via: Any = None) -> None: ...
 
     def mark_durable(self, events: Sequence[HistoryEvent]) -> None: ...
 

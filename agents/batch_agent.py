@@ -9,13 +9,18 @@ offsets are marked done only after both (the learner's batch protocol, see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from riverbed.agents.batch import BatchOutput
+from aiokafka.errors import ProducerFenced
+
+from riverbed.agents.batch import BatchLearner, BatchOutput
 from riverbed.agents.inference import InferenceProcessor
 from riverbed.streams.config import Settings
-from riverbed.streams.errors import OwnershipError, RiverbedError
+from riverbed.streams.errors import LeaseLostError, OwnershipError, RiverbedError
+from riverbed.streams.history import HistoryEvent
+from riverbed.streams.output import retrieve
 
 Hook = Callable[[], Awaitable[None]]
 OutputHook = Callable[[BatchOutput], Awaitable[None]]
@@ -23,19 +28,25 @@ RecordsHook = Callable[[Sequence[Any]], Awaitable[None]]
 StopHook = Callable[[BaseException], Awaitable[None]]
 
 
-async def append_history(results: Sequence[BatchOutput]) -> None:
+async def append_history(results: Sequence[BatchOutput], via: Any = None,
+                         durable: bool = True) -> list[tuple[BatchLearner, list[HistoryEvent]]]:
     """Append the history records of ``results`` (in batch order) in one round trip, then
-    point the snapshot index at new snapshots and mark the records durable."""
+    point the snapshot index at new snapshots; mark the records durable (unless
+    ``durable`` is False: inside a transaction they are durable once it commits). Returns
+    what was appended, per learner. ``via``: the transactional producer."""
     pairs = [(learner, events) for result in results for learner, events in result.history]
     if not pairs:
-        return
-    offsets = await pairs[0][0].history.append([e for _, events in pairs for e in events])
+        return pairs
+    offsets = await pairs[0][0].history.append([e for _, events in pairs for e in events],
+                                               via)
     position = 0
     for learner, events in pairs:
         mine = offsets[position : position + len(events)]
         position += len(events)
-        await learner.publish_index(events, mine)
-        learner.mark_durable(events)
+        await learner.publish_index(events, mine, via)
+        if durable:
+            learner.mark_durable(events)
+    return pairs
 
 
 class InferenceAgent:
@@ -65,6 +76,10 @@ class InferenceAgent:
         self.resolve_schemas = resolve_schemas
         #: stops the worker for what retrying cannot fix (default: the Faust app's crash)
         self.stop = stop or app.crash
+        #: exactly-once: each group of batches commits in one Kafka transaction with its
+        #: input offsets (in the inputs' consumer group), instead of acks then commit
+        self.transactional = settings.worker.processing_guarantee == "exactly_once"
+        self.group_id = settings.worker.group_id
         #: processed batches waiting for their acks and history append: bounded, so the
         #: live model never runs more than this many batches ahead of its durable history
         self.pending: asyncio.Queue[tuple[list[Any], BatchOutput, Any]] = asyncio.Queue(
@@ -96,13 +111,18 @@ class InferenceAgent:
                     f"records of {sorted(result.unowned)} reached a worker serving no model "
                     "for them; stopping without committing them"))
                 return
-            futures: list[Any] = []
-            for partition, records in result.predictions.items():
-                futures += await self.output.publish(self.topics.predictions, partition, records)
-            if result.dead_letters:
-                futures += await self.output.publish_dead_letters(
-                    self.topics.dead_letters, result.dead_letters)
+            futures = [] if self.transactional else await self._publish(result)
             await self.pending.put((futures, result, batch))
+
+    async def _publish(self, result: BatchOutput) -> list[Any]:
+        """Send a batch's predictions and dead letters; futures of their acks."""
+        futures: list[Any] = []
+        for partition, records in result.predictions.items():
+            futures += await self.output.publish(self.topics.predictions, partition, records)
+        if result.dead_letters:
+            futures += await self.output.publish_dead_letters(
+                self.topics.dead_letters, result.dead_letters)
+        return futures
 
     async def confirm_in_order(self) -> None:
         """Steps 2-4 of the batch protocol, for every batch waiting here at once: one
@@ -113,13 +133,60 @@ class InferenceAgent:
             while not self.pending.empty() and len(items) < 16:
                 items.append(self.pending.get_nowait())
             try:
+                if self.transactional:
+                    await self._commit_transaction(items)
+                    continue
                 await asyncio.gather(*(f for futures, _, _ in items for f in futures))  # 2.
                 for _, result, _ in items:
                     if self.after_outputs is not None:
                         await self.after_outputs(result)
                 await append_history([result for _, result, _ in items])              # 3.
+            except ProducerFenced:  # exactly-once: a newer worker started; nothing of ours
+                await self.stop(LeaseLostError(  # after that is committed
+                    "another worker took over (this worker's transactional producer was "
+                    "fenced); stopping: its open transaction is aborted, nothing committed"))
+                return
             except Exception as exc:  # the broker refused our output: stop, do not commit
                 await self.app.crash(exc)
                 return
             for _, _, batch in items:
                 self.ingest.done(batch)                                             # 4.
+
+    async def _commit_transaction(self, items: list[tuple[list[Any], BatchOutput, Any]]
+                                  ) -> None:
+        """Exactly-once: the batches' predictions, dead letters, pending-log records,
+        history records, snapshot-index entries and input offsets in ONE transaction. A
+        crash or a fence before the commit aborts all of it; the next owner folds only
+        committed history (read_committed) and resumes from the committed offsets."""
+        producer = self.output.producer
+        await producer.begin_transaction()
+        futures: list[Any] = []
+        try:
+            for _, result, _ in items:
+                futures += await self._publish(result)
+            for outcome in await asyncio.gather(*futures, return_exceptions=True):
+                if isinstance(outcome, BaseException):  # every future retrieved, first raised
+                    raise outcome
+            for _, result, _ in items:
+                if self.after_outputs is not None:
+                    await self.after_outputs(result)
+            appended = await append_history([result for _, result, _ in items], producer,
+                                            durable=False)
+            offsets: dict[Any, int] = {}
+            for _, _, batch in items:
+                if batch.generation == self.ingest.offsets.generation:  # not void (rewind)
+                    for tp, offset in batch.next_offsets.items():
+                        offsets[tp] = max(offset, offsets.get(tp, 0))
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self.group_id)
+            await producer.commit_transaction()
+        except BaseException:
+            for future in futures:  # outcomes nobody awaits any more: retrieved, not logged
+                future.add_done_callback(retrieve)
+            with contextlib.suppress(Exception):  # fenced or broken: the broker aborts it
+                await producer.abort_transaction()
+            raise
+        for learner, events in appended:
+            learner.mark_durable(events)
+        for _, _, batch in items:
+            self.ingest.done(batch)

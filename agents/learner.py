@@ -39,6 +39,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
 from riverbed.streams.effects import apply_effects
 from riverbed.streams.history import (
     Annotated,
@@ -333,8 +335,10 @@ class Learner:
             self.fold.apply(event)
         return events
 
-    async def publish_index(self, events: Sequence[HistoryEvent], offsets: Sequence[int]) -> None:
-        """Point the snapshot index at snapshot chunks just appended at ``offsets``."""
+    async def publish_index(self, events: Sequence[HistoryEvent], offsets: Sequence[int],
+                            via: AIOKafkaProducer | None = None) -> None:
+        """Point the snapshot index at snapshot chunks just appended at ``offsets`` (``via``:
+        the transactional producer, in the transaction that appended them)."""
         chunks = [(e, o) for e, o in zip(events, offsets, strict=True)
                   if isinstance(e.body, SnapshotChunk)]
         if chunks:
@@ -343,17 +347,19 @@ class Learner:
             assert isinstance(body, SnapshotChunk)
             await self._publish_entry({
                 "snapshot_id": body.snapshot_id, "seq": body.seq, "offset": first_offset,
-                "chunks": len(chunks), "epoch": first_event.epoch, "lineage": body.lineage})
+                "chunks": len(chunks), "epoch": first_event.epoch, "lineage": body.lineage},
+                via)
 
     async def publish_claim_marker(self) -> None:
         """Tell the snapshot index that this learner's epoch now owns the model (older
         epochs' snapshot entries published after it are a zombie's: ignored)."""
         await self._publish_entry({"marker": "claimed", "epoch": self.epoch})
 
-    async def _publish_entry(self, entry: dict[str, Any]) -> None:
+    async def _publish_entry(self, entry: dict[str, Any],
+                             via: AIOKafkaProducer | None = None) -> None:
         """Publish a signed snapshot-index entry (unsigned or forged entries are ignored)."""
         await self.index.publish(self.model.name,
-                                 sign_index_entry(entry, self.model.name, self.key))
+                                 sign_index_entry(entry, self.model.name, self.key), via)
 
     def event(self, body: Body, epoch: int | None = None) -> HistoryEvent:
         """A history event of this model, stamped with this learner's epoch (or ``epoch``)."""

@@ -92,13 +92,17 @@ class ModelOwnership:
             await learner.restore()
             self.stats.model_seq[learner.model.name] = learner.model.seq
 
-    async def acquire(self) -> None:
-        """Hold the lease (following the history as a standby until then), claim every
-        global model, rebuild their pending labels, and start following the history."""
+    async def acquire(self, before_claim: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Hold the lease (following the history as a standby until then), run
+        ``before_claim`` (exactly-once: start the transactional producer, which fences an
+        older one), claim every global model, rebuild their pending labels, and start
+        following the history."""
         if self.lease is not None:
             await self.lease.start()
             await self._standby_until_leased()
             self._supervise(self._watch_lease(), "lease watch")
+        if before_claim is not None:
+            await before_claim()
         for learner in self.learners:
             await learner.takeover(restored=True)
             self.stats.model_seq[learner.model.name] = learner.model.seq
@@ -259,6 +263,14 @@ class ModelOwnership:
         fenced = self.fenced_learners()
         if not fenced:
             return
+        usurped = [lr for lr in fenced if lr.fenced_by != "rollback"]
+        if self.lease is not None and usurped:
+            # global models: another worker holds the lease now; claiming again would
+            # fence the rightful owner. Stop (the worker stops; this waits until then)
+            await self.supervisor.stop(LeaseLostError(
+                f"{usurped[0].model.name}: claimed by {usurped[0].fenced_by}, the active "
+                "worker now; stopping (nothing more is committed here)"))
+            await asyncio.Event().wait()
         for learner in fenced:
             if learner.fenced_by == "rollback":
                 log.info("%s: rolled back by `riverbed rollback`; continuing from the "
@@ -304,6 +316,12 @@ class ModelOwnership:
                     learner.fenced_by = ("rollback" if isinstance(body, Restored) else
                                          f"worker {body.owner}" if isinstance(body, Claimed)
                                          else "another worker")
+                    if self.lease is not None and learner.fenced_by != "rollback":
+                        # global models: another worker holds the lease now (this one was
+                        # frozen past it); claiming again would fence the rightful owner
+                        raise LeaseLostError(
+                            f"{learner.model.name}: claimed by {learner.fenced_by}, the "
+                            "active worker now; stopping (nothing more is committed here)")
                     async with self.lock:
                         await self.retake_if_fenced()
 

@@ -31,8 +31,11 @@ class PendingLabels:
     """Keeps one worker's :class:`LabelJoin` store in step with ``riverbed.pending``."""
 
     def __init__(self, settings: Settings, join: LabelJoin, output: BatchProducer,
-                 stats: WorkerStats) -> None:
+                 stats: WorkerStats, control: BatchProducer | None = None) -> None:
         self.settings, self.join, self.output, self.stats = settings, join, output, stats
+        #: writes outside a batch (expiry): the batch producer is transactional under
+        #: exactly-once, and every send of it must belong to a batch's transaction
+        self.control = control or output
 
     async def rebuild(self, folds: Sequence[HistoryFold], *,
                       partitions: Collection[int] | None = None,
@@ -51,11 +54,11 @@ class PendingLabels:
                  self.join.records_read, start, added)
         return added
 
-    async def persist(self, result: BatchOutput) -> None:
+    async def persist(self, result: BatchOutput, via: BatchProducer | None = None) -> None:
         """Append a batch's new pending entries (if any) and wait for the ack."""
         if result.pending is None:
             return
-        producer = self.output.producer
+        producer = (via or self.output).producer
         assert producer is not None, "producer not started"
         sent = await (await producer.send(self.settings.topics.pending,
                                           value=result.pending, partition=0))
@@ -73,7 +76,7 @@ class PendingLabels:
         if out.dead_letters:
             for dead in out.dead_letters:
                 self.stats.dead_letters[dead.reason] += 1
-            await asyncio.gather(*await self.output.publish_dead_letters(
+            await asyncio.gather(*await self.control.publish_dead_letters(
                 self.settings.topics.dead_letters, out.dead_letters))
-        await self.persist(out)
+        await self.persist(out, self.control)
         return out

@@ -60,8 +60,11 @@ class Supervisor:
         if done.cancelled() or done.exception() is None:
             return
         exc = done.exception()
-        if isinstance(exc, RiverbedError) and self.fatal is not None and not self.fatal.done():
-            self.fatal.set_result(exc)  # a condition with its own message: one line
+        if isinstance(exc, RiverbedError) and self.fatal is not None:
+            if not self.fatal.done():  # a condition with its own message: one line
+                self.fatal.set_result(exc)
+            else:  # the worker is stopping already, for the first such condition
+                log.info("also: %s", exc)
             return
         log.error("background task %r failed; stopping the worker", name, exc_info=exc)
         self._crashing.append(asyncio.ensure_future(self.crash(exc)))  # type: ignore[arg-type]
@@ -69,8 +72,11 @@ class Supervisor:
     async def stop(self, exc: BaseException) -> None:
         """Stop the worker because of ``exc``: one line for a RiverbedError (when
         ``Worker.run`` waits on :attr:`fatal`), the crash with its traceback otherwise."""
-        if isinstance(exc, RiverbedError) and self.fatal is not None and not self.fatal.done():
-            self.fatal.set_result(exc)
+        if isinstance(exc, RiverbedError) and self.fatal is not None:
+            if not self.fatal.done():
+                self.fatal.set_result(exc)
+            else:  # the worker is stopping already, for the first such condition
+                log.info("also: %s", exc)
             return
         await self.crash(exc)
 

@@ -38,7 +38,11 @@ from riverbed.streams.app import make_faust_app
 from riverbed.streams.broker_features import detect_features
 from riverbed.streams.codec import make_codec
 from riverbed.streams.config import Settings
-from riverbed.streams.errors import BrokerUnavailableError, RiverbedError
+from riverbed.streams.errors import (
+    BrokerUnavailableError,
+    RiverbedError,
+    TransactionsUnavailableError,
+)
 from riverbed.streams.history_log import HistoryLog, SnapshotIndex
 from riverbed.streams.ingest import Batch, BatchIngest
 from riverbed.streams.models import OnlineModel
@@ -68,8 +72,22 @@ class Worker:
         self.registry = registry
         event_schema = load_schema(settings.event.schema, settings.base_dir)
         topics = settings.topics
-        self.output = BatchProducer(settings.broker,
-                                    request_timeout_s=settings.broker.reconnect_timeout_s + 10)
+        timeout_s = settings.broker.reconnect_timeout_s + 10
+        self.exactly_once = settings.worker.processing_guarantee == "exactly_once"
+        #: the batch path's producer: predictions, dead letters, pending log, history; under
+        #: exactly-once a transactional one, one id per group (a single active worker holds
+        #: the lease), so the active worker fences any older one when it starts
+        self.output = BatchProducer(
+            settings.broker, request_timeout_s=timeout_s,
+            transactional_id=f"{settings.worker.group_id}.batches" if self.exactly_once
+            else None)
+        #: writes outside a batch (claims, index markers, metrics and drift reports,
+        #: expiry); the batch producer itself unless that one is transactional
+        self.control = (BatchProducer(settings.broker,
+                                      request_timeout_s=timeout_s)
+                        if self.exactly_once else self.output)
+        #: why the broker hands out no producer ids, if it does not (streams/broker_features)
+        self._broker_detail = ""
         #: keeps aiokafka/Faust from logging every failed attempt while the broker is away
         self.log_limiter = ClientLogLimiter()
         self._history: tuple[HistoryLog, SnapshotIndex, bytes] | None = None
@@ -87,7 +105,8 @@ class Worker:
         #: resolves a batch's schema ids before it is processed (streams/registry.py)
         prefetch = None if registry is None else SchemaPrefetch(registry, {
             topics.events: decoder, topics.labels: self.join and self.join.decoder}, [encoder])
-        self.pending = (PendingLabels(settings, self.join, self.output, self.stats)
+        self.pending = (PendingLabels(settings, self.join, self.output, self.stats,
+                                      control=self.control)
                         if self.join is not None else None)
         self._faust_dir = tempfile.TemporaryDirectory(prefix="riverbed-faust-")
         self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=4)  # see streams/ingest.py
@@ -96,7 +115,7 @@ class Worker:
         self.ingest = BatchIngest(settings, inputs, self.batches, on_assign=self._assigned,
                                   progress=self.stats.inputs, may_commit=self._may_commit)
         self.reporter = Reporter(settings, self.stats, self.processor, self.join,
-                                 self.ingest.lag, self.output)
+                                 self.ingest.lag, self.control)
         self.app = make_faust_app(settings, self.stats, Path(self._faust_dir.name), web_port,
                                   [self.reporter.families])
         #: background tasks that must never die silently (agents/supervision.py)
@@ -144,8 +163,8 @@ class Worker:
     def _learner(self, model: OnlineModel) -> Learner:
         s = self.settings
         if self._history is None:
-            self._history = (HistoryLog(s.broker, s.topics.history, self.output),
-                             SnapshotIndex(s.broker, s.topics.snapshots, self.output),
+            self._history = (HistoryLog(s.broker, s.topics.history, self.control),
+                             SnapshotIndex(s.broker, s.topics.snapshots, self.control),
                              snapshot_key(s))
         history, index, key = self._history
         h = s.history
@@ -175,10 +194,11 @@ class Worker:
         s = self.settings
         await ensure_topics(s.broker, riverbed_topics(s))
         await self._check_broker()
-        await self.output.start()
+        await self.control.start()
         await self.app.start()  # binds the web port: a port in use fails here, before a claim
         await self.ownership.restore()
-        await self.ownership.acquire()
+        await self.ownership.acquire(
+            before_claim=self._start_transactions if self.exactly_once else None)
         await self.app.add_runtime_dependency(self.ingest)  # join the inputs' group
         self.supervisor.run(self.broker_watch.run(), "broker watch")
         tune_gc()
@@ -190,12 +210,28 @@ class Worker:
         except TimeoutError:
             log.warning("no input partitions assigned after %.0fs", wait_s)
 
+    async def _start_transactions(self) -> None:
+        """Exactly-once, once this worker holds the lease and before its first write:
+        start the transactional producer (fencing an older worker's, whose open
+        transaction the broker aborts) and check that transactions work at all."""
+        if not self.stats.idempotent_producer:  # no producer ids: no transactions either
+            raise TransactionsUnavailableError(
+                'worker.processing_guarantee = "exactly_once" needs a broker with working '
+                f"transactions; {self.settings.broker.bootstrap_servers} hands out no "
+                f"producer ids ({self._broker_detail}): use Apache Kafka (or a compatible "
+                'broker with transactions), or "at_least_once"')
+        await self.output.check_transactions()  # starts it (one line if it cannot)
+        log.info("exactly-once: batches commit in Kafka transactions (id %s)",
+                 self.output.transactional_id)
+
     async def _check_broker(self) -> None:
         """Use what the broker offers (the idempotent producer), and warn loudly when the
         topics that must keep everything would delete records."""
         s = self.settings
         features = await detect_features(s.broker)
-        self.output.idempotent = self.stats.idempotent_producer = features.idempotent_producer
+        self.output.idempotent = self.control.idempotent = features.idempotent_producer
+        self.stats.idempotent_producer = features.idempotent_producer
+        self._broker_detail = features.detail
         if features.idempotent_producer:
             log.info("broker offers the idempotent producer: outputs and history use it")
         else:
@@ -212,6 +248,8 @@ class Worker:
         await self.app.stop()
         await self.ownership.stop()  # after the last commit: a standby takes over at once
         await self.output.stop()
+        if self.control is not self.output:
+            await self.control.stop()
         if self.registry is not None:
             await self.registry.close()
         self._faust_dir.cleanup()

@@ -19,6 +19,7 @@ Layout of the file (every key optional except ``[[models]]``)::
     [worker]   group_id, web_host, web_port, profile, fetch_max_wait_ms,
                session_timeout_ms, heartbeat_interval_ms, lease_session_timeout_ms,
                commit_interval_s, max_unconfirmed_batches, model_per_partition,
+               processing_guarantee,
                api_token, api_max_body_bytes, api_max_events, api_history_entries,
                api_series_points
     [[models]] name, task, pipeline, seed, features, metrics, classes
@@ -214,6 +215,12 @@ class WorkerSettings:
     #: Workers then scale out: each owns the models of the partitions it is assigned.
     #: Off (default): one model per spec learns from every partition, one worker at a time.
     model_per_partition: bool = False
+    #: ``at_least_once`` (default): outputs acknowledged before the history, offsets
+    #: committed after it; a crash re-sends predictions. ``exactly_once`` (Apache Kafka,
+    #: global models): each batch's predictions, dead letters, pending-log records,
+    #: ``Learned`` record and input offsets commit in ONE Kafka transaction; consumers
+    #: reading with ``isolation.level=read_committed`` see every prediction once.
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     #: Bearer token of the worker's HTTP API (``Authorization: Bearer <token>``), at least
     #: 16 characters; set it with RIVERBED_WORKER__API_TOKEN. Required when ``web_host`` is
     #: not a loopback address (the worker refuses to start without it); when set, every
@@ -373,6 +380,7 @@ def settings_from_dict(
     settings = Settings(models=models, base_dir=base_dir, **built)
     _check_ranges(settings)
     _check_security(settings.broker)
+    _check_guarantee(settings)
     return settings
 
 
@@ -502,6 +510,12 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:  # noqa: C901 - one branc
             raise ConfigError(field, f"must be a string, got {value!r}")
         return value
     return value
+
+
+def _check_guarantee(s: Settings) -> None:
+    if s.worker.processing_guarantee == "exactly_once" and s.worker.model_per_partition:
+        raise ConfigError("worker.processing_guarantee", "exactly_once needs global models "
+                          "(one transactional writer per group); model_per_partition is on")
 
 
 def _check_ranges(s: Settings) -> None:

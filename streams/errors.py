@@ -117,3 +117,8 @@ class BrokerSecurityError(BrokerError):
 
 class BrokerUnavailableError(BrokerError):
     """The broker stayed unreachable longer than ``broker.reconnect_timeout_s``."""
+
+
+class TransactionsUnavailableError(RiverbedError):
+    """``worker.processing_guarantee = "exactly_once"`` asked of a broker whose
+    transactions do not work (detected at start, before anything is written)."""

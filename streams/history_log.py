@@ -15,6 +15,8 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
 from riverbed.streams.config import BrokerSettings
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import HistoryEvent
@@ -43,9 +45,11 @@ class HistoryLog:
         self.topic = topic
         self.producer = producer
 
-    async def append(self, events: Sequence[HistoryEvent]) -> list[int]:
-        """Append ``events`` in order; their offsets once acknowledged."""
-        kafka = self.producer.producer if self.producer is not None else None
+    async def append(self, events: Sequence[HistoryEvent], via: AIOKafkaProducer | None = None
+                     ) -> list[int]:
+        """Append ``events`` in order; their offsets once acknowledged. ``via``: another
+        producer (the transactional one, inside its open transaction)."""
+        kafka = via or (self.producer.producer if self.producer is not None else None)
         assert kafka is not None, "producer not started"
         futures = [await kafka.send(self.topic, value=encode_event(e), key=e.model.encode(),
                                     partition=0, headers=[(KIND_HEADER, kind_of(e).encode())])
@@ -76,9 +80,10 @@ class SnapshotIndex:
         self.topic = topic
         self.producer = producer
 
-    async def publish(self, model: str, entry: dict[str, Any]) -> None:
+    async def publish(self, model: str, entry: dict[str, Any],
+                      via: AIOKafkaProducer | None = None) -> None:
         """Record ``entry`` (snapshot_id, seq, offset, epoch, lineage) for ``model``."""
-        kafka = self.producer.producer if self.producer is not None else None
+        kafka = via or (self.producer.producer if self.producer is not None else None)
         assert kafka is not None, "producer not started"
         future = await kafka.send(self.topic, value=json.dumps(entry).encode(),
                                   key=index_key(model, entry), partition=0)

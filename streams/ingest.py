@@ -69,6 +69,8 @@ class BatchIngest(Service):
         may_commit: Callable[[], bool] | None = None, **kwargs: Any,
     ) -> None:
         self.settings = settings
+        #: exactly-once: offsets commit inside each batch's transaction, never from here
+        self.transactional = settings.worker.processing_guarantee == "exactly_once"
         #: asked before every commit: a worker that lost its models' epoch must not commit
         self.may_commit = may_commit
         self._refused_commit = False
@@ -105,6 +107,8 @@ class BatchIngest(Service):
             max_poll_records=limits.max_batch_records,
             # range keeps equal partition numbers of co-partitioned topics together
             partition_assignment_strategy=(RangePartitionAssignor,),
+            # exactly-once: never learn from an upstream transaction that was aborted
+            isolation_level="read_committed" if self.transactional else "read_uncommitted",
         )
 
     async def on_start(self) -> None:
@@ -218,8 +222,9 @@ class BatchIngest(Service):
         return True
 
     async def commit_done(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit offsets of done batches (optionally only for ``only`` partitions)."""
-        if self.consumer is None:
+        """Commit offsets of done batches (optionally only for ``only`` partitions). Under
+        exactly-once the batches' transactions commit the offsets instead."""
+        if self.consumer is None or self.transactional:
             return
         pending = self.offsets.to_commit(only)
         if not pending:

@@ -56,7 +56,9 @@ class PartitionReader:
         self._consumer = AIOKafkaConsumer(
             **client_options(broker), group_id=None, enable_auto_commit=False,
             fetch_max_wait_ms=fetch_max_wait_ms,
-            max_partition_fetch_bytes=max_partition_fetch_bytes)
+            max_partition_fetch_bytes=max_partition_fetch_bytes,
+            # committed records only: an aborted transaction (exactly-once) is invisible
+            isolation_level="read_committed")
 
     async def __aenter__(self) -> PartitionReader:
         await self._consumer.start()
@@ -120,11 +122,15 @@ class PartitionReader:
         return True
 
     async def caught_up(self) -> bool:
-        """True when every partition's position reached the high-water mark of the last
-        fetch response (False while a partition has had no fetch response yet)."""
+        """True when every partition's position reached the end the last fetch response
+        reported: the last stable offset (records after it belong to a transaction still
+        open), else the high-water mark. False while a partition has had no fetch response
+        yet."""
         for tp in self.partitions:
-            highwater = self._consumer.highwater(tp)
-            if highwater is None or await self._consumer.position(tp) < highwater:
+            end = self._consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = self._consumer.highwater(tp)
+            if end is None or await self._consumer.position(tp) < end:
                 return False
         return True
 

@@ -13,10 +13,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from mode import Service
 
 from riverbed.streams.config import BrokerSettings
 from riverbed.streams.deadletter import DeadLetter
+from riverbed.streams.errors import TransactionsUnavailableError
 from riverbed.streams.kafka_clients import client_options
 
 
@@ -24,12 +26,16 @@ class BatchProducer(Service):
     """One aiokafka producer shared by a worker's agents."""
 
     def __init__(self, broker: BrokerSettings, request_timeout_s: float = 40.0,
-                 idempotent: bool = False, **kwargs: Any) -> None:
+                 idempotent: bool = False, transactional_id: str | None = None,
+                 **kwargs: Any) -> None:
         self.broker = broker
         #: use the idempotent producer (a retried send is never written twice, and per
         #: partition order survives retries); only where the broker offers it
         #: (``streams/broker_features.py``)
         self.idempotent = idempotent
+        #: with an id, every send belongs to a Kafka transaction (exactly-once outputs);
+        #: starting the producer fences any older producer with the same id
+        self.transactional_id = transactional_id
         #: how long a send may wait for its ack, retries included (a worker sets this past
         #: ``broker.reconnect_timeout_s`` so outputs survive a broker outage)
         self.request_timeout_s = request_timeout_s
@@ -44,9 +50,28 @@ class BatchProducer(Service):
             max_batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
             request_timeout_ms=int(self.request_timeout_s * 1000),
-            enable_idempotence=self.idempotent,
+            enable_idempotence=self.idempotent or self.transactional_id is not None,
+            transactional_id=self.transactional_id,
         )
         await self.producer.start()
+
+    async def check_transactions(self, timeout_s: float = 20.0) -> None:
+        """Run one empty transaction: TransactionsUnavailableError (one line) if the broker
+        cannot (the embedded broker answers InitProducerId with an error). Starting a
+        transactional producer also fences (aborts) any older one with the same id."""
+        assert self.transactional_id is not None
+        try:
+            if self.producer is None:
+                await self.start()
+            assert self.producer is not None
+            await asyncio.wait_for(self.producer.begin_transaction(), timeout_s)
+            await asyncio.wait_for(self.producer.commit_transaction(), timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            raise TransactionsUnavailableError(
+                'worker.processing_guarantee = "exactly_once" needs a broker with working '
+                f"transactions; {self.broker.bootstrap_servers} refused one ({exc!r}): use "
+                'Apache Kafka (or a compatible broker with transactions), or "at_least_once"'
+            ) from None
 
     async def on_stop(self) -> None:
         if self.producer is not None:
@@ -59,6 +84,18 @@ class BatchProducer(Service):
         """Send ``(key, value)`` records to one partition; futures of the acks."""
         assert self.producer is not None, "producer not started"
         futures: list[asyncio.Future[Any]] = []
+        try:
+            return await self._publish(topic, partition, records, futures)
+        except BaseException:
+            for future in futures:  # the caller never sees them: retrieve their outcome
+                future.add_done_callback(retrieve)
+            raise
+
+    async def _publish(
+        self, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes]],
+        futures: list[asyncio.Future[Any]],
+    ) -> list[asyncio.Future[Any]]:
+        assert self.producer is not None, "producer not started"
         batch = self.producer.create_batch()
         for key, value in records:
             if batch.append(key=key, value=value, timestamp=None) is None:
@@ -80,3 +117,9 @@ class BatchProducer(Service):
             await self.producer.send(topic, value=d.value, key=d.key, headers=d.headers())
             for d in dead_letters
         ]
+
+
+def retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark ``future``'s exception as seen (no "exception was never retrieved" log)."""
+    if not future.cancelled():
+        future.exception()
