@@ -109,18 +109,21 @@ def _secure_config(kafka: SecureKafka, directory: Path) -> Path:
     return config
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_a_worker_predicts_every_event_over_sasl_ssl(
-        kafka: SecureKafka, example_settings: Settings, tmp_path: Path) -> None:
+        kafka: SecureKafka, example_settings: Settings, tmp_path: Path, guarantee: str) -> None:
     """The worker (PLAIN, password file, at DEBUG: aiokafka logs every request there, the
     PLAIN authentication bytes included unless riverbed caps its connection logger) and
     the test's own clients (SCRAM-SHA-256) and `riverbed tail` (SCRAM-SHA-512, password
-    from the environment) all over SASL_SSL."""
+    from the environment) all over SASL_SSL; with exactly-once, the worker's transactional
+    producer too."""
     settings = unique_settings(example_settings, kafka.sasl_ssl)
     settings = dataclasses.replace(settings, broker=_secure(kafka))
     await provision(settings)  # the admin client over SASL_SSL
     config = _secure_config(kafka, tmp_path)
     env = {k: v for k, v in worker_env(settings, os.urandom(32).hex()).items()
            if not k.startswith("RIVERBED_BROKER__")}  # the broker: from the TOML file
+    env["RIVERBED_WORKER__PROCESSING_GUARANTEE"] = guarantee  # transactions over SASL_SSL too
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
