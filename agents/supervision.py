@@ -6,9 +6,11 @@ broker watch.
   ``crash``; a :class:`~riverbed.streams.errors.RiverbedError` -- a condition with a message,
   such as the broker staying away -- by resolving :attr:`Supervisor.fatal`, which
   ``Worker.run`` turns into one log line and exit code 1.
-* :class:`BrokerWatch` sends an ApiVersions request to the bootstrap servers every second.
-  While none answers, the worker is not ready, ``riverbed_broker_connected`` is 0, client
-  libraries' log lines are dropped (:class:`~riverbed.agents.runtime.ClientLogLimiter`) and
+* :class:`BrokerWatch` probes the bootstrap servers every second, connecting as the clients
+  do (TLS, SASL; ``streams/probe.py``). A refusal of the connection's security (wrong
+  password, untrusted certificate) stops the worker at once with one line. While none
+  answers, the worker is not ready, ``riverbed_broker_connected`` is 0, client libraries'
+  log lines are dropped (:class:`~riverbed.agents.runtime.ClientLogLimiter`) and
   one summary line per 5 s is logged; past ``broker.reconnect_timeout_s`` it raises
   :class:`~riverbed.streams.errors.BrokerUnavailableError`.
 """
@@ -23,9 +25,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from riverbed.agents.runtime import ClientLogLimiter
-from riverbed.streams.broker import probe_bootstrap
 from riverbed.streams.config import Settings
-from riverbed.streams.errors import BrokerError, BrokerUnavailableError, RiverbedError
+from riverbed.streams.errors import (
+    BrokerError,
+    BrokerSecurityError,
+    BrokerUnavailableError,
+    RiverbedError,
+)
+from riverbed.streams.probe import probe
 from riverbed.streams.telemetry import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,7 @@ class BrokerWatch:
 
     def __init__(self, settings: Settings, stats: WorkerStats, limiter: ClientLogLimiter,
                  is_assigned: Callable[[], bool]) -> None:
+        self.broker = settings.broker
         self.bootstrap = settings.broker.bootstrap_servers
         self.timeout_s = settings.broker.reconnect_timeout_s
         self.stats = stats
@@ -103,8 +111,10 @@ class BrokerWatch:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await asyncio.to_thread(probe_bootstrap, self.bootstrap, 2.0)
+                await probe(self.broker, 2.0)
                 problem = None
+            except BrokerSecurityError:
+                raise  # retrying cannot help: the worker stops with this one line
             except BrokerError as exc:
                 problem = str(exc)
             now = time.monotonic()

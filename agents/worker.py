@@ -78,12 +78,12 @@ class Worker:
         #: exactly-once a transactional one, one id per group (a single active worker holds
         #: the lease), so the active worker fences any older one when it starts
         self.output = BatchProducer(
-            settings.broker.bootstrap_servers, request_timeout_s=timeout_s,
+            settings.broker, request_timeout_s=timeout_s,
             transactional_id=f"{settings.worker.group_id}.batches" if self.exactly_once
             else None)
         #: writes outside a batch (claims, index markers, metrics and drift reports,
         #: expiry); the batch producer itself unless that one is transactional
-        self.control = (BatchProducer(settings.broker.bootstrap_servers,
+        self.control = (BatchProducer(settings.broker,
                                       request_timeout_s=timeout_s)
                         if self.exactly_once else self.output)
         #: why the broker hands out no producer ids, if it does not (streams/broker_features)
@@ -192,7 +192,7 @@ class Worker:
         global models, wait as a *standby* until this worker holds the lease; only then
         claim the models (the first write), rebuild the pending labels and consume."""
         s = self.settings
-        await ensure_topics(s.broker.bootstrap_servers, riverbed_topics(s))
+        await ensure_topics(s.broker, riverbed_topics(s))
         await self._check_broker()
         await self.control.start()
         await self.app.start()  # binds the web port: a port in use fails here, before a claim
@@ -238,7 +238,7 @@ class Worker:
             log.info("no idempotent producer (%s): outputs and history use acks=all "
                      "without it (a retried send may be written twice; reads deduplicate)",
                      features.detail)
-        self.stats.retention_warnings = await retention_warnings(s.broker.bootstrap_servers, s)
+        self.stats.retention_warnings = await retention_warnings(s.broker, s)
         for problem in self.stats.retention_warnings:
             log.warning("HISTORY AT RISK: %s", problem)
 

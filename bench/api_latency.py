@@ -92,7 +92,7 @@ def main() -> None:
                           for i in range(100)]).encode()
     with EmbeddedBroker() as broker:
         settings = load_settings(CONFIG, env={}).with_bootstrap(broker.bootstrap_servers)
-        asyncio.run(ensure_topics(broker.bootstrap_servers, riverbed_topics(settings)))
+        asyncio.run(ensure_topics(settings.broker, riverbed_topics(settings)))
         port = free_port()
         env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
                "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex()}

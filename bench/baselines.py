@@ -20,11 +20,12 @@ def run_naive_faust(settings: Settings, events: int) -> None:
     """Contender: the textbook Faust agent (async for + await send per event)."""
     import faust
 
-    from riverbed.streams.app import faust_broker_url
+    from riverbed.streams.app import faust_broker_url, faust_credentials
 
     decoder, encoder, features, model = kit(settings)
     app = faust.App(f"{settings.worker.group_id}-naive", broker=faust_broker_url(
-        settings.broker.bootstrap_servers), web_enabled=False, autodiscover=False,
+        settings.broker.bootstrap_servers), broker_credentials=faust_credentials(
+        settings.broker), web_enabled=False, autodiscover=False,
         store="memory://", broker_session_timeout=3.0, broker_heartbeat_interval=0.3,
         topic_partitions=settings.topics.partitions)
     source = app.topic(settings.topics.events, value_serializer="raw", key_serializer="raw")
@@ -83,14 +84,15 @@ async def run_aiokafka_loop(settings: Settings, events: int, fetch_wait_ms: int 
     commit after acks. No history, dedup, dead letters or metrics."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from riverbed.streams.kafka_clients import client_options
+
     decoder, encoder, features, model = kit(settings)
-    consumer = AIOKafkaConsumer(settings.topics.events,
-                                bootstrap_servers=settings.broker.bootstrap_servers,
+    consumer = AIOKafkaConsumer(settings.topics.events, **client_options(settings.broker),
                                 group_id=settings.worker.group_id, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=fetch_wait_ms,
                                 max_partition_fetch_bytes=4 * 1024 * 1024,
                                 session_timeout_ms=3000, heartbeat_interval_ms=300)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker.bootstrap_servers, acks="all",
+    producer = AIOKafkaProducer(**client_options(settings.broker), acks="all",
                                 linger_ms=2, max_batch_size=1024 * 1024)
     await consumer.start()
     await producer.start()
@@ -127,9 +129,17 @@ async def run_aiokafka_loop(settings: Settings, events: int, fetch_wait_ms: int 
 def run_quixstreams(settings: Settings, events: int) -> None:
     """Contender: quixstreams ``.apply`` with the same work per event."""
     from quixstreams import Application
+    from quixstreams.kafka.configuration import ConnectionConfig
+
+    from riverbed.streams.security import librdkafka_security
 
     decoder, encoder, features, model = kit(settings)
-    app = Application(broker_address=settings.broker.bootstrap_servers,
+    # the same connection as riverbed's clients (TLS, SASL), in librdkafka's terms; the
+    # admin client quixstreams makes gets it too
+    address = ConnectionConfig.from_librdkafka_dict({
+        "bootstrap.servers": settings.broker.bootstrap_servers,
+        **librdkafka_security(settings.broker)})
+    app = Application(broker_address=address,
                       consumer_group=settings.worker.group_id, auto_offset_reset="earliest",
                       auto_create_topics=False, use_changelog_topics=False)
     source = app.topic(settings.topics.events, value_deserializer="bytes",

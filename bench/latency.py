@@ -41,7 +41,7 @@ from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 async def open_loop(settings: Any, topic: str, rate: int, seconds: float) -> int:
     """Send ``rate`` events/s for ``seconds``, each stamped with its send time."""
     codec = AvroCodec(load_schema("agrawal_event"))
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     total = int(rate * seconds)
     stream = events("agrawal", total, seed=5)
@@ -109,7 +109,7 @@ async def measure(name: str, settings: Any, rate: int, seconds: float,
     topics = dataclasses.replace(settings.topics, **{
         k.split("__")[1].lower(): v for k, v in env.items() if k.startswith("RIVERBED_TOPICS__")})
     local = dataclasses.replace(settings, topics=topics)
-    await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(local))
+    await ensure_topics(settings.broker, riverbed_topics(local))
     port = free_port()
     if name == "riverbed":
         command = [sys.executable, "-m", "riverbed.cli", "worker", "-c",

@@ -50,7 +50,7 @@ def examples(n: int) -> list[Example]:
 
 async def build_history(settings: Any, data: list[Example], batch: int) -> Learner:
     """Write a history like a live learner would (Learned batches + default snapshots)."""
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     log = HistoryLog(settings.broker, settings.topics.history, producer)
     index = SnapshotIndex(settings.broker, settings.topics.snapshots, producer)
@@ -91,7 +91,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     data = examples(args.steps)
     with EmbeddedBroker() as broker:
         settings = settings.with_bootstrap(broker.bootstrap_servers)
-        await ensure_topics(broker.bootstrap_servers, riverbed_topics(settings))
+        await ensure_topics(settings.broker, riverbed_topics(settings))
         began = time.perf_counter()
         writer = await build_history(settings, data, 2000)
         results["build_s"] = time.perf_counter() - began
@@ -114,7 +114,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         results["replay_end_to_end_steps_per_s"] = args.steps / (core_s + read_s)
         results["read_decode_s"] = read_s
 
-        producer = BatchProducer(settings.broker.bootstrap_servers)
+        producer = BatchProducer(settings.broker)
         await producer.start()
         log = HistoryLog(settings.broker, settings.topics.history, producer)
         index = SnapshotIndex(settings.broker, settings.topics.snapshots,

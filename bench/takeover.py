@@ -103,7 +103,7 @@ def main() -> None:
         chosen = EmbeddedBroker()
     with chosen as broker:  # type: ignore[attr-defined]
         settings = load_settings(CONFIG, env={}).with_bootstrap(broker.bootstrap_servers)
-        asyncio.run(ensure_topics(broker.bootstrap_servers, riverbed_topics(settings)))
+        asyncio.run(ensure_topics(settings.broker, riverbed_topics(settings)))
         env = {**os.environ, "RIVERBED_BROKER__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
                "RIVERBED_HISTORY__SNAPSHOT_KEY": os.urandom(32).hex(),
                "RIVERBED_WORKER__PROFILE": "low-latency"}

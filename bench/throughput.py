@@ -248,7 +248,7 @@ async def make_backlogs(settings: Settings, chosen: list[str], events: int, mode
             settings.topics, events=LABELS_TOPICS["EVENTS"], labels=LABELS_TOPICS["LABELS"]))
         specs += [TopicSpec(LABELS_TOPICS["EVENTS"], settings.topics.partitions),
                   TopicSpec(LABELS_TOPICS["LABELS"], settings.topics.partitions)]
-    await ensure_topics(settings.broker.bootstrap_servers, specs)
+    await ensure_topics(settings.broker, specs)
     if any(c != "riverbed-labels" for c in chosen):
         await produce(settings, "agrawal", events, keep_labels=False)
     if "riverbed-labels" in chosen:

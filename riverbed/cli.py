@@ -41,7 +41,7 @@ BootstrapOption = Annotated[
 ]
 LineageOption = Annotated[int | None, typer.Option(
     help="Model lineage (0 = before any rollback; default: the live lineage).")]
-#: how long a command waits for a TCP connection to the broker before giving up
+#: how long a command waits for the broker's first answer (TLS and SASL included)
 PROBE_TIMEOUT_S = 3.0
 #: how long a command (not the worker: it waits) waits out a schema-registry outage
 REGISTRY_GIVE_UP_S = 30.0
@@ -126,10 +126,11 @@ async def _registry(settings: Settings) -> AsyncIterator[RegistryClient | None]:
 
 
 def _probe(settings: Settings) -> Settings:
-    """BrokerError (exit 1) unless a broker answers within PROBE_TIMEOUT_S."""
-    from riverbed.streams.broker import probe_bootstrap
+    """BrokerError (exit 1) unless a broker answers within PROBE_TIMEOUT_S over a
+    connection made as the clients will make theirs (TLS, SASL: a refusal is one line)."""
+    from riverbed.streams.probe import probe_now
 
-    probe_bootstrap(settings.broker.bootstrap_servers, PROBE_TIMEOUT_S)
+    probe_now(settings.broker, PROBE_TIMEOUT_S)
     return settings
 
 
@@ -151,6 +152,10 @@ def _check_fraction(name: str, value: float) -> None:
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiokafka logs every request at DEBUG, SASL authentication payloads (the password)
+    # included: its connection logger never goes below INFO
+    conn = logging.getLogger("aiokafka.conn")
+    conn.setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
 
 
 @contextlib.contextmanager
@@ -259,7 +264,7 @@ def produce_cmd(
     settings = _settings(config, bootstrap, probe=True)
 
     async def run() -> Any:
-        await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(settings))
+        await ensure_topics(settings.broker, riverbed_topics(settings))
         async with _registry(settings) as registry:
             with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(),
                           TimeRemainingColumn(), console=err, transient=True,

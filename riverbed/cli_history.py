@@ -187,7 +187,7 @@ def rollback_command(settings: Any, model: str, to_seq: int, reason: str, as_jso
     async def run() -> dict[str, Any]:
         target = await replay(settings, model, key, to_seq=to_seq, lineage=lineage)
         _warn(target.warnings)
-        producer = BatchProducer(settings.broker.bootstrap_servers)
+        producer = BatchProducer(settings.broker)
         await producer.start()
         try:
             h = settings.history

@@ -17,13 +17,26 @@ from typing import Any
 import faust
 from faust.app.base import BootStrategy
 
-from riverbed.streams.config import Settings
+from riverbed.streams.config import BrokerSettings, Settings
+from riverbed.streams.security import sasl_password, ssl_context
 from riverbed.streams.telemetry import WorkerStats, exposition
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
     """``h1:9092,h2:9092`` -> Faust's ``kafka://h1:9092;kafka://h2:9092``."""
     return ";".join(f"kafka://{s.strip()}" for s in bootstrap_servers.split(",") if s.strip())
+
+
+def faust_credentials(broker: BrokerSettings) -> Any:
+    """``broker``'s TLS and SASL settings as Faust ``broker_credentials`` (None: plaintext),
+    for Faust apps that do connect to Kafka (downstream apps, the bench's naive agent)."""
+    if broker.uses_sasl:
+        return faust.SASLCredentials(
+            username=broker.sasl_username, password=sasl_password(broker),
+            ssl_context=ssl_context(broker), mechanism=broker.sasl_mechanism)
+    if broker.uses_tls:
+        return faust.SSLCredentials(ssl_context(broker))
+    return None
 
 
 def make_faust_app(settings: Settings, stats: WorkerStats, datadir: Path,
@@ -38,6 +51,8 @@ def make_faust_app(settings: Settings, stats: WorkerStats, datadir: Path,
     app = faust.App(
         f"{w.group_id}.app",
         broker=faust_broker_url(settings.broker.bootstrap_servers),
+        # never used to connect (no Faust consumer or producer, below), kept consistent
+        broker_credentials=faust_credentials(settings.broker),
         autodiscover=False,
         store="memory://",
         topic_partitions=1,

@@ -2,7 +2,10 @@
 
 Layout of the file (every key optional except ``[[models]]``)::
 
-    [broker]   bootstrap_servers, reconnect_timeout_s
+    [broker]   bootstrap_servers, reconnect_timeout_s, security_protocol, sasl_mechanism,
+               sasl_username, sasl_password_file, allow_password_in_config, ssl_cafile,
+               ssl_certfile, ssl_keyfile, ssl_check_hostname (the password itself:
+               RIVERBED_BROKER__SASL_PASSWORD)
     [registry] url, username, password_file, ca_file, cert_file, key_file, check_hostname,
                request_timeout_s, cache_size, missing_ttl_s, backoff_initial_s,
                backoff_max_s, warn_interval_s
@@ -47,9 +50,26 @@ ENV_PREFIX = "RIVERBED_"
 MIN_TOKEN_CHARS = 16
 
 
+#: How clients reach the brokers (Kafka's ``security.protocol`` values).
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+#: SASL mechanisms riverbed's clients speak.
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+#: The environment variable that carries the SASL password (the usual way to give it).
+SASL_PASSWORD_ENV = "RIVERBED_BROKER__SASL_PASSWORD"
+
+
 @dataclasses.dataclass(frozen=True)
 class BrokerSettings:
-    """Where Kafka is, and how long a worker waits for it."""
+    """Where Kafka is, how to connect to it, and how long a worker waits for it.
+
+    Security: ``security_protocol`` SSL or SASL_SSL encrypts (``ssl_cafile`` to trust a
+    private CA, else the system's CAs; ``ssl_certfile``/``ssl_keyfile`` for mutual TLS);
+    SASL_PLAINTEXT or SASL_SSL authenticates with ``sasl_mechanism`` as ``sasl_username``.
+    The password comes from ``RIVERBED_BROKER__SASL_PASSWORD`` or from
+    ``sasl_password_file`` (read when a client is built); a ``sasl_password`` in the TOML
+    file is refused unless ``allow_password_in_config = true``. It is never printed
+    (``repr`` hides it). File paths are relative to the config file's directory.
+    """
 
     bootstrap_servers: str = "127.0.0.1:9092"
     #: Deprecated spelling of ``registry.url`` (still read; both set must agree).
@@ -57,6 +77,33 @@ class BrokerSettings:
     #: How long a worker waits for an unreachable broker (not ready meanwhile, outputs and
     #: history appends held) before it exits non-zero for its supervisor to restart it.
     reconnect_timeout_s: float = 60.0
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    #: Required with SASL_PLAINTEXT and SASL_SSL.
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    #: Prefer the environment variable; see the class docstring.
+    sasl_password: str | None = dataclasses.field(default=None, repr=False)
+    #: A file holding the password (trailing newline ignored), e.g. a mounted secret.
+    sasl_password_file: str | None = None
+    #: Accept ``sasl_password`` written in clear in the TOML file (off: refused).
+    allow_password_in_config: bool = False
+    #: PEM file of the CA(s) that signed the brokers' certificates (None: system CAs).
+    ssl_cafile: str | None = None
+    #: Client certificate (PEM) for mutual TLS; its key in ``ssl_keyfile`` or in the same file.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    #: Check that the broker's certificate names the host the client connects to.
+    ssl_check_hostname: bool = True
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether connections are encrypted (SSL or SASL_SSL)."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        """Whether connections authenticate with SASL."""
+        return self.security_protocol.startswith("SASL_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,10 +375,66 @@ def settings_from_dict(
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError("models.name", f"model names must be unique, got {names}")
+    _check_password_source(raw.get("broker", {}), built["broker"])
+    built["broker"] = _resolve_paths(built["broker"], base_dir)
     settings = Settings(models=models, base_dir=base_dir, **built)
     _check_ranges(settings)
+    _check_security(settings.broker)
     _check_guarantee(settings)
     return settings
+
+
+def _check_password_source(from_file: Mapping[str, Any], broker: BrokerSettings) -> None:
+    """A password written in clear in the TOML file is refused unless explicitly allowed
+    (config files end up in repositories, images and support tickets)."""
+    if from_file.get("sasl_password") and not broker.allow_password_in_config:
+        raise ConfigError("broker.sasl_password",
+                          f"refused in the config file (in clear): set {SASL_PASSWORD_ENV} or "
+                          "broker.sasl_password_file, or broker.allow_password_in_config = true")
+
+
+def _resolve_paths(broker: BrokerSettings, base_dir: Path) -> BrokerSettings:
+    """Certificate, key and password files relative to the config file's directory."""
+    def resolve(value: str | None) -> str | None:
+        return None if value is None else str(base_dir / Path(value).expanduser())
+
+    return dataclasses.replace(
+        broker, sasl_password_file=resolve(broker.sasl_password_file),
+        ssl_cafile=resolve(broker.ssl_cafile), ssl_certfile=resolve(broker.ssl_certfile),
+        ssl_keyfile=resolve(broker.ssl_keyfile))
+
+
+def _check_security(b: BrokerSettings) -> None:
+    """The security settings fit together (the files themselves are read when a client is
+    built: ``streams/security.py``)."""
+    if b.uses_sasl:
+        if b.sasl_mechanism is None:
+            raise ConfigError("broker.sasl_mechanism",
+                              f"required with security_protocol {b.security_protocol}: "
+                              "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        if not b.sasl_username:
+            raise ConfigError("broker.sasl_username",
+                              f"required with security_protocol {b.security_protocol}")
+        if b.sasl_password is None and b.sasl_password_file is None:
+            raise ConfigError("broker.sasl_password",
+                              f"required with security_protocol {b.security_protocol}: set "
+                              f"{SASL_PASSWORD_ENV} or broker.sasl_password_file")
+        if b.sasl_password is not None and b.sasl_password_file is not None:
+            raise ConfigError("broker.sasl_password_file",
+                              f"give the password once: {SASL_PASSWORD_ENV} or the file")
+    else:
+        for name in ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file"):
+            if getattr(b, name) is not None:
+                raise ConfigError(f"broker.{name}",
+                                  "only with security_protocol SASL_PLAINTEXT or SASL_SSL, "
+                                  f"not {b.security_protocol}")
+    if not b.uses_tls:
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(b, name) is not None:
+                raise ConfigError(f"broker.{name}", "only with security_protocol SSL or "
+                                  f"SASL_SSL, not {b.security_protocol}")
+    if b.ssl_keyfile is not None and b.ssl_certfile is None:
+        raise ConfigError("broker.ssl_keyfile", "needs broker.ssl_certfile (mutual TLS)")
 
 
 def _build_model(raw: Mapping[str, Any], index: int) -> ModelSettings:

@@ -182,7 +182,7 @@ async def run_demo(
         progress.broker_pid = broker.pid
         on_tick(progress, f"embedded broker on {broker.bootstrap_servers} (pid {broker.pid})")
         settings = settings.with_bootstrap(broker.bootstrap_servers)
-        await ensure_topics(broker.bootstrap_servers, riverbed_topics(settings))
+        await ensure_topics(settings.broker, riverbed_topics(settings))
         worker = WorkerProcess(config_path, broker.bootstrap_servers, free_port())
         progress.worker_pid = worker.process.pid
         try:

@@ -109,6 +109,12 @@ class LeaseLostError(RiverbedError):
     """An active worker lost the lease of its global models to another worker."""
 
 
+class BrokerSecurityError(BrokerError):
+    """The broker answered but refused this connection's security settings: an untrusted
+    or mismatched certificate, a TLS/plaintext mismatch, wrong SASL credentials or
+    mechanism. Retrying cannot help: the process stops with this one line."""
+
+
 class BrokerUnavailableError(BrokerError):
     """The broker stayed unreachable longer than ``broker.reconnect_timeout_s``."""
 

@@ -27,6 +27,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from riverbed.streams.config import Settings
+from riverbed.streams.kafka_clients import client_options
 from riverbed.streams.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class BatchIngest(Service):
     def _make_consumer(self) -> AIOKafkaConsumer:
         w, limits = self.settings.worker, self.settings.limits
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.broker.bootstrap_servers,
+            **client_options(self.settings.broker),
             group_id=w.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

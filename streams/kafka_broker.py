@@ -177,12 +177,16 @@ def cluster_id() -> str:
 
 
 class KafkaBroker(LocalBroker):
-    """One Apache Kafka node (KRaft, combined broker and controller) on loopback.
+    """One Apache Kafka node (KRaft) on loopback: by default a combined broker and
+    controller, alone in its cluster; :class:`~riverbed.streams.kafka_cluster.KafkaCluster`
+    makes several share one cluster id and quorum (``roles``, ``quorum_voters``).
 
     ``data_dir`` keeps the KRaft log dir somewhere of the caller's choosing (it is then
     never removed, and a formatted one is reused: a restart on the same log dir); by default
-    it lives in the broker's own temporary work dir. ``settings`` add to or override the
-    broker's ``server.properties`` (:data:`TEST_SETTINGS` are the defaults).
+    it lives in the broker's own temporary work dir. ``work_dir`` given: the caller's too
+    (never removed). ``settings`` add to or override the broker's ``server.properties``
+    (:data:`TEST_SETTINGS` are the defaults); ``format_options`` go to ``kafka-storage
+    format`` (e.g. ``["--add-scram", "SCRAM-SHA-256=[name=alice,password=...]"]``).
     """
 
     def __init__(
@@ -190,6 +194,9 @@ class KafkaBroker(LocalBroker):
         controller_port: int | None = None, node_id: int = 1,
         data_dir: Path | None = None, settings: Mapping[str, str] | None = None,
         jvm_options: Sequence[str] = DEFAULT_JVM_OPTIONS, libs: Path | None = None,
+        roles: Sequence[str] = ("broker", "controller"), quorum_voters: str | None = None,
+        cluster_id: str | None = None, work_dir: Path | None = None,
+        format_options: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -201,46 +208,85 @@ class KafkaBroker(LocalBroker):
         self.settings = {**TEST_SETTINGS, **(settings or {})}
         self.jvm_options = list(jvm_options)
         self.libs = libs
-        self.cluster_id: str | None = None
+        if not set(roles) <= {"broker", "controller"} or not roles:
+            raise BrokerError(f"roles must be broker and/or controller, got {list(roles)}")
+        self.roles = tuple(roles)
+        #: ``id@host:port,...`` of the controllers (default: this node alone)
+        self.quorum_voters = quorum_voters
+        self.cluster_id: str | None = cluster_id
+        self.format_options = list(format_options)
         self.process: subprocess.Popen[bytes] | None = None
-        self.work_dir: Path | None = None
+        self.work_dir: Path | None = work_dir
+        self._own_work_dir = work_dir is None
         self.log_path: Path | None = None
         #: seconds from launching the JVM to the first ApiVersions answer (last start)
         self.start_seconds: float | None = None
+        self._launched = 0.0
         self._keep = False
+
+    @property
+    def logs_kept(self) -> bool:
+        """Whether the last stop found something worth a look (the node died by itself,
+        needed SIGKILL, or the caller asked to keep its logs)."""
+        return self._keep
+
+    @property
+    def is_broker(self) -> bool:
+        """Whether this node serves clients (its ``port``)."""
+        return "broker" in self.roles
 
     def server_properties(self, log_dir: Path) -> dict[str, str]:
         """The node's ``server.properties``."""
         h, p, c, n = self.host, self.port, self.controller_port, self.node_id
-        return {
-            "process.roles": "broker,controller",
+        listeners = ([f"PLAINTEXT://{h}:{p}"] if self.is_broker else []) + (
+            [f"CONTROLLER://{h}:{c}"] if "controller" in self.roles else [])
+        properties = {
+            "process.roles": ",".join(self.roles),
             "node.id": str(n),
-            "controller.quorum.voters": f"{n}@{h}:{c}",
-            "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
-            "advertised.listeners": f"PLAINTEXT://{h}:{p}",
+            "controller.quorum.voters": self.quorum_voters or f"{n}@{h}:{c}",
+            "listeners": ",".join(listeners),
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(log_dir),
-            **self.settings,
         }
+        if self.is_broker:
+            properties.update({"advertised.listeners": f"PLAINTEXT://{h}:{p}",
+                               "inter.broker.listener.name": "PLAINTEXT"})
+        return {**properties, **self.settings}
 
     def start(self, timeout_s: float = 60.0) -> KafkaBroker:
         """Format the log dir if new, start the node and wait until it answers a Kafka
         ``ApiVersions`` request (BrokerError, logs kept, otherwise)."""
+        self.launch()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop(keep=True)
+            raise
+        return self
+
+    def prepare(self) -> list[str]:
+        """Write ``server.properties`` and format the log dir if it is new; returns the
+        JVM command prefix. Safe from any thread (a cluster formats its nodes at once)."""
         if self.process is not None:
             raise BrokerError("broker already started")
         reason = kafka_available(self.libs)
         if reason:
             raise BrokerError(f"Apache Kafka cannot run here: {reason}")
-        for port in (self.port, self.controller_port):
+        ports = ([self.port] if self.is_broker else []) + (
+            [self.controller_port] if "controller" in self.roles else [])
+        for port in ports:
             if port_in_use(port, self.host):
                 raise BrokerError(f"port {port} is in use on {self.host} (another broker?)")
         java = java_binary()
         assert java is not None
         libs = self.libs or kafka_libs_dir()
         if self.work_dir is None or not self.work_dir.exists():
-            self.work_dir = Path(tempfile.mkdtemp(prefix="riverbed-kafka-"))
+            if self._own_work_dir:
+                self.work_dir = Path(tempfile.mkdtemp(prefix="riverbed-kafka-"))
+            else:
+                assert self.work_dir is not None
+                self.work_dir.mkdir(parents=True)
         self._keep = False
         log_dir = self.data_dir or self.work_dir / "data"
         config = self.work_dir / "server.properties"
@@ -249,32 +295,42 @@ class KafkaBroker(LocalBroker):
         self.log_path = self.work_dir / "server.log"
         base = [java, *self.jvm_options, f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
                 f"-Dkafka.logs.dir={self.work_dir}", "-cp", f"{libs}/*"]
-        atexit.register(self.stop)
         try:
             if not (log_dir / "meta.properties").exists():
                 self._format(base, config)
-            launched = time.monotonic()
+        except BaseException:
+            self.stop(keep=True)
+            raise
+        return base
+
+    def launch(self, base: list[str] | None = None) -> None:
+        """Start the JVM (after :meth:`prepare`, which it runs unless given its result)
+        without waiting for it to answer: a cluster launches every node first, none
+        answers before a quorum is up. Call it from the thread that will stop the node:
+        ``PR_SET_PDEATHSIG`` kills the JVM when the thread that started it ends."""
+        base = base if base is not None else self.prepare()
+        assert self.work_dir is not None and self.log_path is not None
+        atexit.register(self.stop)
+        try:
+            self._launched = time.monotonic()
             with open(self.log_path, "ab") as log:
                 try:
                     self.process = subprocess.Popen(
-                        [*base, "kafka.Kafka", str(config)], stdout=log,
-                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        [*base, "kafka.Kafka", str(self.work_dir / "server.properties")],
+                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                         preexec_fn=die_with_parent,  # noqa: PLW1509 (prctl only, no locks)
                         start_new_session=True, cwd=self.work_dir,
                     )
                 except OSError as exc:
-                    raise BrokerError(f"cannot run {java}: {exc}") from exc
-            self._wait_ready(timeout_s)
-            self.start_seconds = time.monotonic() - launched
+                    raise BrokerError(f"cannot run {base[0]}: {exc}") from exc
         except BaseException:
             self.stop(keep=True)
             raise
-        return self
 
     def _format(self, base: list[str], config: Path) -> None:
         self.cluster_id = self.cluster_id or cluster_id()
         command = [*base, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-                   "-c", str(config)]
+                   "-c", str(config), *self.format_options]
         assert self.log_path is not None
         try:
             with open(self.log_path, "ab") as log:
@@ -289,16 +345,23 @@ class KafkaBroker(LocalBroker):
             raise BrokerError(f"formatting the Kafka log dir failed (exit {done.returncode}): "
                               f"{tail} (log kept in {self.log_path})")
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until the launched node answers ApiVersions: a broker on its client port
+        (opened once registered and unfenced), a controller-only node on its controller
+        port. BrokerError if it exits or stays silent past ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        assert self.process is not None
+        if self.process is None:
+            raise BrokerError("broker not launched")
+        address = self.bootstrap_servers if self.is_broker else (
+            f"{self.host}:{self.controller_port}")
         while True:
             if self.process.poll() is not None:
                 raise BrokerError(
                     f"Kafka exited early with code {self.process.returncode} (log kept in "
                     f"{self.log_path}): {self._log_tail()}")
             with contextlib.suppress(BrokerError):
-                probe_bootstrap(self.bootstrap_servers, timeout_s=1.0)
+                probe_bootstrap(address, timeout_s=1.0)
+                self.start_seconds = time.monotonic() - self._launched
                 return
             if time.monotonic() >= deadline:
                 raise BrokerError(f"Kafka did not answer within {timeout_s:g}s (log kept in "
@@ -310,10 +373,12 @@ class KafkaBroker(LocalBroker):
             return ""
         return "\n".join(_without_stack_frames(self.log_path.read_text(errors="replace"))[-lines:])
 
-    def stop(self, grace_s: float = 15.0, keep: bool = False) -> None:
-        """Stop the node by PID (SIGTERM: a controlled shutdown; SIGKILL after ``grace_s``);
-        safe to call twice. The work dir is removed unless ``keep``, unless the broker had
-        died by itself or needed SIGKILL (then its path is printed to stderr)."""
+    def stop(self, grace_s: float = 15.0, keep: bool = False,
+             sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the node by PID (``sig``, SIGTERM by default: a controlled shutdown; SIGKILL
+        after ``grace_s``) and wait for it to exit; safe to call twice. The work dir is
+        removed unless ``keep``, unless the broker had died by itself or needed SIGKILL
+        (then its path is printed to stderr); never when it is the caller's."""
         process, self.process = self.process, None
         atexit.unregister(self.stop)
         self._keep = self._keep or keep
@@ -322,7 +387,9 @@ class KafkaBroker(LocalBroker):
                 self._keep = True  # it died on its own: that is worth a look
             else:
                 with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
+                    process.send_signal(sig)
+                    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                        process.send_signal(signal.SIGCONT)  # a frozen JVM handles it now
                 try:
                     process.wait(grace_s)
                 except subprocess.TimeoutExpired:
@@ -331,6 +398,8 @@ class KafkaBroker(LocalBroker):
                     process.wait()
         if self.work_dir is None or not self.work_dir.exists():
             return
+        if not self._own_work_dir:
+            return  # the caller's (a cluster's): the caller decides
         if self._keep:
             print(f"riverbed: Kafka broker logs kept in {self.work_dir}", file=sys.stderr)
         else:

@@ -1,11 +1,12 @@
 """Kafka clients built in one place, and the one partition reader every reader uses.
 
 :func:`client_options` holds what every consumer, producer and admin client riverbed
-makes shares: where the brokers are and how to connect to them. :class:`PartitionReader`
-is the only way riverbed reads topics outside its consumer groups (the history, the
-snapshot index, the pending log, ``tail``, ``top``, the demo's scoreboard, the tests):
-partitions are *assigned*, not subscribed, so reading joins no group, commits nothing
-and never disturbs a deployment. Public aiokafka API only.
+makes shares: where the brokers are and how to connect to them (TLS, SASL: see
+``streams/security.py``; ``streams/probe.py`` connects exactly as these clients will).
+:class:`PartitionReader` is the only way riverbed reads topics outside its consumer
+groups (the history, the snapshot index, the pending log, ``tail``, ``top``, the demo's
+scoreboard, the tests): partitions are *assigned*, not subscribed, so reading joins no
+group, commits nothing and never disturbs a deployment. Public aiokafka API only.
 
 Delivery guarantee: every record of the assigned partitions from the start position, in
 offset order per partition. "The end" is the high-water mark a fetch response reported
@@ -18,19 +19,22 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from riverbed.streams.config import BrokerSettings
+from riverbed.streams.security import aiokafka_security
 
 #: A consumed record: key and value are raw bytes (riverbed decodes them itself).
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
-def client_options(broker: BrokerSettings) -> dict[str, str]:
-    """Connection options shared by every Kafka client riverbed makes."""
-    return {"bootstrap_servers": broker.bootstrap_servers}
+def client_options(broker: BrokerSettings) -> dict[str, Any]:
+    """Connection options shared by every Kafka client riverbed makes (aiokafka keywords):
+    the bootstrap servers, the security protocol, the TLS context and SASL credentials.
+    ConfigError (naming the setting) if a certificate, key or password file is unusable."""
+    return {"bootstrap_servers": broker.bootstrap_servers, **aiokafka_security(broker)}
 
 
 class PartitionReader:

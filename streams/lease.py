@@ -35,6 +35,7 @@ from aiokafka.coordinator.protocol import (
 )
 
 from riverbed.streams.config import Settings
+from riverbed.streams.kafka_clients import client_options
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Lease:
     async def start(self) -> None:
         w = self.settings.worker
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.broker.bootstrap_servers,
+            **client_options(self.settings.broker),
             group_id=f"{w.group_id}.lease", enable_auto_commit=False,
             session_timeout_ms=w.lease_session_timeout_ms,
             heartbeat_interval_ms=min(w.heartbeat_interval_ms,

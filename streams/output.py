@@ -16,17 +16,19 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from riverbed.streams.config import BrokerSettings
 from riverbed.streams.deadletter import DeadLetter
 from riverbed.streams.errors import TransactionsUnavailableError
+from riverbed.streams.kafka_clients import client_options
 
 
 class BatchProducer(Service):
     """One aiokafka producer shared by a worker's agents."""
 
-    def __init__(self, bootstrap_servers: str, request_timeout_s: float = 40.0,
+    def __init__(self, broker: BrokerSettings, request_timeout_s: float = 40.0,
                  idempotent: bool = False, transactional_id: str | None = None,
                  **kwargs: Any) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.broker = broker
         #: use the idempotent producer (a retried send is never written twice, and per
         #: partition order survives retries); only where the broker offers it
         #: (``streams/broker_features.py``)
@@ -42,7 +44,7 @@ class BatchProducer(Service):
 
     async def on_start(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
+            **client_options(self.broker),
             acks="all",
             linger_ms=2,
             max_batch_size=1024 * 1024,
@@ -67,8 +69,8 @@ class BatchProducer(Service):
         except (KafkaError, TimeoutError) as exc:
             raise TransactionsUnavailableError(
                 'worker.processing_guarantee = "exactly_once" needs a broker with working '
-                f"transactions; {self.bootstrap_servers} refused one ({exc!r}): use Apache "
-                'Kafka (or a compatible broker with transactions), or "at_least_once"'
+                f"transactions; {self.broker.bootstrap_servers} refused one ({exc!r}): use "
+                'Apache Kafka (or a compatible broker with transactions), or "at_least_once"'
             ) from None
 
     async def on_stop(self) -> None:

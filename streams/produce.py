@@ -59,7 +59,7 @@ async def produce(
     delayed = DelayedLabels(settings, registry, label_delay_s, rng) if label_delay_s > 0 else None
     await register_encoders(registry, [codec, delayed and delayed.codec])
     chunker = _Chunker(codec, partitions, report, rng, bad_fraction, keep_labels, delayed)
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     start = time.monotonic()
     futures: list[Any] = []

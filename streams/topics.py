@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from riverbed.streams.config import Settings
+from riverbed.streams.config import BrokerSettings, Settings
 from riverbed.streams.errors import TopicError
+from riverbed.streams.kafka_clients import client_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,7 @@ def riverbed_topics(settings: Settings) -> list[TopicSpec]:
     return [TopicSpec(n, p, t.replication_factor, c + isr) for n, p, c in data]
 
 
-async def retention_warnings(bootstrap_servers: str, settings: Settings) -> list[str]:
+async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list[str]:
     """What is wrong with the retention of topics that must keep everything (the history,
     the pending log): finite ``retention.ms``/``retention.bytes`` or compaction would
     delete the record of what was learned. One line per problem; an empty list if all is
@@ -56,7 +57,7 @@ async def retention_warnings(bootstrap_servers: str, settings: Settings) -> list
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     t = settings.topics
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(broker), request_timeout_ms=10_000)
     await admin.start()
     try:
         responses = await admin.describe_configs(
@@ -82,10 +83,10 @@ async def retention_warnings(bootstrap_servers: str, settings: Settings) -> list
     return problems
 
 
-async def ensure_topics(bootstrap_servers: str, specs: Iterable[TopicSpec]) -> list[str]:
+async def ensure_topics(broker: BrokerSettings, specs: Iterable[TopicSpec]) -> list[str]:
     """Create ``specs`` (idempotent); returns the names that were newly created."""
     specs = list(specs)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(broker), request_timeout_ms=10_000)
     await admin.start()
     created: list[str] = []
     try:

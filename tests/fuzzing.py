@@ -161,7 +161,7 @@ async def _send(settings: Settings, topic: str, records: list[tuple[bytes | None
     where each record landed (for a diff on failure)."""
     from riverbed.streams.output import BatchProducer
 
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     try:
         futures = [await producer.producer.send(topic, value=v, key=k)  # type: ignore[union-attr]

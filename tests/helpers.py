@@ -40,14 +40,14 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
 
 
 async def provision(settings: Settings) -> None:
-    await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(settings))
+    await ensure_topics(settings.broker, riverbed_topics(settings))
 
 
 async def send_raw(settings: Settings, records: Sequence[tuple[bytes | None, bytes | None]],
                    partition: int | None = 0, topic: str | None = None) -> None:
     """Send ``(key, value)`` records in order to ``topic`` (default: the events topic), to one
     partition, or by key with Kafka's default partitioner if ``partition`` is None."""
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     try:
         futures = [await producer.producer.send(  # type: ignore[union-attr]

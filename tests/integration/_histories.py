@@ -92,7 +92,7 @@ async def copy_history(built: Built, suffix: str,
     copied = dataclasses.replace(built.settings, topics=dataclasses.replace(
         built.settings.topics, history=topic))
     await provision(copied)
-    producer = BatchProducer(built.settings.broker.bootstrap_servers)
+    producer = BatchProducer(built.settings.broker)
     await producer.start()
     kafka: Any = producer.producer
     try:

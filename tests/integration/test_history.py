@@ -36,7 +36,7 @@ def _learner(settings: Settings, producer: BatchProducer) -> Learner:
 
 async def test_zombie_learner_writes_are_ignored_and_counted(settings: Settings) -> None:
     await provision(settings)
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     try:
         old, new = _learner(settings, producer), _learner(settings, producer)
@@ -110,7 +110,7 @@ async def test_replay_verifies_and_a_flipped_snapshot_byte_is_an_integrity_error
     tampered = dataclasses.replace(settings, topics=dataclasses.replace(
         settings.topics, history=tampered_topic))
     await provision(tampered)
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     try:
         flipped = False

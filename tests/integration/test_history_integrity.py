@@ -46,7 +46,7 @@ async def _learn(settings: Settings, events: int, seed: int, expect_seq: int) ->
 async def _append(settings: Settings, topic: str,
                   records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> int:
     """Append raw records to partition 0 of ``topic``; the offset of the first."""
-    producer = BatchProducer(settings.broker.bootstrap_servers)
+    producer = BatchProducer(settings.broker)
     await producer.start()
     try:
         sent = [await (await producer.producer.send(  # type: ignore[union-attr]

@@ -19,11 +19,11 @@ pytestmark = pytest.mark.integration
 
 
 async def test_topics_get_their_partitions_and_mismatch_is_an_error(settings: Settings) -> None:
-    servers = settings.broker.bootstrap_servers
+    servers = settings.broker
     specs = riverbed_topics(settings)
     assert sorted(await ensure_topics(servers, specs)) == sorted(s.name for s in specs)
     assert await ensure_topics(servers, specs) == []  # idempotent
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers.bootstrap_servers)
     await admin.start()
     try:
         described = await admin.describe_topics([s.name for s in specs])
@@ -42,7 +42,7 @@ async def test_a_history_topic_that_deletes_records_is_reported_at_start(
     retention, or a compacted pending log, is reported loudly when a worker starts."""
     t = settings.topics
     specs = [s for s in riverbed_topics(settings) if s.name not in (t.history, t.pending)]
-    await ensure_topics(settings.broker.bootstrap_servers, specs + [
+    await ensure_topics(settings.broker, specs + [
         TopicSpec(t.history, 1, configs=(("retention.ms", "3600000"),)),
         TopicSpec(t.pending, 1, configs=(("cleanup.policy", "compact"),))])
     caplog.set_level(logging.WARNING, logger="riverbed.agents.worker")
