@@ -6,8 +6,9 @@
 For each ``limits.max_batch_records`` (the most records one batch holds; under exactly-once
 up to 16 waiting batches commit in one transaction), riverbed runs with each guarantee:
 
-* **throughput**: a backlog of ``--events`` events; events/s = events / (time of the last
-  prediction a ``read_committed`` consumer receives - time of the first);
+* **throughput**: a backlog of ``--events`` events; events/s = events / (when a
+  ``read_committed`` consumer receives the last prediction - when the first prediction was
+  made, its ``prediction_time``): processing plus the wait for the last commit;
 * **latency**: an open-loop stream at ``--rate`` events/s for ``--seconds``; latency = when
   a ``read_committed`` consumer receives the prediction - the event's send time (both on
   this machine's clock): what a downstream consumer sees, transaction commit included.
@@ -61,11 +62,12 @@ def _local(settings: Settings, tag: str) -> tuple[Settings, dict[str, str]]:
 
 
 async def _arrivals(settings: Settings, expected: int, timeout_s: float
-                    ) -> list[tuple[float, int]]:
-    """(arrival time in ms, event_time) of each prediction a read_committed consumer gets."""
+                    ) -> list[tuple[float, int, int]]:
+    """(arrival time in ms, event_time, prediction_time) of each prediction a
+    read_committed consumer gets."""
     decode = AvroCodec(load_schema("prediction")).decode
     t = settings.topics
-    got: list[tuple[float, int]] = []
+    got: list[tuple[float, int, int]] = []
     deadline = time.monotonic() + timeout_s
     async with PartitionReader(settings.broker, [TopicPartition(t.predictions, p)
                                                  for p in range(t.partitions)],
@@ -73,17 +75,20 @@ async def _arrivals(settings: Settings, expected: int, timeout_s: float
         while len(got) < expected and time.monotonic() < deadline:
             for records in (await reader.fetch(100)).values():
                 now = time.time() * 1000
-                got += [(now, decode(r.value)["event_time"]) for r in records]
+                for r in records:
+                    p = decode(r.value)
+                    got.append((now, p["event_time"], p["prediction_time"]))
     return got
 
 
 async def _one(settings: Settings, name: str, guarantee: str, batch: int, mode: str,
                args: argparse.Namespace, tag: str) -> dict[str, Any]:
     local, env = _local(settings, tag)
-    await ensure_topics(settings.broker.bootstrap_servers, riverbed_topics(local))
-    env = {**os.environ, **env, "RIVERBED_WORKER__PROCESSING_GUARANTEE": guarantee,
-           "RIVERBED_LIMITS__MAX_BATCH_RECORDS": str(batch),
+    await ensure_topics(settings.broker, riverbed_topics(local))
+    env = {**os.environ, **env, "RIVERBED_LIMITS__MAX_BATCH_RECORDS": str(batch),
            "RIVERBED_WORKER__PROFILE": "low-latency" if mode == "latency" else "throughput"}
+    if name == "riverbed":
+        env["RIVERBED_WORKER__PROCESSING_GUARANTEE"] = guarantee
     count = args.events if mode == "throughput" else int(args.rate * args.seconds)
     if mode == "throughput":  # the backlog is there before the contender starts
         await produce(local, "agrawal", count, seed=3, keep_labels=False)
@@ -93,19 +98,23 @@ async def _one(settings: Settings, name: str, guarantee: str, batch: int, mode: 
                [sys.executable, str(ROOT / "bench" / "throughput.py"), "--contender",
                 "aiokafka-loop", "--events", str(count), "--fetch-wait", "5"])
     child = subprocess.Popen(command, env=env, cwd=ROOT, preexec_fn=die_with_parent,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         if name == "riverbed":
             await wait_ready(port, 90)
         if mode == "throughput":
             got = await _arrivals(local, count, 600)
-            span_s = (got[-1][0] - got[0][0]) / 1000 if len(got) > 1 else float("nan")
+            if len(got) < count:
+                raise SystemExit(f"{name}: {len(got)}/{count} predictions (exit "
+                                 f"{child.poll()})")
+            # from the first prediction made to the last one visible (commit included)
+            span_s = (max(a for a, _, _ in got) - min(p for _, _, p in got)) / 1000
             return {"events_per_s": count / span_s, "received": len(got)}
         await asyncio.sleep(6 if name != "riverbed" else 1)  # the loop has no ready signal
         receiving = asyncio.ensure_future(_arrivals(local, count, args.seconds + 120))
         await open_loop(local, local.topics.events, args.rate, args.seconds)
         got = await receiving
-        return quantiles([int(arrived - sent) for arrived, sent in got])
+        return quantiles([int(arrived - sent) for arrived, sent, _ in got])
     finally:
         child.kill()
         child.wait()
