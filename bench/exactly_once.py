@@ -98,7 +98,7 @@ async def _one(settings: Settings, name: str, guarantee: str, batch: int, mode: 
                [sys.executable, str(ROOT / "bench" / "throughput.py"), "--contender",
                 "aiokafka-loop", "--events", str(count), "--fetch-wait", "5"])
     child = subprocess.Popen(command, env=env, cwd=ROOT, preexec_fn=die_with_parent,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         if name == "riverbed":
             await wait_ready(port, 90)

@@ -148,3 +148,58 @@ async def test_the_broker_restarts_on_its_log_dir_mid_stream(
 async def test_a_broker_frozen_past_the_session_timeout(
         kafka_dir: Path, example_settings: Settings, tmp_path: Path) -> None:
     await _run_fault(kafka_dir, example_settings, tmp_path, "stop")
+
+
+async def test_partition_leaders_sigkilled_in_a_three_node_cluster(
+        kafka_dir: Path, example_settings: Settings) -> None:
+    """3 nodes, replication 3, min.insync.replicas 2, acks=all: SIGKILL the leader of the
+    history partition mid-stream (restarted once the stream goes on), then the leader of an
+    input partition; nothing is lost, nothing learned twice, the worker never stops."""
+    import dataclasses
+
+    from riverbed.streams.kafka_cluster import KafkaCluster
+    from tests.integration.test_kafka_cluster import _leader_and_isr
+
+    with KafkaCluster(brokers=3) as cluster:
+        base = unique_settings(example_settings, cluster.bootstrap_servers)
+        settings = dataclasses.replace(base, topics=dataclasses.replace(
+            base.topics, replication_factor=3, min_insync_replicas=2))
+        await provision(settings)
+        key_hex = os.urandom(32).hex()
+        env = {**worker_env(settings, key_hex), "RIVERBED_TOPICS__REPLICATION_FACTOR": "3",
+               "RIVERBED_TOPICS__MIN_INSYNC_REPLICAS": "2"}
+        child = WorkerChild(env)
+        predictions = _Predictions(settings)
+        await predictions.reader.__aenter__()
+        try:
+            first = await produce(settings, "agrawal", EVENTS * 2 // 3, seed=5)
+            await _until(lambda: _more(predictions, EVENTS // 4), 180, "a quarter", child)
+            history_leader, _ = await _leader_and_isr(cluster.bootstrap_servers,
+                                                      settings.topics.history)
+            killed = cluster.node_of(history_leader)
+            cluster.stop_node(killed, signal.SIGKILL)
+            seen = await predictions.read()
+            await _until(lambda: _more(predictions, seen + 3_000), 180, "on, without it",
+                         child)
+            cluster.start_node(killed)
+            input_leader, _ = await _leader_and_isr(cluster.bootstrap_servers,
+                                                    settings.topics.events)
+            cluster.stop_node(cluster.node_of(input_leader), signal.SIGKILL)
+            second = await produce(settings, "agrawal", EVENTS - EVENTS * 2 // 3, seed=6)
+            valid = first.valid + second.valid
+            await _until(lambda: _more(predictions, valid), 300, "every prediction", child)
+            live = await child.wait_for(lambda m: m["durable_seq"] >= valid, 180)
+            assert child.process.poll() is None  # the same process throughout
+        finally:
+            child.kill()
+            await predictions.reader.__aexit__(None, None, None)
+        assert len(predictions.ids) == valid
+        assert live["seq"] == live["durable_seq"] == len(set(first.labels) | set(second.labels))
+        done = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "riverbed.cli", "replay", "agrawal-lr", "--verify",
+            "-c", str(CONFIG)], env=env, cwd=ROOT, capture_output=True, text=True,
+            timeout=600)
+        assert done.returncode == 0, done.stderr
+        print(f"3-node cluster: {valid} events, {len(predictions.ids)} predicted "
+              f"({predictions.records} records), {live['seq']} learned, history leader "
+              f"{history_leader} and input leader {input_leader} SIGKILLed")
