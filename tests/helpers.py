@@ -159,3 +159,46 @@ class WorkerChild:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class PredictionCounter:
+    """Reads a predictions topic as a downstream consumer does (``read_committed``, one
+    long-lived reader) and counts every ``(event_id, model)``. Use ``async with``."""
+
+    def __init__(self, settings: Settings) -> None:
+        from collections import Counter
+
+        from riverbed.schemas import load_schema
+        from riverbed.streams.codec import AvroCodec
+        from riverbed.streams.kafka_clients import PartitionReader
+
+        t = settings.topics
+        self.reader = PartitionReader(settings.broker, [TopicPartition(t.predictions, p)
+                                                        for p in range(t.partitions)],
+                                      fetch_max_wait_ms=100)
+        self.decode = AvroCodec(load_schema("prediction")).decode
+        self.seen: Counter[tuple[str, str]] = Counter()
+        self.records = 0
+
+    async def __aenter__(self) -> PredictionCounter:
+        await self.reader.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.reader.__aexit__(None, None, None)
+
+    async def read(self) -> int:
+        """Read what arrived; how many distinct ``(event_id, model)`` so far."""
+        for records in (await self.reader.fetch(200)).values():
+            self.records += len(records)
+            for record in records:
+                p = self.decode(record.value)
+                self.seen[(p["event_id"], p["model"])] += 1
+        return len(self.seen)
+
+    async def at_least(self, count: int) -> bool:
+        return await self.read() >= count
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.seen.values())

@@ -20,22 +20,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 
-from riverbed.schemas import load_schema
 from riverbed.streams.broker import EmbeddedBroker
-from riverbed.streams.codec import AvroCodec
 from riverbed.streams.config import Settings
-from riverbed.streams.kafka_broker import KafkaBroker, kafka_available
-from riverbed.streams.kafka_clients import PartitionReader
+from riverbed.streams.kafka_broker import KafkaBroker
 from riverbed.streams.produce import produce
 from tests.conftest import CONFIG, ROOT, unique_settings
-from tests.helpers import WorkerChild, provision, worker_env
+from tests.helpers import PredictionCounter, WorkerChild, provision, worker_env
+from tests.integration.test_kafka_broker import require_kafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_broker]
 
@@ -44,32 +40,9 @@ EVENTS = 30_000
 
 @pytest.fixture(scope="module")
 def kafka() -> Iterator[KafkaBroker]:
-    missing = kafka_available()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Apache Kafka is required under CI=true: {missing}")
-        pytest.skip(f"Apache Kafka cannot run here: {missing}")
+    require_kafka()
     with KafkaBroker() as broker:
         yield broker
-
-
-class _Outputs:
-    """Predictions as a downstream consumer reading committed records sees them."""
-
-    def __init__(self, settings: Settings) -> None:
-        t = settings.topics
-        self.reader = PartitionReader(settings.broker, [TopicPartition(t.predictions, p)
-                                                        for p in range(t.partitions)],
-                                      fetch_max_wait_ms=100)
-        self.seen: Counter[tuple[str, str]] = Counter()
-        self.decode = AvroCodec(load_schema("prediction")).decode
-
-    async def read(self) -> int:
-        for records in (await self.reader.fetch(200)).values():
-            for record in records:
-                p = self.decode(record.value)
-                self.seen[(p["event_id"], p["model"])] += 1
-        return len(self.seen)
 
 
 def _env(settings: Settings, key_hex: str, guarantee: str) -> dict[str, str]:
@@ -84,8 +57,8 @@ async def _crash_three_times(kafka: KafkaBroker, example_settings: Settings, gua
     key_hex = os.urandom(32).hex()
     env = _env(settings, key_hex, guarantee)
     rng = random.Random(hash((guarantee, label_delay_s)) & 0xFFFF)
-    outputs = _Outputs(settings)
-    await outputs.reader.__aenter__()
+    outputs = PredictionCounter(settings)
+    await outputs.__aenter__()
     worker = WorkerChild(env)
     sender = asyncio.create_task(produce(settings, "agrawal", EVENTS, rate=3_000.0, seed=31,
                                         label_delay_s=label_delay_s))
@@ -106,14 +79,14 @@ async def _crash_three_times(kafka: KafkaBroker, example_settings: Settings, gua
         if worker.process.poll() is None:
             worker.kill()
         sender.cancel()
-        await outputs.reader.__aexit__(None, None, None)
+        await outputs.__aexit__()
     assert len(outputs.seen) == valid                    # every event predicted
     assert live["seq"] == live["durable_seq"] == len(report.labels)  # each learned once
     done = await asyncio.to_thread(subprocess.run, [
         sys.executable, "-m", "riverbed.cli", "replay", "agrawal-lr", "--verify",
         "-c", str(CONFIG)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    duplicates = sum(n - 1 for n in outputs.seen.values())
+    duplicates = outputs.duplicates
     print(f"{guarantee}{' (delayed labels)' if label_delay_s else ''}: {valid} events, "
           f"3 SIGKILLs, {duplicates} duplicate predictions (read_committed)")
     return valid, duplicates
@@ -142,8 +115,8 @@ async def test_a_zombie_commits_nothing_after_its_replacement_started(
     await provision(settings)
     key_hex = os.urandom(32).hex()
     env = _env(settings, key_hex, "exactly_once")
-    outputs = _Outputs(settings)
-    await outputs.reader.__aenter__()
+    outputs = PredictionCounter(settings)
+    await outputs.__aenter__()
     zombie = WorkerChild(env)
     replacement = None
     sender = asyncio.create_task(produce(settings, "agrawal", EVENTS // 3, rate=2_000.0,
@@ -166,11 +139,11 @@ async def test_a_zombie_commits_nothing_after_its_replacement_started(
             if child is not None and child.process.poll() is None:
                 child.kill()
         sender.cancel()
-        await outputs.reader.__aexit__(None, None, None)
+        await outputs.__aexit__()
     assert code != 0  # the zombie stopped (fenced / lease lost) instead of going on
     assert zombie.log_path is not None
     assert "Traceback" not in Path(zombie.log_path).read_text()
-    assert sum(n - 1 for n in outputs.seen.values()) == 0  # nothing it did was committed
+    assert outputs.duplicates == 0  # nothing it did was committed
     assert len(outputs.seen) == report.valid and live["seq"] == report.valid
 
 
