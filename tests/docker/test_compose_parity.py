@@ -88,3 +88,34 @@ def test_make_certs_signs_a_broker_certificate_for_the_compose_host(tmp_path: Pa
         ["openssl", "verify", "-CAfile", str(certs / "ca.pem"), "-verify_hostname", "kafka",
          str(certs / "broker.pem")], capture_output=True, text=True, timeout=30)
     assert verified.returncode == 0 and verified.stdout.strip().endswith("OK"), verified.stderr
+
+
+def test_the_cluster_variant_runs_three_nodes_and_replicates_three_times() -> None:
+    cluster = ROOT / "deploy" / "compose.cluster.yml"
+    services = _services(_config(ROOT / "docker-compose.yml", cluster, env=dict(os.environ)))
+    nodes = [services[name]["environment"] for name in ("kafka", "kafka-2", "kafka-3")]
+    assert sorted(n["KAFKA_NODE_ID"] for n in nodes) == ["1", "2", "3"]
+    assert len({n["CLUSTER_ID"] for n in nodes}) == 1
+    assert {n["KAFKA_CONTROLLER_QUORUM_VOTERS"] for n in nodes} == {
+        "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert all(services[name]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+               for name in ("kafka", "kafka-2", "kafka-3"))
+    for client in ("worker", "producer"):
+        env = services[client]["environment"]
+        topics = settings_from_dict({"models": [MODEL]}, env=env).topics
+        assert (topics.replication_factor, topics.min_insync_replicas) == (3, 2)
+        assert {"kafka", "kafka-2", "kafka-3"} <= set(services[client]["depends_on"])
+
+
+def test_the_worker_binds_beyond_loopback_only_with_the_api_token() -> None:
+    token = "t-" + os.urandom(12).hex()
+    services = _services(_config(ROOT / "docker-compose.yml",
+                                 env={**os.environ, "RIVERBED_API_TOKEN": token}))
+    env = services["worker"]["environment"]
+    assert env["RIVERBED_WORKER__WEB_HOST"] == "0.0.0.0"
+    assert env["RIVERBED_WORKER__API_TOKEN"] == token
+    worker = settings_from_dict({"models": [MODEL]}, env=env).worker
+    assert worker.api_token == token  # accepted: 16+ characters
+    assert any(s.get("source") == "api_token" for s in services["prometheus"]["secrets"])
+    scrape = (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
+    assert "credentials_file: /run/secrets/api_token" in scrape
