@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from riverbed.streams.config import BrokerSettings
 from riverbed.streams.security import aiokafka_security
@@ -52,6 +53,7 @@ class PartitionReader:
         fetch_max_wait_ms: int = 100, max_partition_fetch_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.partitions = list(partitions)
+        self._broker = broker
         self._start = start
         self._consumer = AIOKafkaConsumer(
             **client_options(broker), group_id=None, enable_auto_commit=False,
@@ -76,11 +78,18 @@ class PartitionReader:
 
     async def assign_topic(self, topic: str) -> list[TopicPartition]:
         """Read every partition of ``topic`` (empty if the topic does not exist)."""
-        # aiokafka's public topics() fetches the metadata but keeps only the names: on Apache
-        # Kafka, partitions_for_topic() stays None for a topic never assigned (Tansu's
-        # metadata answers happen to fill it); the fetched metadata has them
-        cluster = await self._consumer._client.fetch_all_metadata()  # noqa: SLF001
-        numbers = cluster.partitions_for_topic(topic) or set()
+        # the consumer's public topics() keeps only names (partitions_for_topic() stays None
+        # on Apache Kafka); the admin client's answers have them. list_topics() first: a
+        # metadata request that names a missing topic makes the embedded broker create it
+        admin = AIOKafkaAdminClient(**client_options(self._broker))
+        await admin.start()
+        try:
+            exists = topic in await admin.list_topics()
+            described = await admin.describe_topics([topic]) if exists else []
+        finally:
+            await admin.close()
+        numbers = [p["partition"] for d in described if d["topic"] == topic
+                   for p in d["partitions"]]
         await self._assign([TopicPartition(topic, p) for p in sorted(numbers)])
         return self.partitions
 
