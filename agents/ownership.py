@@ -263,13 +263,9 @@ class ModelOwnership:
         fenced = self.fenced_learners()
         if not fenced:
             return
-        usurped = [lr for lr in fenced if lr.fenced_by != "rollback"]
-        if self.lease is not None and usurped:
-            # global models: another worker holds the lease now; claiming again would
-            # fence the rightful owner. Stop (the worker stops; this waits until then)
-            await self.supervisor.stop(LeaseLostError(
-                f"{usurped[0].model.name}: claimed by {usurped[0].fenced_by}, the active "
-                "worker now; stopping (nothing more is committed here)"))
+        usurped = self._usurped(fenced)
+        if usurped is not None:  # stop; the worker stops, this waits until then
+            await self.supervisor.stop(usurped)
             await asyncio.Event().wait()
         for learner in fenced:
             if learner.fenced_by == "rollback":
@@ -316,14 +312,21 @@ class ModelOwnership:
                     learner.fenced_by = ("rollback" if isinstance(body, Restored) else
                                          f"worker {body.owner}" if isinstance(body, Claimed)
                                          else "another worker")
-                    if self.lease is not None and learner.fenced_by != "rollback":
-                        # global models: another worker holds the lease now (this one was
-                        # frozen past it); claiming again would fence the rightful owner
-                        raise LeaseLostError(
-                            f"{learner.model.name}: claimed by {learner.fenced_by}, the "
-                            "active worker now; stopping (nothing more is committed here)")
+                    usurped = self._usurped([learner])
+                    if usurped is not None:
+                        raise usurped
                     async with self.lock:
                         await self.retake_if_fenced()
+
+    def _usurped(self, fenced: list[Learner]) -> LeaseLostError | None:
+        """Global models claimed by another *worker* (not a rollback): that worker holds
+        the lease now (this one was frozen past it), and claiming again would fence the
+        rightful owner. The error to stop with, or None."""
+        by_worker = [lr for lr in fenced if lr.fenced_by != "rollback"]
+        if self.lease is None or not by_worker:
+            return None
+        return LeaseLostError(f"{by_worker[0].model.name}: claimed by {by_worker[0].fenced_by}, "
+                              "the active worker now; stopping (nothing more is committed here)")
 
     def _supervise(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run ``coro`` as a task that cannot die silently (agents/supervision.py)."""

@@ -216,10 +216,8 @@ class Worker:
         transaction the broker aborts) and check that transactions work at all."""
         if not self.stats.idempotent_producer:  # no producer ids: no transactions either
             raise TransactionsUnavailableError(
-                'worker.processing_guarantee = "exactly_once" needs a broker with working '
-                f"transactions; {self.settings.broker.bootstrap_servers} hands out no "
-                f"producer ids ({self._broker_detail}): use Apache Kafka (or a compatible "
-                'broker with transactions), or "at_least_once"')
+                self.settings.broker.bootstrap_servers,
+                f"hands out no producer ids ({self._broker_detail})")
         await self.output.check_transactions()  # starts it (one line if it cannot)
         log.info("exactly-once: batches commit in Kafka transactions (id %s)",
                  self.output.transactional_id)

@@ -122,3 +122,9 @@ class BrokerUnavailableError(BrokerError):
 class TransactionsUnavailableError(RiverbedError):
     """``worker.processing_guarantee = "exactly_once"`` asked of a broker whose
     transactions do not work (detected at start, before anything is written)."""
+
+    def __init__(self, bootstrap_servers: str, why: str) -> None:
+        super().__init__(
+            'worker.processing_guarantee = "exactly_once" needs a broker with working '
+            f"transactions; {bootstrap_servers} {why}: use Apache Kafka (or a compatible "
+            'broker with transactions), or "at_least_once"')

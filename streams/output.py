@@ -67,11 +67,8 @@ class BatchProducer(Service):
             await asyncio.wait_for(self.producer.begin_transaction(), timeout_s)
             await asyncio.wait_for(self.producer.commit_transaction(), timeout_s)
         except (KafkaError, TimeoutError) as exc:
-            raise TransactionsUnavailableError(
-                'worker.processing_guarantee = "exactly_once" needs a broker with working '
-                f"transactions; {self.broker.bootstrap_servers} refused one ({exc!r}): use "
-                'Apache Kafka (or a compatible broker with transactions), or "at_least_once"'
-            ) from None
+            raise TransactionsUnavailableError(self.broker.bootstrap_servers,
+                                               f"refused one ({exc!r})") from None
 
     async def on_stop(self) -> None:
         if self.producer is not None:
