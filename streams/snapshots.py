@@ -10,6 +10,7 @@ predictions on the probe set, rounded to 1e-12.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -18,6 +19,7 @@ import math
 import os
 import pickle
 import secrets
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -130,15 +132,21 @@ def load_snapshot(snapshot: Snapshot, key: bytes) -> tuple[Any, dict[str, Any]]:
 
 
 def load_or_create_key(path: Path) -> bytes:
-    """The snapshot key stored at ``path`` (created, mode 0600, if missing)."""
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key.hex())
-    return key
+    """The snapshot key stored at ``path`` (created, mode 0600, if missing). Safe when
+    several processes start at once on a fresh machine: the key is written to a private
+    temporary file and linked into place, so a reader never sees a half-written key and
+    every process ends up with the one key that won."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".snapshot-key-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:  # mkstemp: mode 0600
+                handle.write(secrets.token_bytes(32).hex())
+            with contextlib.suppress(FileExistsError):  # another process won: use its key
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    return bytes.fromhex(path.read_text().strip())
 
 
 def snapshot_key(settings: Any) -> bytes:
