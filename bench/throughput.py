@@ -6,6 +6,7 @@
     python bench/throughput.py --model hat --only riverbed aiokafka-loop river-alone
     python bench/throughput.py --only riverbed riverbed-labels   # the label-join path
     python bench/throughput.py --events 30000 --rounds 3  # every contender 3x, interleaved
+    python bench/throughput.py --broker kafka ...        # on Apache Kafka 4 (its jars)
 
 Contenders: riverbed (all guarantees on: history, dedup, dead letters, metrics, label
 join), the hand-written aiokafka getmany loop (the bound), quixstreams ``.apply``, the
@@ -55,7 +56,7 @@ from bench import baselines  # noqa: E402
 from bench.baseline_codec import CHOICES as CODECS  # noqa: E402
 from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
 from bench.measure import cpu_marks, report, two_process_scaling  # noqa: E402
-from riverbed.streams.broker import EmbeddedBroker, die_with_parent  # noqa: E402
+from riverbed.streams.broker import EmbeddedBroker, LocalBroker, die_with_parent  # noqa: E402
 from riverbed.streams.config import Settings, load_settings  # noqa: E402
 from riverbed.streams.produce import produce  # noqa: E402
 from riverbed.streams.topics import TopicSpec, ensure_topics, riverbed_topics  # noqa: E402
@@ -97,9 +98,11 @@ async def run_riverbed(settings: Settings, events: int) -> None:
     done = asyncio.Event()
 
     cpu: dict[str, tuple[float, float]] = {}
+    sizes: list[int] = []  # records per processed batch (the batch-size distribution)
 
     def timed_process(records: Any) -> Any:
         began = time.perf_counter()
+        sizes.append(len(records))
         if "first" not in clock:
             clock["first"], cpu["first"] = began, cpu_marks()
         result = process(records)
@@ -115,10 +118,17 @@ async def run_riverbed(settings: Settings, events: int) -> None:
         await asyncio.wait_for(done.wait(), 600)
         report(clock["first"], clock["last"], events, {
             "batches": stats.batches, "records": stats.events,
-            "process_s": clock["process"]},  # CPU in InferenceProcessor.process
+            "process_s": clock["process"],  # wall time in InferenceProcessor.process
+            "batch_size_p10": _quantile(sizes, 0.1), "batch_size_p50": _quantile(sizes, 0.5),
+            "batch_size_p90": _quantile(sizes, 0.9), "batch_size_max": max(sizes)},
             cpu.get("first"))
     finally:
         await worker.stop()
+
+
+def _quantile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run_riverbed_2w(events: int) -> None:
@@ -294,7 +304,7 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_rounds(chosen: list[str], broker: EmbeddedBroker, args: argparse.Namespace
+def run_rounds(chosen: list[str], broker: LocalBroker, args: argparse.Namespace
                ) -> dict[str, list[dict[str, Any]]]:
     """Every contender once per round; each round starts one contender later (rotating
     the order), so a slow phase of the host does not always hit the same contender."""
@@ -325,6 +335,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="Run every contender this many times, interleaved; report medians.")
     parser.add_argument("--fetch-wait", type=int, default=100, help="aiokafka-loop fetch wait ms")
+    parser.add_argument("--broker", choices=("embedded", "kafka"), default="embedded",
+                        help="the embedded Tansu broker, or Apache Kafka 4 run from its jars "
+                             "(python -m riverbed.streams.kafka_broker fetch)")
     parser.add_argument("--baseline-codec", choices=CODECS, default=os.environ.get(CODEC_ENV,
                         "fastavro"), help="Avro codec of the baselines (riverbed: cavro)")
     args = parser.parse_args()
@@ -334,7 +347,12 @@ def main() -> None:
         run_contender(args.contender, settings, args.events, args.fetch_wait)
         return
     chosen = args.only or CONTENDERS
-    with EmbeddedBroker() as broker:
+    if args.broker == "kafka":
+        from riverbed.streams.kafka_broker import KafkaBroker
+        local: LocalBroker = KafkaBroker()
+    else:
+        local = EmbeddedBroker()
+    with local as broker:
         settings = settings.with_bootstrap(broker.bootstrap_servers)
         t0 = time.perf_counter()
         asyncio.run(make_backlogs(settings, chosen, args.events, args.model, args.rounds))
@@ -354,7 +372,8 @@ def main() -> None:
                     "platform": platform.platform()},
         "model": settings.models[0].name, "pipeline": [dict(p) for p in
                                                       settings.models[0].pipeline],
-        "dataset": "agrawal", "baseline_codec": args.baseline_codec}, indent=2, default=str))
+        "dataset": "agrawal", "baseline_codec": args.baseline_codec, "broker": args.broker},
+        indent=2, default=str))
     print(f"wrote {args.output}", file=sys.stderr)
 
 
