@@ -113,12 +113,27 @@ async def run_riverbed(settings: Settings, events: int) -> None:
         return result
 
     worker.processor.process = timed_process  # type: ignore[method-assign]
+    fetched_batch = worker.batches.get
+
+    async def timed_get() -> Any:  # time the batch task waits for fetched input
+        began = time.perf_counter()
+        try:
+            return await fetched_batch()
+        finally:
+            if "first" in clock and "last" not in clock:
+                clock["input_wait"] = clock.get("input_wait", 0.0) + (
+                    time.perf_counter() - began)
+
+    worker.batches.get = timed_get  # type: ignore[method-assign]
     await worker.start()
     try:
         await asyncio.wait_for(done.wait(), 600)
         report(clock["first"], clock["last"], events, {
             "batches": stats.batches, "records": stats.events,
             "process_s": clock["process"],  # wall time in InferenceProcessor.process
+            # wall time the batch task waited for fetched input (the rest of the window:
+            # waiting for acks to free a slot, the event loop's other tasks)
+            "input_wait_s": clock.get("input_wait", 0.0),
             "batch_size_p10": _quantile(sizes, 0.1), "batch_size_p50": _quantile(sizes, 0.5),
             "batch_size_p90": _quantile(sizes, 0.9), "batch_size_max": max(sizes)},
             cpu.get("first"))
