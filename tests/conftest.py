@@ -24,6 +24,16 @@ def example_settings() -> Settings:
     return load_settings(CONFIG, env={})
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The suite runs on several cores (pytest-xdist, ``--dist loadgroup``): every test
+    marked ``heavy`` joins one group, which one test process runs test by test, so two
+    heavy tests never compete for the two cores (their workers' 1.5 s lease sessions and
+    the JVMs' start-up would); light tests run beside them."""
+    for item in items:
+        if item.get_closest_marker("heavy") is not None:
+            item.add_marker(pytest.mark.xdist_group("heavy"))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--broker", choices=("embedded", "kafka"),

@@ -20,7 +20,7 @@ from riverbed.streams.replay import read_model_history, replay
 from riverbed.streams.snapshots import fingerprint
 from tests.helpers import WorkerChild, provision, send_raw, worker_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.heavy]
 EVENTS = 50_000
 DUPLICATES = 500
 

@@ -33,7 +33,7 @@ from tests.conftest import CONFIG, ROOT, unique_settings
 from tests.helpers import PredictionCounter, WorkerChild, provision, worker_env
 from tests.integration.test_kafka_broker import require_kafka
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_broker]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_broker, pytest.mark.heavy]
 
 EVENTS = 30_000
 

@@ -28,8 +28,13 @@ KEY = os.urandom(32)
 
 
 def _settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, history=dataclasses.replace(
-        settings.history, snapshot_every_steps=1000, snapshot_key=KEY.hex()))
+    """A snapshot every 1,000 steps, in batches of at most 250 events: the first snapshot
+    lands between steps 1,000 and 1,250 however the events are split into batches (with
+    batches of 2,000, one batch of 500 then one of 2,000 snapshots only at 2,500)."""
+    return dataclasses.replace(
+        settings, history=dataclasses.replace(settings.history, snapshot_every_steps=1000,
+                                              snapshot_key=KEY.hex()),
+        limits=dataclasses.replace(settings.limits, max_batch_records=250))
 
 
 async def _learn(settings: Settings, events: int, seed: int, expect_seq: int) -> dict[str, int]:
@@ -57,7 +62,7 @@ async def _append(settings: Settings, topic: str,
 
 
 async def _history_of_2500_steps(settings: Settings, seed: int) -> Settings:
-    """This test's settings, after a worker learned 2,500 events (snapshots at 1000, 2000)."""
+    """This test's settings, after a worker learned 2,500 events (two snapshots or more)."""
     settings = _settings(settings)
     await provision(settings)
     await _learn(settings, 2500, seed=seed, expect_seq=2500)

@@ -22,7 +22,7 @@ from riverbed.streams.kafka_cluster import KafkaCluster
 from tests.conftest import pid_alive
 from tests.integration.test_kafka_broker import require_kafka
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_broker, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.own_broker, pytest.mark.slow, pytest.mark.heavy]
 
 
 async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:

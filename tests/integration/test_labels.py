@@ -167,6 +167,7 @@ async def test_metrics_endpoint_exposes_every_metric(settings: Settings) -> None
         == 600 // TIMING_SAMPLE  # one predict call in N is timed
 
 
+@pytest.mark.heavy
 async def test_pending_labels_survive_kill_9(settings: Settings) -> None:
     settings = _settings(settings)
     await provision(settings)

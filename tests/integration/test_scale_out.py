@@ -23,7 +23,7 @@ from riverbed.streams.partitioner import partition_for
 from riverbed.streams.replay import read_model_history
 from tests.helpers import WorkerChild, provision, running_worker, send_raw, until, worker_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.heavy]
 SHARDS = [f"agrawal-lr@p{p}" for p in range(4)]
 
 

@@ -41,7 +41,7 @@ from tests.integration._secure_kafka import (
 )
 from tests.integration.test_kafka_broker import require_kafka
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_broker, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.own_broker, pytest.mark.slow, pytest.mark.heavy]
 EVENTS = 3000
 
 
