@@ -40,6 +40,7 @@ from riverbed.streams.codec import make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import (
     BrokerUnavailableError,
+    LeaseLostError,
     RiverbedError,
     TransactionsUnavailableError,
 )
@@ -281,6 +282,9 @@ class Worker:
                     await asyncio.wait_for(self.stop(), 20 if reason is not None else None)
                 except TimeoutError:
                     log.warning("stop did not finish within 20s; exiting anyway")
+        if isinstance(reason, LeaseLostError):  # restart me: I come back as a standby
+            log.error("worker stopped: %s (exit %d: restart it)", reason, reason.exit_code)
+            return reason.exit_code
         if isinstance(reason, RiverbedError):
             log.error("worker stopped: %s", reason)
             return 1

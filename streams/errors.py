@@ -106,7 +106,12 @@ class HistoryError(RiverbedError):
 
 
 class LeaseLostError(RiverbedError):
-    """An active worker lost the lease of its global models to another worker."""
+    """An active worker lost the lease of its global models to another worker (it was
+    unreachable past ``worker.lease_session_timeout_ms``, e.g. frozen or starved of CPU).
+    The worker exits with :attr:`exit_code` 75 (``EX_TEMPFAIL``), not 1: nothing is wrong
+    with it, and a supervisor should start it again -- it comes back as a standby."""
+
+    exit_code = 75
 
 
 class BrokerSecurityError(BrokerError):
