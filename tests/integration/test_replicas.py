@@ -84,15 +84,14 @@ async def test_three_workers_one_learner_replicas_through_sigkills(
     try:
         async with PredictionCounter(settings) as predictions:
             learner = await _settled(children, 90)
-            await send(slice(0, 10_000))
+            await send(slice(0, 20_000))
             deadline = time.monotonic() + 90
-            while (await _model(learner))["seq"] < 5_000:  # mid-stream
+            while (await _model(learner))["seq"] < 5_000:  # mid-stream: 15,000 more coming
                 assert time.monotonic() < deadline, "the learner does not learn"
                 await asyncio.sleep(0.05)
             learner.kill()                                       # 1. SIGKILL the learner
             children.remove(learner)
             learner = await _settled(children, 90)
-            await send(slice(10_000, 20_000))
             replica = next(c for c in children if c is not learner)
             deadline = time.monotonic() + 90
             while (await _model(learner))["seq"] < 13_000:
