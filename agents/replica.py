@@ -76,6 +76,7 @@ class ReplicaFollower:
             name = learner.model.name
             apply_effects(learner.model, effects.get(name, []), learner.key)
             learner.model.seq, learner.model.lineage = learner.fold.seq, learner.fold.lineage
+            learner.durable_seq = learner.fold.seq  # read from the history: durable
             self.stats.model_seq[name] = learner.model.seq
             if name in newest:
                 self.stats.observe_replica_lag(name, learner.fold.seq - seq_before[name],

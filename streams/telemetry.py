@@ -74,7 +74,8 @@ class WorkerStats:
     #: True once the worker has taken over its models and owns input partitions.
     ready: bool = False
     #: ``starting``, ``standby`` (another worker holds the global models' lease; this one
-    #: follows the history, ready to take over) or ``active``.
+    #: follows the history, ready to take over) or ``active``; with scale_out "replicas":
+    #: ``replica`` (predicts, follows the history) or ``learner`` (holds the lease).
     role: str = "starting"
     #: False while the broker cannot be reached (``riverbed_broker_connected``).
     broker_connected: bool = True
