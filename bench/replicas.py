@@ -214,6 +214,11 @@ def staleness(settings: Settings, rate: float, seconds: float) -> list[dict[str,
             if st.get("role") == "replica"]
 
 
+def learner_of(children: list[Child]) -> Child | None:
+    """The child that says it is the learner (None: none answers so)."""
+    return next((c for c in children if c.role() == "learner"), None)
+
+
 def failover(settings: Settings, kills: int, rate: float) -> list[dict[str, float]]:
     s, env = fresh(settings)
     children = [Child(env) for _ in range(3)]
@@ -226,22 +231,27 @@ def failover(settings: Settings, kills: int, rate: float) -> list[dict[str, floa
          "from riverbed.streams.config import load_settings; "
          "s=load_settings(sys.argv[1], env=__import__('os').environ); "
          "asyncio.run(produce(s, 'agrawal', int(sys.argv[2]), float(sys.argv[3])))",
-         str(CONFIG), str(int(rate * (kills + 1) * 15)), str(rate)], env=env, cwd=ROOT,
+         str(CONFIG), str(int(rate * 3600)), str(rate)], env=env, cwd=ROOT,  # killed at the end
         preexec_fn=die_with_parent)
     rounds = []
     try:
         for _ in range(kills):
             wait(lambda: settled(children), 120, "settled")
-            learner = next(c for c in children if c.role() == "learner")
+            wait(lambda: learner_of(children) is not None, 30, "the learner answers")
+            learner = cast(Child, learner_of(children))
             wait(lambda a=learner: a.seq() > 0, 60, "learning")
             time.sleep(2)  # let it run a while (pacing, not synchronisation)
             killed = time.monotonic()
             learner.kill()
             children.remove(learner)
-            role = wait(lambda: any(c.role() == "learner" for c in children), 60, "new learner")
-            new = next(c for c in children if c.role() == "learner")
+            role = wait(lambda: learner_of(children) is not None, 60, "new learner")
+            new = cast(Child, learner_of(children))
             start_seq = new.seq()
-            learning = wait(lambda n=new, q=start_seq: n.seq() > q, 60, "learning again")
+            try:
+                learning = wait(lambda n=new, q=start_seq: n.seq() > q, 60, "learning again")
+            except SystemExit:
+                print(json.dumps([c.get("/riverbed/stats") for c in children]), file=sys.stderr)
+                raise
             rounds.append({"role_s": round(role - killed, 3),
                            "learning_s": round(learning - killed, 3)})
             print(f"kill {len(rounds)}: learner after {rounds[-1]['role_s']:.2f}s, "
@@ -255,6 +265,49 @@ def failover(settings: Settings, kills: int, rate: float) -> list[dict[str, floa
     return rounds
 
 
+PARTS = ("throughput", "learner", "staleness", "failover")
+
+
+def local_broker(kind: str) -> Any:
+    """The embedded Tansu, or Apache Kafka from its jars."""
+    if kind == "kafka":
+        from riverbed.streams.kafka_broker import KafkaBroker, kafka_available
+
+        missing = kafka_available()
+        if missing is not None:
+            raise SystemExit(missing)
+        return KafkaBroker()
+    return EmbeddedBroker()
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    if "throughput" in result:
+        base = result["throughput"][0]["events_per_s"]
+        print(f"host ceiling, two CPU-bound processes / one: "
+              f"{result['host_two_process_ceiling']}x")
+        print("| workers | events in window | events/s | vs 1 worker |")
+        print("|---|---|---|---|")
+        for row in result["throughput"]:
+            print(f"| {row['workers']} | {row['events']:,} | {row['events_per_s']:,.0f} | "
+                  f"{row['events_per_s'] / base:.2f}x (1 worker: {base:,.0f}/s) |")
+    if "learner" in result:
+        ln, cu = result["learner"], result["catch_up"]
+        print(f"learner ceiling: {ln['learner_per_s']:,} examples/s vs River learn_one alone "
+              f"{ln['river_per_s']:,}/s (ratio {ln['ratio']})")
+        print(f"catch-up: re-apply {cu['reapply_us_per_step']} us/step per replica; snapshot "
+              f"load {cu['snapshot_load_ms']} ms ({cu['snapshot_bytes']:,} B); break-even "
+              f"{cu['break_even_steps']:,} steps; the model alone (no dedup window) "
+              f"{cu['model_only_roundtrip_ms']} ms, {cu['model_only_bytes']:,} B")
+    for row in result.get("staleness", []):
+        print(f"staleness at {result['rate']:,.0f} events/s: p50 {row['p50_steps']} steps / "
+              f"{row['p50_ms']} ms, p99 {row['p99_steps']} steps / {row['p99_ms']} ms "
+              f"({row['samples']} fetches)")
+    if "failover" in result:
+        f = result["failover"]
+        print(f"failover ({len(f['rounds'])} kills): median to new learner "
+              f"{f['median_role_s']}s, to its first learn step {f['median_learning_s']}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000)
@@ -262,41 +315,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "replicas.json"))
+    parser.add_argument("--broker", choices=("embedded", "kafka"), default="embedded",
+                        help="the embedded Tansu, or Apache Kafka from its jars")
+    parser.add_argument("--only", nargs="*", default=list(PARTS), choices=PARTS)
     args = parser.parse_args()
-    result: dict[str, Any] = {"events": args.events, "rate": args.rate}
-    with EmbeddedBroker() as broker:
+    result: dict[str, Any] = {"events": args.events, "rate": args.rate, "broker": args.broker}
+    with local_broker(args.broker) as broker:
         settings = load_settings(CONFIG, env={}).with_bootstrap(broker.bootstrap_servers)
-        result["host_two_process_ceiling"] = round(two_process_scaling(), 3)
-        result["throughput"] = [throughput(settings, n, args.events) for n in (1, 2, 3)]
-        result["learner"] = learner_ceiling(settings, 20_000)
-        result["catch_up"] = catch_up_costs(settings, 20_000)
-        result["staleness"] = staleness(settings, args.rate, args.seconds)
-        rounds = failover(settings, args.kills, 2000.0) if args.kills else []
-    result["failover"] = {"rounds": rounds, "median_role_s": statistics.median(
-        r["role_s"] for r in rounds) if rounds else None, "median_learning_s":
-        statistics.median(r["learning_s"] for r in rounds) if rounds else None}
-    base = result["throughput"][0]["events_per_s"]
-    print(f"host ceiling, two CPU-bound processes / one: {result['host_two_process_ceiling']}x")
-    print("| workers | events in window | events/s | vs 1 worker |")
-    print("|---|---|---|---|")
-    for row in result["throughput"]:
-        print(f"| {row['workers']} | {row['events']:,} | {row['events_per_s']:,.0f} | "
-              f"{row['events_per_s'] / base:.2f}x (1 worker: {base:,.0f}/s) |")
-    ln = result["learner"]
-    print(f"learner ceiling: {ln['learner_per_s']:,} examples/s vs River learn_one alone "
-          f"{ln['river_per_s']:,}/s (ratio {ln['ratio']})")
-    cu = result["catch_up"]
-    print(f"catch-up: re-apply {cu['reapply_us_per_step']} us/step per replica; snapshot load "
-          f"{cu['snapshot_load_ms']} ms ({cu['snapshot_bytes']:,} B); break-even "
-          f"{cu['break_even_steps']:,} steps; the model alone (no dedup window) "
-          f"{cu['model_only_roundtrip_ms']} ms, {cu['model_only_bytes']:,} B")
-    for row in result["staleness"]:
-        print(f"staleness at {args.rate:,.0f} events/s: p50 {row['p50_steps']} steps / "
-              f"{row['p50_ms']} ms, p99 {row['p99_steps']} steps / {row['p99_ms']} ms "
-              f"({row['samples']} fetches)")
-    f = result["failover"]
-    print(f"failover ({len(rounds)} kills): median to new learner {f['median_role_s']}s, "
-          f"to its first learn step {f['median_learning_s']}s")
+        if "throughput" in args.only:
+            result["host_two_process_ceiling"] = round(two_process_scaling(), 3)
+            result["throughput"] = [throughput(settings, n, args.events) for n in (1, 2, 3)]
+        if "learner" in args.only:
+            result["learner"] = learner_ceiling(settings, 20_000)
+            result["catch_up"] = catch_up_costs(settings, 20_000)
+        if "staleness" in args.only:
+            result["staleness"] = staleness(settings, args.rate, args.seconds)
+        if "failover" in args.only:
+            rounds = failover(settings, args.kills, 2000.0)
+            result["failover"] = {"rounds": rounds, "median_role_s": statistics.median(
+                r["role_s"] for r in rounds), "median_learning_s":
+                statistics.median(r["learning_s"] for r in rounds)}
+    print_tables(result)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
 
