@@ -212,25 +212,15 @@ class ModelOwnership:
 
     # -- rebalances ---------------------------------------------------------------------------
     async def on_assigned(self, partitions: set[int]) -> None:
-        """After a rebalance, before any batch of it is processed: with per-partition
+        """After a rebalance, before any batch of it is processed: with replicas, move
+        the pending labels (:meth:`_move_pending`); with per-partition
         models, release the models of partitions now owned elsewhere and take over those
         newly assigned (their new owner's claim fences anything this worker still writes).
         A failed takeover stops the worker with a TakeoverError (nothing of those
         partitions is committed: see OwnershipError)."""
         self.stats.partitions = sorted(partitions)
         if self.replicas:  # inputs resume from their committed offsets
-            gained, self._assigned = sorted(partitions - self._assigned), set(partitions)
-            if gained and self.pending is not None:
-                try:
-                    async with self.lock:  # their unlabelled events, predicted by any worker
-                        added = await self.pending.rebuild(
-                            [lr.fold for lr in self.learners], partitions=gained,
-                            models={lr.model.name for lr in self.learners})
-                    log.info("partitions %s: %d pending entries rebuilt", gained, added)
-                except Exception as exc:  # noqa: BLE001 -- e.g. the log could not be read
-                    self._crashing = asyncio.ensure_future(self.crash(TakeoverError(
-                        f"rebuilding the pending labels of partitions {gained} failed: "
-                        f"{exc!r}")))  # from outside aiokafka's rebalance callback
+            await self._move_pending(partitions)
             return
         self._resume_from_history = True
         self._supervise(self._resume_after_rebalance(), "resume")  # runs after the lock
@@ -244,6 +234,30 @@ class ModelOwnership:
             # from inside it would wait on itself)
             self._crashing = asyncio.ensure_future(self.crash(TakeoverError(
                 f"taking over the models of partitions {sorted(partitions)} failed: {exc!r}")))
+
+    async def _move_pending(self, partitions: set[int]) -> None:
+        """Replicas: drop the early labels of partitions now owned elsewhere (their new
+        owner joins them; expiring here would dead-letter them falsely) and rebuild the
+        pending entries of the partitions gained from the pending log (their unlabelled
+        events, predicted by whichever worker owned them). A failed rebuild stops the
+        worker with a TakeoverError."""
+        gained, revoked = sorted(partitions - self._assigned), self._assigned - partitions
+        self._assigned = set(partitions)
+        if self.pending is None:
+            return
+        for partition in sorted(revoked):
+            self.pending.join.release(partition, models=())
+        if not gained:
+            return
+        try:
+            async with self.lock:
+                added = await self.pending.rebuild(
+                    [lr.fold for lr in self.learners], partitions=gained,
+                    models={lr.model.name for lr in self.learners})
+            log.info("partitions %s: %d pending entries rebuilt", gained, added)
+        except Exception as exc:  # noqa: BLE001 -- e.g. the log could not be read
+            self._crashing = asyncio.ensure_future(self.crash(TakeoverError(
+                f"rebuilding the pending labels of partitions {gained} failed: {exc!r}")))
 
     async def _move_models(self, partitions: set[int]) -> None:
         """Release the models of partitions not in ``partitions``, take over the others."""

@@ -123,6 +123,9 @@ async def test_three_workers_one_learner_replicas_through_sigkills(
             if child.process.poll() is None:
                 child.kill()
     assert {eid for eid, _ in predictions.seen} == ids  # every event predicted
+    # by states that learned along the way: model_seq of the replica state, lineage 0
+    seqs = sorted(seq for seq, lineage in predictions.versions if lineage == 0)
+    assert len(seqs) == len(predictions.versions) and 0 < seqs[-1] <= EVENTS and len(seqs) > 10
     assert final["seq"] == EVENTS
     assert [r["fingerprint"] for r in replicas] == [final["fingerprint"]] * len(replicas)
     assert all(s["replicas"][MODEL]["samples"] > 0 for s in stats if s["role"] == "replica")

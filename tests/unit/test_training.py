@@ -156,3 +156,29 @@ def test_every_example_sent_is_learned_exactly_once(actions: list[tuple[Any, ...
     assert len(applied) == len(set(applied))  # nothing learned twice
     assert set(applied) == sim.sent  # nothing lost
     assert state.seq == len(sim.sent) == loop.learner.model.seq
+
+
+async def test_a_replica_drops_the_early_labels_of_a_partition_it_lost() -> None:
+    """An early label (its event not seen yet) of a partition that moved to another worker
+    must not expire here as ``unknown_event_id``: the new owner joins it."""
+    from riverbed.agents.labels import LabelJoin
+    from riverbed.agents.ownership import ModelOwnership
+    from riverbed.agents.pending_labels import PendingLabels
+    from riverbed.agents.supervision import Supervisor
+
+    async def crash(exc: BaseException) -> None:
+        raise AssertionError(f"crashed: {exc!r}")
+
+    join = LabelJoin(SETTINGS)
+    stats = WorkerStats()
+    pending = PendingLabels(SETTINGS, join, cast(Any, None), stats)
+    ownership = ModelOwnership(SETTINGS, stats, cast(Any, None), cast(Any, None),
+                               new_learner=None, pending=pending,
+                               supervisor=Supervisor(crash), crash=crash, lock=asyncio.Lock())
+    ownership._assigned = {0, 1}
+    for partition in (0, 1):
+        join.store.add_label(f"e{partition}", True, 0, 0,
+                             origin=(SETTINGS.topics.labels, partition, 7))
+    await ownership.on_assigned({0})  # partition 1 moved away, nothing gained
+    assert set(join.store.labels) == {"e0"}
+    assert stats.partitions == [0]
