@@ -17,6 +17,7 @@ from riverbed.streams.features import LabelRule
 from riverbed.streams.history import Example, HistoryEvent, HistoryFold
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.pending import Prediction
+from riverbed.streams.training import TrainingBatch
 
 __all__ = ["BatchLearner", "BatchOutput", "InputRecord", "LearningLane", "Prediction",
            "dead_letter"]
@@ -107,6 +108,8 @@ class BatchOutput:
     #: History events to append after the outputs are acknowledged, per learner.
     history: list[tuple[BatchLearner, list[HistoryEvent]]] = dataclasses.field(
         default_factory=list)
+    #: labelled examples of prediction replicas, for the models' learner (scale-out)
+    training: list[TrainingBatch] = dataclasses.field(default_factory=list)
     #: input sources ('topic:partition') with records but no model serving them here
     unowned: set[str] = dataclasses.field(default_factory=set)
 

@@ -38,6 +38,7 @@ from riverbed.streams.features import FeatureExtractor, LabelRule
 from riverbed.streams.history import Example, HistoryEvent
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.telemetry import TIMING_SAMPLE, WorkerStats
+from riverbed.streams.training import TrainingBatch
 
 __all__ = ["BatchOutput", "InferenceProcessor", "InputRecord", "ModelSlot", "dead_letter"]
 
@@ -53,6 +54,10 @@ class ModelSlot:
     monitor: ModelMonitor
     #: the input partition it serves (None: every partition -- a global model)
     partition: int | None = None
+    #: a prediction replica (``worker.scale_out = "replicas"``): it does not learn here;
+    #: its labelled examples leave as :class:`TrainingBatch` records for the learner, and
+    #: the model follows the history (``learner`` is then the replica's fold keeper)
+    replica: bool = False
 
 
 class InferenceProcessor:
@@ -83,8 +88,9 @@ class InferenceProcessor:
         self.stats = stats if stats is not None else WorkerStats()
         #: the models served now, in order (per-partition ones come and go)
         self.slots: list[ModelSlot] = []
+        replica = settings.worker.scale_out == "replicas"  # global models: replicas
         for model, learner in zip(models, learners or [None] * len(models), strict=True):
-            self.add_model(model, learner)
+            self.add_model(model, learner, replica=replica)
         self.join = join
         #: events predicted so far (every TIMING_SAMPLE-th predict and learn is timed)
         self.predicted = 0
@@ -102,12 +108,14 @@ class InferenceProcessor:
         return {slot.model.name: slot.monitor for slot in self.slots}
 
     def add_model(self, model: OnlineModel, learner: BatchLearner | None = None,
-                  partition: int | None = None) -> ModelSlot:
-        """Serve ``model`` from the next batch on (only for ``partition`` if given)."""
+                  partition: int | None = None, replica: bool = False) -> ModelSlot:
+        """Serve ``model`` from the next batch on (only for ``partition`` if given; as a
+        prediction replica if ``replica``)."""
         slot = ModelSlot(model, FeatureExtractor(self.event_schema, self.settings.event,
                                                  model.spec, self.settings.limits,
                                                  binary=model.is_binary),
-                         learner, ModelMonitor(model.task, model.spec.metrics), partition)
+                         learner, ModelMonitor(model.task, model.spec.metrics), partition,
+                         replica)
         self.slots.append(slot)
         return slot
 
@@ -159,7 +167,11 @@ class InferenceProcessor:
             lane.score()
             covered = offsets if lane.partition is None else {
                 s: o for s, o in offsets.items() if partition_of[s] == lane.partition}
-            if lane.learner is not None and covered:
+            if lane.replica:
+                if lane.examples:  # learned elsewhere: by the model's single learner
+                    out.training.append(TrainingBatch(lane.model.name, tuple(lane.examples),
+                                                      covered, tuple(lane.made)))
+            elif lane.learner is not None and covered:
                 if mark is not None and self.join is not None:  # where a restart starts
                     covered = {**covered, self.join.log_source: mark}  # reading pending
                 out.history.append((lane.learner, lane.history_events(lane.learner, covered)))
@@ -269,12 +281,15 @@ class _Lane:
     """One model's view of a batch: dedup against its history, examples learned, scoring.
     Lives for one batch (the fold is only replaced between batches, on takeover)."""
 
-    __slots__ = ("batch_ids", "drifts", "examples", "extractor", "learn_s", "learner", "model",
-                 "monitor", "partition", "predictions", "recent_ids", "scores", "seq_before")
+    __slots__ = ("batch_ids", "drifts", "examples", "extractor", "learn_s", "learner", "made",
+                 "model", "monitor", "partition", "predictions", "recent_ids", "replica",
+                 "scores", "seq_before")
 
     def __init__(self, slot: ModelSlot) -> None:
         self.model, self.extractor, self.learner = slot.model, slot.extractor, slot.learner
-        self.monitor, self.partition = slot.monitor, slot.partition
+        self.monitor, self.partition, self.replica = slot.monitor, slot.partition, slot.replica
+        #: a replica's prediction for each of its examples (sent along to the learner)
+        self.made: list[Any] = []
         self.predictions = 0
         #: (label, prediction made before learning, probabilities, label delay) per learn
         self.scores: list[tuple[Any, Any, dict[Any, float], int]] = []
@@ -314,6 +329,9 @@ class _Lane:
             self.examples.append(Example(event_id, x, y))
         self.batch_ids.add(event_id)
         self.scores.append((y, prediction, proba, delay_ms))  # scored at the batch's end
+        if self.replica:  # the learner learns it (streams/training.py); not this copy
+            self.made.append(prediction)
+            return True
         if timed:
             began = perf_counter()
             self.model.learn(x, y)

@@ -11,6 +11,11 @@ This module runs that protocol for one worker:
   on every rebalance: released by the old owner, taken over by the new one;
 * a follower watches the history for newer claims of our models (a rollback, a second
   worker) and takes the model over again at once;
+* with ``worker.scale_out = "replicas"`` every worker serves the global models as
+  prediction *replicas* that follow the history (``agents/replica.py``) and send their
+  labelled examples to the training topic; the lease holder claims the models and becomes
+  their single learner (``agents/training.py``). Inputs then resume from their committed
+  offsets: the history records training offsets, not input offsets;
 * after every rebalance or takeover the inputs are sought to where the models' history
   ends (:meth:`ModelOwnership.history_position`), because the history -- not the committed
   offset -- is the record of what was learned.
@@ -33,7 +38,9 @@ from aiokafka import TopicPartition
 from riverbed.agents.inference import InferenceProcessor
 from riverbed.agents.learner import ROLLBACK_OWNER, Learner
 from riverbed.agents.pending_labels import PendingLabels
+from riverbed.agents.replica import ReplicaFollower
 from riverbed.agents.supervision import Supervisor
+from riverbed.agents.training import TrainingLoop
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import DecodeError, LeaseLostError, TakeoverError
 from riverbed.streams.history import Claimed, Restored
@@ -78,6 +85,12 @@ class ModelOwnership:
         self._crashing: asyncio.Future[None] | None = None
         #: set by every rebalance: the inputs are sought to the history before any batch
         self._resume_from_history = False
+        #: prediction replicas of the global models, one learner per group (the lease)
+        self.replicas = settings.worker.scale_out == "replicas"
+        self._replica_follower: asyncio.Task[None] | None = None
+        #: input partitions assigned at the last rebalance (replicas rebuild the pending
+        #: labels of those they gain)
+        self._assigned: set[int] = set()
 
     @property
     def learners(self) -> list[Learner]:
@@ -97,6 +110,9 @@ class ModelOwnership:
         ``before_claim`` (exactly-once: start the transactional producer, which fences an
         older one), claim every global model, rebuild their pending labels, and start
         following the history."""
+        if self.replicas:
+            await self._serve_replicas(before_claim)
+            return
         if self.lease is not None:
             await self.lease.start()
             await self._standby_until_leased()
@@ -110,6 +126,40 @@ class ModelOwnership:
         if self.pending is not None and not self.per_partition:  # per partition: on takeover
             await self.pending.rebuild([lr.fold for lr in self.learners])
         self._start_follower()
+
+    async def _serve_replicas(self, before_claim: Callable[[], Awaitable[None]] | None
+                              ) -> None:
+        """Scale-out: follow the history as replicas now; learn once holding the lease."""
+        assert self.lease is not None and before_claim is None  # config refuses exactly_once
+        self.stats.role = "replica"
+        self._replica_follower = self._supervise(
+            ReplicaFollower(self.settings, self.learners, self.stats).run(), "replica follower")
+        await self.lease.start()
+        self._supervise(self._learn_when_leased(), "learner election")
+
+    async def _learn_when_leased(self) -> None:
+        """Once this worker holds the lease: stop following, claim every global model (a
+        new epoch fences a former learner), and run their training loops."""
+        assert self.lease is not None
+        await self.lease.acquired.wait()
+        async with self.lock:  # no batch predicts while the replicas become the models
+            follower = self._replica_follower
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            for learner in self.learners:
+                await learner.takeover(restored=True)
+                self.stats.model_seq[learner.model.name] = learner.model.seq
+        self.count_integrity()
+        self.stats.role = "learner"
+        log.warning("learner of %s for group %r (this worker holds the lease)",
+                    [lr.model.name for lr in self.learners], self.settings.worker.group_id)
+        self._supervise(self._watch_lease(), "lease watch")
+        for learner in self.learners:
+            self._supervise(TrainingLoop(self.settings, learner, self.lock, self.stats).run(),
+                            f"learner {learner.model.name}")
+        self._start_follower()  # a newer claim (a second learner) stops this worker
 
     async def stop(self) -> None:
         """Leave the lease group (after the last commit: a standby takes over at once)."""
@@ -149,6 +199,8 @@ class ModelOwnership:
         """Input offsets are committed only by a worker that holds its models' current
         epoch (and the lease, for global models): a fenced worker's commits would make
         the next owner skip events nobody learned."""
+        if self.replicas:  # batches are done once their training records are acked
+            return True
         if self.fenced_learners():
             return False
         return self.lease is None or self.lease.holding
@@ -160,12 +212,16 @@ class ModelOwnership:
 
     # -- rebalances ---------------------------------------------------------------------------
     async def on_assigned(self, partitions: set[int]) -> None:
-        """After a rebalance, before any batch of it is processed: with per-partition
+        """After a rebalance, before any batch of it is processed: with replicas, move
+        the pending labels (:meth:`_move_pending`); with per-partition
         models, release the models of partitions now owned elsewhere and take over those
         newly assigned (their new owner's claim fences anything this worker still writes).
         A failed takeover stops the worker with a TakeoverError (nothing of those
         partitions is committed: see OwnershipError)."""
         self.stats.partitions = sorted(partitions)
+        if self.replicas:  # inputs resume from their committed offsets
+            await self._move_pending(partitions)
+            return
         self._resume_from_history = True
         self._supervise(self._resume_after_rebalance(), "resume")  # runs after the lock
         if not self.per_partition:
@@ -178,6 +234,30 @@ class ModelOwnership:
             # from inside it would wait on itself)
             self._crashing = asyncio.ensure_future(self.crash(TakeoverError(
                 f"taking over the models of partitions {sorted(partitions)} failed: {exc!r}")))
+
+    async def _move_pending(self, partitions: set[int]) -> None:
+        """Replicas: drop the early labels of partitions now owned elsewhere (their new
+        owner joins them; expiring here would dead-letter them falsely) and rebuild the
+        pending entries of the partitions gained from the pending log (their unlabelled
+        events, predicted by whichever worker owned them). A failed rebuild stops the
+        worker with a TakeoverError."""
+        gained, revoked = sorted(partitions - self._assigned), self._assigned - partitions
+        self._assigned = set(partitions)
+        if self.pending is None:
+            return
+        for partition in sorted(revoked):
+            self.pending.join.release(partition, models=())
+        if not gained:
+            return
+        try:
+            async with self.lock:
+                added = await self.pending.rebuild(
+                    [lr.fold for lr in self.learners], partitions=gained,
+                    models={lr.model.name for lr in self.learners})
+            log.info("partitions %s: %d pending entries rebuilt", gained, added)
+        except Exception as exc:  # noqa: BLE001 -- e.g. the log could not be read
+            self._crashing = asyncio.ensure_future(self.crash(TakeoverError(
+                f"rebuilding the pending labels of partitions {gained} failed: {exc!r}")))
 
     async def _move_models(self, partitions: set[int]) -> None:
         """Release the models of partitions not in ``partitions``, take over the others."""

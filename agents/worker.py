@@ -32,6 +32,7 @@ from riverbed.agents.pending_labels import PendingLabels
 from riverbed.agents.reporter import Reporter
 from riverbed.agents.runtime import ClientLogLimiter, dump_tasks, tune_gc
 from riverbed.agents.supervision import BrokerWatch, Supervisor
+from riverbed.agents.training import TrainingPublisher
 from riverbed.agents.web import WebApi, worker_port
 from riverbed.schemas import load_schema
 from riverbed.streams.app import make_faust_app
@@ -113,6 +114,9 @@ class Worker:
         self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=4)  # see streams/ingest.py
         inputs = [topics.events] + ([topics.labels] if self.join is not None else [])
         self.model_lock = asyncio.Lock()
+        #: scale-out: every worker's labelled examples go to the models' single learner
+        self.training = (TrainingPublisher(settings, self.control)
+                         if settings.worker.scale_out == "replicas" else None)
         self.ingest = BatchIngest(settings, inputs, self.batches, on_assign=self._assigned,
                                   progress=self.stats.inputs, may_commit=self._may_commit)
         self.reporter = Reporter(settings, self.stats, self.processor, self.join,
@@ -181,9 +185,11 @@ class Worker:
 
     async def _after_outputs(self, result: BatchOutput) -> None:
         """Between a batch's acks and its history append: persist its new pending
-        entries, report drifts."""
+        entries, send its training records (replicas), report drifts."""
         if self.pending is not None:
             await self.pending.persist(result)
+        if result.training and self.training is not None:  # acked before the commit
+            await self.training.publish(result.training)
         if result.drifts:
             await self.reporter.publish("drift", list(result.drifted_models))
 
@@ -203,7 +209,8 @@ class Worker:
         await self.app.add_runtime_dependency(self.ingest)  # join the inputs' group
         self.supervisor.run(self.broker_watch.run(), "broker watch")
         tune_gc()
-        self.stats.role = "active"
+        if self.training is None:  # replicas: "replica", or "learner" with the lease
+            self.stats.role = "active"
         wait_s = self.settings.worker.session_timeout_ms / 1000 * 10
         try:  # ready = consuming; another worker may hold every partition, so do not insist
             await asyncio.wait_for(self.ingest.assigned.wait(), wait_s)

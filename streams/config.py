@@ -221,6 +221,12 @@ class WorkerSettings:
     #: ``Learned`` record and input offsets commit in ONE Kafka transaction; consumers
     #: reading with ``isolation.level=read_committed`` see every prediction once.
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: How several workers share the global models. ``standby`` (default): one active
+    #: worker predicts and learns, the others follow the history, ready to take over.
+    #: ``replicas``: every worker predicts its share of the input partitions with a local
+    #: replica that follows the history; labelled examples go to ``topics.training`` and
+    #: the lease holder (``streams/lease.py``) is the single learner of every global model.
+    scale_out: Literal["standby", "replicas"] = "standby"
     #: Bearer token of the worker's HTTP API (``Authorization: Bearer <token>``), at least
     #: 16 characters; set it with RIVERBED_WORKER__API_TOKEN. Required when ``web_host`` is
     #: not a loopback address (the worker refuses to start without it); when set, every
@@ -516,6 +522,16 @@ def _check_guarantee(s: Settings) -> None:
     if s.worker.processing_guarantee == "exactly_once" and s.worker.model_per_partition:
         raise ConfigError("worker.processing_guarantee", "exactly_once needs global models "
                           "(one transactional writer per group); model_per_partition is on")
+    if s.worker.scale_out == "replicas":
+        refused = ("exactly_once is not supported with replicas (the training path is "
+                   "at-least-once, deduplicated by the learner)"
+                   if s.worker.processing_guarantee == "exactly_once" else
+                   "replicas serve global models; model_per_partition is on"
+                   if s.worker.model_per_partition else
+                   "replicas follow the history; history.enabled is false"
+                   if not s.history.enabled else None)
+        if refused is not None:
+            raise ConfigError("worker.scale_out", refused)
 
 
 def _check_ranges(s: Settings) -> None:

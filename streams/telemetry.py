@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -59,6 +59,8 @@ class Histogram:
 #: One predict/learn call in this many is timed: two clock reads per call cost more
 #: than a tenth of the platform's own per-event work.
 TIMING_SAMPLE = 8
+#: staleness samples a worker keeps per replicated model (for p50/p99)
+REPLICA_LAG_SAMPLES = 2000
 
 _FAST = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -72,7 +74,8 @@ class WorkerStats:
     #: True once the worker has taken over its models and owns input partitions.
     ready: bool = False
     #: ``starting``, ``standby`` (another worker holds the global models' lease; this one
-    #: follows the history, ready to take over) or ``active``.
+    #: follows the history, ready to take over) or ``active``; with scale_out "replicas":
+    #: ``replica`` (predicts, follows the history) or ``learner`` (holds the lease).
     role: str = "starting"
     #: False while the broker cannot be reached (``riverbed_broker_connected``).
     broker_connected: bool = True
@@ -99,6 +102,34 @@ class WorkerStats:
         default_factory=lambda: Histogram(_SLOW))
     predict_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(_FAST))
     learn_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(_FAST))
+    #: prediction replicas (scale_out = "replicas"): per model, the learn steps and seconds
+    #: the replica was behind at its last history fetch with Learned records, and the last
+    #: REPLICA_LAG_SAMPLES such (steps, seconds) for percentiles
+    replica_lag_steps: dict[str, int] = dataclasses.field(default_factory=dict)
+    replica_lag_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    replica_lag_samples: dict[str, deque[tuple[int, float]]] = dataclasses.field(
+        default_factory=dict)
+
+    def observe_replica_lag(self, model: str, steps: int, seconds: float) -> None:
+        """A replica of ``model`` caught up ``steps`` learn steps ``seconds`` late."""
+        self.replica_lag_steps[model] = steps
+        self.replica_lag_seconds[model] = seconds
+        self.replica_lag_samples.setdefault(
+            model, deque(maxlen=REPLICA_LAG_SAMPLES)).append((steps, seconds))
+
+    def replica_summary(self) -> dict[str, dict[str, float]]:
+        """Per replicated model: last and p50/p99 staleness (steps, ms) of recent fetches."""
+        summary = {}
+        for model, samples in self.replica_lag_samples.items():
+            steps = sorted(s for s, _ in samples)
+            ms = sorted(1000 * t for _, t in samples)
+            summary[model] = {
+                "lag_steps": self.replica_lag_steps[model],
+                "lag_seconds": round(self.replica_lag_seconds[model], 4),
+                "p50_steps": _quantile(steps, 0.5), "p99_steps": _quantile(steps, 0.99),
+                "p50_ms": round(_quantile(ms, 0.5), 2), "p99_ms": round(_quantile(ms, 0.99), 2),
+                "samples": len(samples)}
+        return summary
 
     def observe_latencies(self, latencies_ms: list[int]) -> None:
         """Add a batch of event -> prediction latencies (ms) to the histogram."""
@@ -126,7 +157,13 @@ class WorkerStats:
             "dead_letters": dict(self.dead_letters),
             "model_seq": dict(self.model_seq),
             "drifts": dict(self.drifts),
+            "replicas": self.replica_summary(),
         }
+
+
+def _quantile(ordered: list[float] | list[int], q: float) -> float:
+    """The ``q`` quantile of sorted values (nearest rank; 0 for none)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0
 
 
 class StatsCollector(Collector):
@@ -151,6 +188,12 @@ class StatsCollector(Collector):
                         "model", s.model_seq)
         yield _labelled(CounterMetricFamily, "riverbed_drift_events", "Drift detections",
                         "model", s.drifts)
+        yield _labelled(GaugeMetricFamily, "riverbed_replica_lag_steps", "Learn steps a "
+                        "prediction replica was behind at its last history fetch", "model",
+                        s.replica_lag_steps)
+        yield _labelled(GaugeMetricFamily, "riverbed_replica_lag_seconds", "Age of the newest "
+                        "learn step a prediction replica applied, when it applied it", "model",
+                        s.replica_lag_seconds)
         yield s.event_to_prediction_seconds.family(
             "riverbed_event_to_prediction_seconds", "Event time to prediction time")
         yield s.predict_seconds.family("riverbed_predict_seconds",
@@ -174,7 +217,8 @@ class StatsCollector(Collector):
             yield from extra()
 
 
-def _labelled(kind: Any, name: str, doc: str, label: str, values: Mapping[str, int]) -> Any:
+def _labelled(kind: Any, name: str, doc: str, label: str, values: Mapping[str, float]
+             ) -> Any:
     """A one-label metric family from ``{label value: number}``."""
     family = kind(name, doc, labels=[label])
     for key, number in values.items():

@@ -178,6 +178,8 @@ class PredictionCounter:
                                       fetch_max_wait_ms=100)
         self.decode = AvroCodec(load_schema("prediction")).decode
         self.seen: Counter[tuple[str, str]] = Counter()
+        #: (model_seq, lineage) the predictions carried, with how many carried each
+        self.versions: Counter[tuple[int, int]] = Counter()
         self.records = 0
 
     async def __aenter__(self) -> PredictionCounter:
@@ -194,6 +196,7 @@ class PredictionCounter:
             for record in records:
                 p = self.decode(record.value)
                 self.seen[(p["event_id"], p["model"])] += 1
+                self.versions[(p["model_seq"], p["lineage"])] += 1
         return len(self.seen)
 
     async def at_least(self, count: int) -> bool:

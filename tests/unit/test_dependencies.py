@@ -19,7 +19,7 @@ FOLDERS = {"streams": "riverbed.streams", "agents": "riverbed.agents",
 PURE = ("history", "features", "pending", "offsets", "evaluation", "batch_metrics",
         "pending_codec", "history_codec", "snapshots", "models", "config", "errors",
         "deadletter", "codec", "avro_backend", "effects", "api_schema", "predict_only",
-        "history_summary", "metrics_series", "schema_cache")
+        "history_summary", "metrics_series", "schema_cache", "training")
 FORBIDDEN = ("aiokafka", "aiohttp", "faust", "mode", "riverbed.agents",
              "riverbed.streams.history_log", "riverbed.streams.replay", "riverbed.streams.ingest",
              "riverbed.streams.output", "riverbed.streams.registry")

@@ -1,0 +1,137 @@
+"""The training path of scaled-out global models (``worker.scale_out = "replicas"``).
+
+Every worker predicts with a replica and sends its labelled examples to
+``topics.training`` (:class:`TrainingPublisher`); the worker holding the lease
+(``streams/lease.py``) runs one :class:`TrainingLoop` per global model: the model's single
+learner.
+
+Delivery guarantee: **exactly-once learning effect**, without transactions. A replica
+sends a batch's training records and waits for their acks before the batch's input
+offsets may be committed (``agents/batch_agent.py``), so every labelled example reaches
+the training topic at least once (a crash re-sends it, with the same ``event_id``). The
+learner's loop, per fetch of the model's training partition:
+
+  1. Under the model lock: skip records below the training offset the history covers
+     (re-read after a takeover), and examples whose ``event_id`` the history's window (or
+     this fetch) already holds (re-sent by a replica); learn the rest in record order and
+     build ``Learned`` (training offsets after the fetch, the examples) and, on cadence,
+     a snapshot.
+  2. Append them to the history and wait for the ack; mark them durable.
+
+Why this order: the history is the only record of what was learned; the training
+topic's offsets live in it (no consumer-group commit), so a learner that dies between 1
+and 2 has learned nothing durable, and its successor (new epoch) reads the same records
+again. A fenced learner's appends are ignored by every fold (``streams/history.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import TopicPartition
+
+from riverbed.agents.learner import Learner
+from riverbed.streams.config import Settings
+from riverbed.streams.errors import DecodeError
+from riverbed.streams.history import Example, HistoryEvent
+from riverbed.streams.kafka_clients import PartitionReader, Record
+from riverbed.streams.output import BatchProducer
+from riverbed.streams.telemetry import WorkerStats
+from riverbed.streams.training import (
+    TrainingBatch,
+    decode_training,
+    encode_training,
+    training_partition,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingPublisher:
+    """Sends a worker's training records (keyed by model, to the model's partition)."""
+
+    def __init__(self, settings: Settings, producer: BatchProducer) -> None:
+        self.topic = settings.topics.training
+        self.partitions = settings.topics.partitions
+        self.producer = producer
+
+    async def publish(self, batches: Sequence[TrainingBatch]) -> None:
+        """Send ``batches`` and wait until the broker acknowledged every one."""
+        kafka = self.producer.producer
+        assert kafka is not None, "producer not started"
+        futures = [await kafka.send(self.topic, value=encode_training(b), key=b.model.encode(),
+                                    partition=training_partition(b.model, self.partitions))
+                   for b in batches]
+        await asyncio.gather(*futures)
+
+
+class TrainingLoop:
+    """The single learner of one global model: learns its training partition."""
+
+    def __init__(self, settings: Settings, learner: Learner, lock: asyncio.Lock,
+                 stats: WorkerStats) -> None:
+        self.settings, self.learner, self.lock, self.stats = settings, learner, lock, stats
+        t = settings.topics
+        self.tp = TopicPartition(t.training, training_partition(learner.model.name,
+                                                                t.partitions))
+        #: the source under which Learned records carry the training offsets
+        self.source = f"{self.tp.topic}:{self.tp.partition}"
+        #: training records that did not decode (skipped and counted)
+        self.skipped_records = 0
+
+    async def run(self) -> None:
+        """Learn until cancelled; re-reads from the history's position after a retake
+        (a rollback gives the learner a new epoch and state)."""
+        while True:
+            epoch = self.learner.epoch
+            start = {self.tp: self.learner.fold.applied_offset(self.source)}
+            async with PartitionReader(self.settings.broker, [self.tp], start=start,
+                                       fetch_max_wait_ms=20) as reader:
+                while self.learner.epoch == epoch:
+                    records = (await reader.fetch(200)).get(self.tp, [])
+                    if not records:
+                        continue
+                    async with self.lock:  # no batch predicts while the model changes
+                        if self.learner.epoch != epoch or self.learner.fenced:
+                            break
+                        events = self.learn(records)                                # 1.
+                    offsets = await self.learner.history.append(events)             # 2.
+                    await self.learner.publish_index(events, offsets)
+                    self.learner.mark_durable(events)
+
+    def learn(self, records: Sequence[Record]) -> list[HistoryEvent]:
+        """Step 1 for one fetch: learn what is new, return the history events."""
+        learner, model = self.learner, self.learner.model
+        name = model.name
+        seq_before = model.seq
+        covered = learner.fold.applied_offset(self.source)
+        seen: set[str] = set()
+        examples: list[Example] = []
+        for record in records:
+            if record.offset < covered:
+                learner.skipped_replayed += 1
+                continue
+            if record.key != name.encode():
+                continue  # another model's examples on a shared partition
+            try:
+                batch = decode_training(record.value or b"")
+            except DecodeError:
+                self.skipped_records += 1
+                continue
+            for example in batch.examples:
+                if example.event_id in seen or learner.fold.seen(example.event_id):
+                    learner.skipped_duplicates += 1
+                    continue
+                seen.add(example.event_id)
+                model.learn(dict(example.x), example.y)
+                examples.append(example)
+        events = learner.record_batch(seq_before, examples,
+                                      {self.source: records[-1].offset + 1},
+                                      [e.x for e in examples])
+        if learner.snapshot_due():
+            events += learner.snapshot_events()
+        self.stats.learned[name] += len(examples)
+        self.stats.model_seq[name] = model.seq
+        return events
