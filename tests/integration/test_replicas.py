@@ -24,7 +24,7 @@ from riverbed.streams.replay import read_model_history
 from tests.conftest import CONFIG, ROOT
 from tests.helpers import PredictionCounter, WorkerChild, provision, send_raw, worker_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.heavy]
 EVENTS = 30_000
 MODEL = "agrawal-lr"
 
