@@ -102,13 +102,20 @@ class TrainingLoop:
                     self.learner.mark_durable(events)
 
     def learn(self, records: Sequence[Record]) -> list[HistoryEvent]:
-        """Step 1 for one fetch: learn what is new, return the history events."""
+        """Step 1 for one fetch: learn what is new, return the history events. A fetch can
+        hold a backlog (a learner taking over reads everything the replicas sent
+        meanwhile), so the examples are split into ``Learned`` records of at most
+        ``limits.max_batch_records`` each, like the inference path's: one record for the
+        whole fetch could exceed the broker's message size (``MessageSizeTooLarge``)."""
         learner, model = self.learner, self.learner.model
         name = model.name
+        limit = self.settings.limits.max_batch_records
         seq_before = model.seq
         covered = learner.fold.applied_offset(self.source)
         seen: set[str] = set()
         examples: list[Example] = []
+        events: list[HistoryEvent] = []
+        learned = 0
         for record in records:
             if record.offset < covered:
                 learner.skipped_replayed += 1
@@ -120,6 +127,12 @@ class TrainingLoop:
             except DecodeError:
                 self.skipped_records += 1
                 continue
+            if examples and len(examples) + len(batch.examples) > limit:
+                events += learner.record_batch(seq_before, examples,  # covers the records
+                                               {self.source: record.offset},  # before this one
+                                               [e.x for e in examples])
+                learned += len(examples)
+                seq_before, examples = model.seq, []
             for example in batch.examples:
                 if example.event_id in seen or learner.fold.seen(example.event_id):
                     learner.skipped_duplicates += 1
@@ -127,11 +140,12 @@ class TrainingLoop:
                 seen.add(example.event_id)
                 model.learn(dict(example.x), example.y)
                 examples.append(example)
-        events = learner.record_batch(seq_before, examples,
-                                      {self.source: records[-1].offset + 1},
-                                      [e.x for e in examples])
+        events += learner.record_batch(seq_before, examples,
+                                       {self.source: records[-1].offset + 1},
+                                       [e.x for e in examples])
+        learned += len(examples)
         if learner.snapshot_due():
             events += learner.snapshot_events()
-        self.stats.learned[name] += len(examples)
+        self.stats.learned[name] += learned
         self.stats.model_seq[name] = model.seq
         return events

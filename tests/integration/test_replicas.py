@@ -65,7 +65,11 @@ async def test_three_workers_one_learner_replicas_through_sigkills(
 ) -> None:
     await provision(settings)
     key_hex = os.urandom(32).hex()
-    env = {**worker_env(settings, key_hex), "RIVERBED_WORKER__SCALE_OUT": "replicas"}
+    # a 6 s lease session, not 1.5 s: three workers and a JVM on two cores can starve a
+    # learner's event loop past 1.5 s, and it would (rightly) stop with exit 75 -- this test
+    # is about failover after SIGKILLs, which works the same with any session length
+    env = {**worker_env(settings, key_hex), "RIVERBED_WORKER__SCALE_OUT": "replicas",
+           "RIVERBED_WORKER__LEASE_SESSION_TIMEOUT_MS": "6000"}
     codec, label_codec = AvroCodec(load_schema("agrawal_event")), AvroCodec(load_schema("label"))
     stream = list(events("agrawal", EVENTS, seed=9, label_fraction=0.0 if delayed else 1.0))
     truth = list(events("agrawal", EVENTS, seed=9)) if delayed else stream

@@ -21,7 +21,14 @@ from riverbed.streams import training
 from riverbed.streams.config import Settings, settings_from_dict
 from riverbed.streams.effects import apply_effects
 from riverbed.streams.errors import ConfigError, DecodeError
-from riverbed.streams.history import Claimed, Example, HistoryEvent, examples_of, fold
+from riverbed.streams.history import (
+    Claimed,
+    Example,
+    HistoryEvent,
+    Learned,
+    examples_of,
+    fold,
+)
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.telemetry import WorkerStats
 from riverbed.streams.training import TrainingBatch, decode_training, encode_training
@@ -182,3 +189,24 @@ async def test_a_replica_drops_the_early_labels_of_a_partition_it_lost() -> None
     await ownership.on_assigned({0})  # partition 1 moved away, nothing gained
     assert set(join.store.labels) == {"e0"}
     assert stats.partitions == [0]
+
+
+def test_a_backlog_is_learned_in_records_no_larger_than_an_inference_batch() -> None:
+    """A learner taking over reads everything sent meanwhile in one fetch: its examples go
+    to the history in Learned records of at most limits.max_batch_records (one record for
+    all of them exceeded the broker's message size on Apache Kafka)."""
+    limits = dataclasses.replace(SETTINGS.limits, max_batch_records=250)
+    sim = _Sim(dataclasses.replace(SETTINGS, limits=limits))
+    for n in range(12):  # 12 records of 100 examples: 1,200 examples in one fetch
+        sim._append(TrainingBatch("m", tuple(
+            Example(f"e{n}-{i}", {"a": float(i)}, i % 2 == 0) for i in range(100)),
+            {"events:0": (n + 1) * 100}, (None,) * 100))
+    loop, position = sim.take_over()
+    events = loop.learn(sim.training[position:])
+    sim.write(events)
+    learned = [e.body for e in events if isinstance(e.body, Learned)]
+    assert len(learned) == 6 and all(len(b.examples) <= 250 for b in learned)
+    assert [b.seq_from for b in learned] == [1, 201, 401, 601, 801, 1001]  # contiguous
+    assert learned[-1].seq_to == 1200 and learned[-1].offsets == {loop.source: 12}
+    state, effects = fold("m", sim.history)
+    assert state.seq == 1200 and len({x.event_id for x in examples_of(effects)}) == 1200
