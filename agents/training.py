@@ -33,8 +33,10 @@ from collections.abc import Sequence
 from aiokafka import TopicPartition
 
 from riverbed.agents.learner import Learner
+from riverbed.schemas import load_schema
 from riverbed.streams.config import Settings
-from riverbed.streams.errors import DecodeError
+from riverbed.streams.errors import DecodeError, ValidationError
+from riverbed.streams.features import FeatureExtractor
 from riverbed.streams.history import Example, HistoryEvent
 from riverbed.streams.kafka_clients import PartitionReader, Record
 from riverbed.streams.output import BatchProducer
@@ -80,6 +82,13 @@ class TrainingLoop:
         self.source = f"{self.tp.topic}:{self.tp.partition}"
         #: training records that did not decode (skipped and counted)
         self.skipped_records = 0
+        #: examples refused by the model's feature and label rules (skipped and counted):
+        #: the training topic is read like any input -- nothing reaches learn_one unchecked
+        self.invalid_examples = 0
+        model = learner.model
+        self.extractor = FeatureExtractor(
+            load_schema(settings.event.schema, settings.base_dir), settings.event, model.spec,
+            settings.limits, binary=model.is_binary)
 
     async def run(self) -> None:
         """Learn until cancelled; re-reads from the history's position after a retake
@@ -137,9 +146,17 @@ class TrainingLoop:
                 if example.event_id in seen or learner.fold.seen(example.event_id):
                     learner.skipped_duplicates += 1
                     continue
+                try:  # before learn_one: River mutates a model before it raises
+                    self.extractor.check_features(example.x)
+                    y = self.extractor.label_rule.check(example.y)
+                except ValidationError as exc:
+                    self.invalid_examples += 1
+                    log.warning("%s: training example %r refused: %s", name,
+                                example.event_id, exc)
+                    continue
                 seen.add(example.event_id)
-                model.learn(dict(example.x), example.y)
-                examples.append(example)
+                model.learn(dict(example.x), y)
+                examples.append(example._replace(y=y))
         events += learner.record_batch(seq_before, examples,
                                        {self.source: records[-1].offset + 1},
                                        [e.x for e in examples])

@@ -112,6 +112,23 @@ class FeatureExtractor:
         return x
 
 
+    def check_features(self, x: Mapping[str, Any]) -> None:
+        """Validate features that were extracted elsewhere (a training record from a
+        replica): each a finite float within ``max_abs_value``, at most
+        ``max_features``; raises ValidationError."""
+        if len(x) > self.max_features:
+            raise ValidationError(
+                f"{len(x)} features > limit {self.max_features}", reason="too_many_features"
+            )
+        m = self.max_abs
+        for name, value in x.items():
+            if value.__class__ is not float:
+                raise ValidationError(f"feature {name!r} is {type(value).__name__}, not a float",
+                                      reason="non_numeric_feature", field=name)
+            if not -m <= value <= m:
+                _reject(name, value, m)
+
+
 def _coerce_slow(name: str, value: Any, limit: float) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0

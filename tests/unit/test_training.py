@@ -87,7 +87,7 @@ class _Sim:
         again (it died before committing the inputs of that batch)."""
         if resend is not None and self.batches:
             self._append(self.batches[resend % len(self.batches)])
-        examples = tuple(Example(f"e{self.next_id + i}", {"a": float(i % 7)}, i % 3 == 0)
+        examples = tuple(Example(f"e{self.next_id + i}", {"a": float(i % 7)}, int(i % 3 == 0))
                          for i in range(n))
         self.next_id += n
         self.sent |= {e.event_id for e in examples}
@@ -199,7 +199,7 @@ def test_a_backlog_is_learned_in_records_no_larger_than_an_inference_batch() -> 
     sim = _Sim(dataclasses.replace(SETTINGS, limits=limits))
     for n in range(12):  # 12 records of 100 examples: 1,200 examples in one fetch
         sim._append(TrainingBatch("m", tuple(
-            Example(f"e{n}-{i}", {"a": float(i)}, i % 2 == 0) for i in range(100)),
+            Example(f"e{n}-{i}", {"a": float(i)}, int(i % 2 == 0)) for i in range(100)),
             {"events:0": (n + 1) * 100}, (None,) * 100))
     loop, position = sim.take_over()
     events = loop.learn(sim.training[position:])
@@ -210,3 +210,19 @@ def test_a_backlog_is_learned_in_records_no_larger_than_an_inference_batch() -> 
     assert learned[-1].seq_to == 1200 and learned[-1].offsets == {loop.source: 12}
     state, effects = fold("m", sim.history)
     assert state.seq == 1200 and len({x.event_id for x in examples_of(effects)}) == 1200
+
+
+def test_hostile_training_records_never_reach_the_model() -> None:
+    """The training topic is read like any input: an example with a label the model cannot
+    learn, or a non-finite feature, is skipped and counted; the model learns only
+    the valid one (the old loop passed them to learn_one and crashed the learner)."""
+    sim = _Sim(SETTINGS)
+    bad = [Example("bad-label", {"a": 1.0}, "oops"), Example("nan", {"a": float("nan")}, 1),
+           Example("huge", {"a": 1e300}, 1), Example("good", {"a": 1.0}, 1)]
+    sim._append(TrainingBatch("m", tuple(bad), {"events:0": 4}, (None,) * 4))
+    loop, position = sim.take_over()
+    before = loop.learner.model.seq
+    events = loop.learn(sim.training[position:])
+    learned = [e.body for e in events if isinstance(e.body, Learned)]
+    assert [x.event_id for b in learned for x in b.examples] == ["good"]
+    assert loop.learner.model.seq == before + 1 and loop.invalid_examples == 3
