@@ -13,9 +13,13 @@ This module runs that protocol for one worker:
   worker) and takes the model over again at once;
 * with ``worker.scale_out = "replicas"`` every worker serves the global models as
   prediction *replicas* that follow the history (``agents/replica.py``) and send their
-  labelled examples to the training topic; the lease holder claims the models and becomes
-  their single learner (``agents/training.py``). Inputs then resume from their committed
-  offsets: the history records training offsets, not input offsets;
+  labelled examples to the training topic. The lease is spread: one per training
+  partition, dealt out over the workers (``streams/lease.py``); the holder of a model's
+  training partition claims that model and is its single learner (``agents/training.py``).
+  When the partition moves (a worker joins, leaves, dies or is frozen past its session),
+  the former learner finishes the fetch in hand, rebuilds the model from the history and
+  serves it as a replica again; the new learner's claim fences anything it still writes.
+  Inputs resume from their committed offsets: the history records training offsets;
 * after every rebalance or takeover the inputs are sought to where the models' history
   ends (:meth:`ModelOwnership.history_position`), because the history -- not the committed
   offset -- is the record of what was learned.
@@ -40,7 +44,7 @@ from riverbed.agents.learner import ROLLBACK_OWNER, Learner
 from riverbed.agents.pending_labels import PendingLabels
 from riverbed.agents.replica import ReplicaFollower
 from riverbed.agents.supervision import Supervisor
-from riverbed.agents.training import TrainingLoop
+from riverbed.agents.training import TrainingLoop, TrainingPublisher
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import DecodeError, LeaseLostError, TakeoverError
 from riverbed.streams.history import Claimed, Restored
@@ -50,6 +54,7 @@ from riverbed.streams.kafka_clients import PartitionReader
 from riverbed.streams.lease import Lease
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.telemetry import WorkerStats
+from riverbed.streams.training import training_partition
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +75,30 @@ class ModelOwnership:
     def __init__(self, settings: Settings, stats: WorkerStats, processor: InferenceProcessor,
                  ingest: BatchIngest, *, new_learner: LearnerFactory | None,
                  pending: PendingLabels | None, supervisor: Supervisor, crash: Crash,
-                 lock: asyncio.Lock) -> None:
+                 lock: asyncio.Lock, training: TrainingPublisher | None = None) -> None:
         self.settings, self.stats, self.processor, self.ingest = settings, stats, processor, ingest
         self.per_partition = settings.worker.model_per_partition
         self.new_learner = new_learner
         self.pending = pending
         self.supervisor = supervisor
         self.crash = crash
+        #: replicas: where learners publish model states (replica_catch_up = "state")
+        self.training = training
         #: held while a batch is processed and while models change hands
         self.lock = lock
-        #: the global models' single-writer lease (None with per-partition models)
-        self.lease = None if self.per_partition else Lease(settings)
+        #: prediction replicas of the global models, one learner per model (spread lease)
+        self.replicas = settings.worker.scale_out == "replicas"
+        #: the global models' single-writer lease (None with per-partition models); with
+        #: replicas, one lease per training partition of a global model
+        self.lease = None if self.per_partition else Lease(settings, spread=(
+            {self._training_partition(spec.name) for spec in settings.models}
+            if self.replicas else None))
+        #: replicas: the training loops of the models this worker learns, by model name
+        self._training: dict[str, tuple[TrainingLoop, asyncio.Task[None]]] = {}
         self._follower: asyncio.Task[None] | None = None
         self._crashing: asyncio.Future[None] | None = None
         #: set by every rebalance: the inputs are sought to the history before any batch
         self._resume_from_history = False
-        #: prediction replicas of the global models, one learner per group (the lease)
-        self.replicas = settings.worker.scale_out == "replicas"
         self._replica_follower: asyncio.Task[None] | None = None
         #: input partitions assigned at the last rebalance (replicas rebuild the pending
         #: labels of those they gain)
@@ -129,37 +141,97 @@ class ModelOwnership:
 
     async def _serve_replicas(self, before_claim: Callable[[], Awaitable[None]] | None
                               ) -> None:
-        """Scale-out: follow the history as replicas now; learn once holding the lease."""
+        """Scale-out: serve every global model as a replica now; learn those whose training
+        partition this worker holds, as the spread lease deals them (and re-deals them)."""
         assert self.lease is not None and before_claim is None  # config refuses exactly_once
         self.stats.role = "replica"
-        self._replica_follower = self._supervise(
-            ReplicaFollower(self.settings, self.learners, self.stats).run(), "replica follower")
+        self._restart_replica_follower()
         await self.lease.start()
-        self._supervise(self._learn_when_leased(), "learner election")
+        self._supervise(self._learn_assigned(), "learner assignment")
 
-    async def _learn_when_leased(self) -> None:
-        """Once this worker holds the lease: stop following, claim every global model (a
-        new epoch fences a former learner), and run their training loops."""
+    def _training_partition(self, model: str) -> int:
+        return training_partition(model, self.settings.topics.partitions)
+
+    async def _learn_assigned(self) -> None:
+        """After every assignment of the spread lease: learn the models of the training
+        partitions held, release the others."""
         assert self.lease is not None
-        await self.lease.acquired.wait()
+        while True:
+            await self.lease.changed.wait()
+            self.lease.changed.clear()
+            held = self.lease.held
+            for name in sorted(self._training):
+                if self._training_partition(name) not in held:
+                    await self._release(name, "its training partition moved to another worker")
+            gained = [lr for lr in self.learners if lr.model.name not in self._training
+                      and self._training_partition(lr.model.name) in held]
+            if gained:
+                await self._learn(gained)
+
+    async def _learn(self, learners: list[Learner]) -> None:
+        """Stop replicating ``learners``' models, claim them (a new epoch fences a former
+        learner), and run their training loops."""
         async with self.lock:  # no batch predicts while the replicas become the models
-            follower = self._replica_follower
-            if follower is not None:
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
-            for learner in self.learners:
-                await learner.takeover(restored=True)
-                self.stats.model_seq[learner.model.name] = learner.model.seq
+            await self._stop_replica_follower()
+            try:
+                for learner in learners:
+                    if learner.model.spec.replica_catch_up == "state":
+                        await learner.restore()  # its replica loaded states: not exact
+                    await learner.takeover(restored=True)
+                    self.stats.model_seq[learner.model.name] = learner.model.seq
+                    loop = TrainingLoop(self.settings, learner, self.lock, self.stats,
+                                        self.training)
+                    self._training[learner.model.name] = (
+                        loop, self._supervise(loop.run(), f"learner {learner.model.name}"))
+            finally:
+                self._restart_replica_follower()
         self.count_integrity()
-        self.stats.role = "learner"
-        log.warning("learner of %s for group %r (this worker holds the lease)",
-                    [lr.model.name for lr in self.learners], self.settings.worker.group_id)
-        self._supervise(self._watch_lease(), "lease watch")
-        for learner in self.learners:
-            self._supervise(TrainingLoop(self.settings, learner, self.lock, self.stats).run(),
-                            f"learner {learner.model.name}")
-        self._start_follower()  # a newer claim (a second learner) stops this worker
+        self._show_learning()
+        log.warning("learner of %s for group %r (this worker holds their training "
+                    "partitions)", [lr.model.name for lr in learners],
+                    self.settings.worker.group_id)
+        self._start_follower()  # a newer claim (another learner) releases the model
+
+    async def _release(self, name: str, why: str) -> None:
+        """Stop learning ``name`` (its fetch in hand is learned and appended first), rebuild
+        it from the history -- the record of what was learned: an append a newer epoch
+        fenced is not in it -- and serve it as a replica again."""
+        running = self._training.pop(name, None)
+        if running is None:  # released already (the lease and a newer claim both said so)
+            return
+        loop, task = running
+        loop.stop()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await task  # an exception was reported by the supervisor already
+        learner = next(lr for lr in self.learners if lr.model.name == name)
+        async with self.lock:
+            await self._stop_replica_follower()
+            try:
+                await learner.restore()
+                self.stats.model_seq[name] = learner.model.seq
+            finally:
+                self._restart_replica_follower()
+        self._show_learning()
+        log.warning("%s: no longer its learner (%s); serving it as a replica at seq %d",
+                    name, why, learner.model.seq)
+
+    def _show_learning(self) -> None:
+        self.stats.learning = sorted(self._training)
+        self.stats.role = "learner" if self._training else "replica"
+
+    def _restart_replica_follower(self) -> None:
+        """Follow the history for the models served as replicas (none learned here)."""
+        replicas = [lr for lr in self.learners if lr.model.name not in self._training]
+        if replicas and self._replica_follower is None:
+            self._replica_follower = self._supervise(
+                ReplicaFollower(self.settings, replicas, self.stats).run(), "replica follower")
+
+    async def _stop_replica_follower(self) -> None:
+        follower, self._replica_follower = self._replica_follower, None
+        if follower is not None:  # it applies each fetch synchronously: nothing half-done
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
 
     async def stop(self) -> None:
         """Leave the lease group (after the last commit: a standby takes over at once)."""
@@ -357,11 +429,18 @@ class ModelOwnership:
             await learner.takeover()
             self.stats.model_seq[learner.model.name] = learner.model.seq
         self._resume_from_history = False
-        await self.ingest.rewind(self.history_position)
+        if not self.replicas:  # replicas' histories record training offsets, not inputs
+            await self.ingest.rewind(self.history_position)
 
     # -- following the history ------------------------------------------------------------------
+    def _watched(self) -> list[Learner]:
+        """The learners whose models this worker writes (with replicas: those it learns)."""
+        if self.replicas:
+            return [lr for lr in self.learners if lr.model.name in self._training]
+        return self.learners
+
     def _start_follower(self) -> None:
-        if self._follower is None and self.learners:
+        if self._follower is None and self._watched():
             self._follower = self._supervise(self._follow_history(), "history follower")
 
     async def _follow_history(self) -> None:
@@ -369,11 +448,11 @@ class ModelOwnership:
         and take those models over again at once (not at the next batch)."""
         s = self.settings
         tp = TopicPartition(s.topics.history, 0)
-        start = {tp: min(lr.history_position for lr in self.learners)}
+        start = {tp: min(lr.history_position for lr in self._watched())}
         async with PartitionReader(s.broker, [tp], start=start, fetch_max_wait_ms=200
                                    ) as reader:
             while True:
-                by_name = {lr.model.name: lr for lr in self.learners}
+                by_name = {lr.model.name: lr for lr in self._watched()}
                 for record in (await reader.fetch(1000)).get(tp, []):
                     kind = dict(record.headers or ()).get(KIND_HEADER)
                     if kind not in (b"Claimed", b"Restored"):
@@ -392,6 +471,9 @@ class ModelOwnership:
                     learner.fenced_by = ("rollback" if isinstance(body, Restored) else
                                          f"worker {body.owner}" if isinstance(body, Claimed)
                                          else "another worker")
+                    if self.replicas and learner.fenced_by != "rollback":
+                        await self._release(event.model, f"claimed by {learner.fenced_by}")
+                        continue
                     usurped = self._usurped([learner])
                     if usurped is not None:
                         raise usurped

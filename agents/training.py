@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from aiokafka import TopicPartition
@@ -40,6 +41,7 @@ from riverbed.streams.features import FeatureExtractor
 from riverbed.streams.history import Example, HistoryEvent
 from riverbed.streams.kafka_clients import PartitionReader, Record
 from riverbed.streams.output import BatchProducer
+from riverbed.streams.replica_state import encode_state
 from riverbed.streams.telemetry import WorkerStats
 from riverbed.streams.training import (
     TrainingBatch,
@@ -56,6 +58,7 @@ class TrainingPublisher:
 
     def __init__(self, settings: Settings, producer: BatchProducer) -> None:
         self.topic = settings.topics.training
+        self.state_topic = settings.topics.replica_state
         self.partitions = settings.topics.partitions
         self.producer = producer
 
@@ -68,13 +71,29 @@ class TrainingPublisher:
                    for b in batches]
         await asyncio.gather(*futures)
 
+    async def publish_state(self, model: str, values: Sequence[bytes]) -> None:
+        """Send one model state's records (``streams/replica_state.py``) and wait for
+        their acks."""
+        kafka = self.producer.producer
+        assert kafka is not None, "producer not started"
+        futures = [await kafka.send(self.state_topic, value=v, key=model.encode(), partition=0)
+                   for v in values]
+        await asyncio.gather(*futures)
+
 
 class TrainingLoop:
     """The single learner of one global model: learns its training partition."""
 
     def __init__(self, settings: Settings, learner: Learner, lock: asyncio.Lock,
-                 stats: WorkerStats) -> None:
+                 stats: WorkerStats, publisher: TrainingPublisher | None = None) -> None:
         self.settings, self.learner, self.lock, self.stats = settings, learner, lock, stats
+        #: replica_catch_up = "state": where this learner publishes the model's states
+        spec = learner.model.spec
+        self.publisher = publisher if spec.replica_catch_up == "state" else None
+        self.state_every_steps = spec.replica_state_every_steps
+        self.state_every_s = spec.replica_state_every_s
+        self._state_seq = learner.model.seq
+        self._state_time = time.monotonic()
         t = settings.topics
         self.tp = TopicPartition(t.training, training_partition(learner.model.name,
                                                                 t.partitions))
@@ -85,22 +104,32 @@ class TrainingLoop:
         #: examples refused by the model's feature and label rules (skipped and counted):
         #: the training topic is read like any input -- nothing reaches learn_one unchecked
         self.invalid_examples = 0
+        self._stopping = False
         model = learner.model
         self.extractor = FeatureExtractor(
             load_schema(settings.event.schema, settings.base_dir), settings.event, model.spec,
             settings.limits, binary=model.is_binary)
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the fetch in hand is learned and appended (the
+        model moves to another learner: what this one learned is in the history)."""
+        self._stopping = True
+
     async def run(self) -> None:
-        """Learn until cancelled; re-reads from the history's position after a retake
-        (a rollback gives the learner a new epoch and state)."""
-        while True:
+        """Learn until :meth:`stop` (or cancelled); re-reads from the history's position
+        after a retake (a rollback gives the learner a new epoch and state)."""
+        while not self._stopping:
+            if self.learner.fenced:  # claimed elsewhere: released or retaken shortly
+                await asyncio.sleep(0.05)
+                continue
             epoch = self.learner.epoch
             start = {self.tp: self.learner.fold.applied_offset(self.source)}
             async with PartitionReader(self.settings.broker, [self.tp], start=start,
                                        fetch_max_wait_ms=20) as reader:
-                while self.learner.epoch == epoch:
+                while self.learner.epoch == epoch and not self._stopping:
                     records = (await reader.fetch(200)).get(self.tp, [])
                     if not records:
+                        await self._publish_state_if_due()  # the last steps of a lull
                         continue
                     async with self.lock:  # no batch predicts while the model changes
                         if self.learner.epoch != epoch or self.learner.fenced:
@@ -109,6 +138,28 @@ class TrainingLoop:
                     offsets = await self.learner.history.append(events)             # 2.
                     await self.learner.publish_index(events, offsets)
                     self.learner.mark_durable(events)
+                    await self._publish_state_if_due()
+
+    async def _publish_state_if_due(self) -> None:
+        """replica_catch_up = "state": publish the model every N steps / T seconds, once
+        the Learned records up to its seq are acknowledged (a replica loads a state only
+        when the history vouches for it: ``agents/replica.py``)."""
+        learner = self.learner
+        steps = learner.fold.seq - self._state_seq
+        if self.publisher is None or steps <= 0 or (
+                steps < self.state_every_steps
+                and time.monotonic() - self._state_time < self.state_every_s):
+            return
+        async with self.lock:  # the estimator is pickled as of the seq it says
+            if learner.fenced or learner.durable_seq != learner.fold.seq:
+                return
+            fold = learner.fold
+            values = encode_state(learner.model.estimator, learner.key,
+                                  model=learner.model.name, epoch=learner.epoch, seq=fold.seq,
+                                  lineage=fold.lineage, fingerprint=fold.fingerprint or "",
+                                  time_ms=int(time.time() * 1000))
+            self._state_seq, self._state_time = fold.seq, time.monotonic()
+        await self.publisher.publish_state(learner.model.name, values)
 
     def learn(self, records: Sequence[Record]) -> list[HistoryEvent]:
         """Step 1 for one fetch: learn what is new, return the history events. A fetch can

@@ -333,6 +333,8 @@ class WebApi:
             role = "standby"
         elif stats.role == "active" and not served.fenced:
             role = "learner"
+        elif stats.role in ("learner", "replica"):  # scale_out "replicas": per model
+            role = "learner" if model.name in stats.learning else "replica"
         else:
             role = "starting"
         monitor = served.monitor

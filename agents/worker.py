@@ -128,7 +128,7 @@ class Worker:
         self.ownership = ModelOwnership(
             settings, self.stats, self.processor, self.ingest, new_learner=new_learner,
             pending=self.pending, supervisor=self.supervisor, crash=self.app.crash,
-            lock=self.model_lock)
+            lock=self.model_lock, training=self.training)
         self.broker_watch = BrokerWatch(settings, self.stats, self.log_limiter,
                                         self.ingest.assigned.is_set)
         InferenceAgent(

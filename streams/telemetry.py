@@ -75,8 +75,12 @@ class WorkerStats:
     ready: bool = False
     #: ``starting``, ``standby`` (another worker holds the global models' lease; this one
     #: follows the history, ready to take over) or ``active``; with scale_out "replicas":
-    #: ``replica`` (predicts, follows the history) or ``learner`` (holds the lease).
+    #: ``replica`` (predicts, follows the history) or ``learner`` (learns at least one
+    #: global model: see ``learning``).
     role: str = "starting"
+    #: scale_out "replicas": the global models this worker learns (holds the training
+    #: partitions of); the others it serves as replicas
+    learning: list[str] = dataclasses.field(default_factory=list)
     #: False while the broker cannot be reached (``riverbed_broker_connected``).
     broker_connected: bool = True
     #: what the broker offers, detected at start (streams/broker_features.py)
@@ -109,6 +113,9 @@ class WorkerStats:
     replica_lag_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     replica_lag_samples: dict[str, deque[tuple[int, float]]] = dataclasses.field(
         default_factory=dict)
+    #: replica states (replica_catch_up = "state") refused: not decodable, not signed with
+    #: our key, or not vouched for by the history
+    rejected_replica_states: int = 0
 
     def observe_replica_lag(self, model: str, steps: int, seconds: float) -> None:
         """A replica of ``model`` caught up ``steps`` learn steps ``seconds`` late."""
@@ -143,6 +150,7 @@ class WorkerStats:
             "uptime_s": round(time.time() - self.started_at, 3),
             "ready": self.ready,
             "role": self.role,
+            "learning": list(self.learning),
             "broker_connected": self.broker_connected,
             "idempotent_producer": self.idempotent_producer,
             "retention_warnings": list(self.retention_warnings),
@@ -158,6 +166,7 @@ class WorkerStats:
             "model_seq": dict(self.model_seq),
             "drifts": dict(self.drifts),
             "replicas": self.replica_summary(),
+            "rejected_replica_states": self.rejected_replica_states,
         }
 
 
@@ -209,7 +218,10 @@ class StatsCollector(Collector):
                  "(restored from an older snapshot or the history instead)",
                  s.rejected_snapshots, CounterMetricFamily),
                 ("riverbed_skipped_history_records", "History records that are not riverbed "
-                 "events (skipped)", s.skipped_history_records, CounterMetricFamily)):
+                 "events (skipped)", s.skipped_history_records, CounterMetricFamily),
+                ("riverbed_rejected_replica_states", "Published model states a replica "
+                 "refused (not signed with our key, or not vouched for by the history)",
+                 s.rejected_replica_states, CounterMetricFamily)):
             family = kind(name, doc, labels=[])
             family.add_metric([], value)
             yield family

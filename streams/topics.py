@@ -45,6 +45,8 @@ def riverbed_topics(settings: Settings) -> list[TopicSpec]:
             (t.labels, t.partitions, ()), (t.dead_letters, 1, ()),
             (t.training, t.partitions, ()), (t.history, 1, KEEP_FOREVER),
             (t.snapshots, 1, COMPACTED), (t.metrics, 1, ()), (t.pending, 1, KEEP_FOREVER)]
+    if settings.worker.scale_out == "replicas":  # a cache: the history is the record
+        data.append((t.replica_state, 1, (("retention.ms", "3600000"),)))
     isr = (("min.insync.replicas", str(t.min_insync_replicas)),)
     return [TopicSpec(n, p, t.replication_factor, c + isr) for n, p, c in data]
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -106,7 +107,7 @@ def worker_env(settings: Settings, key_hex: str) -> dict[str, str]:
 class WorkerChild:
     """``riverbed worker`` in a child process, observed through its web pages."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], config: Path = CONFIG) -> None:
         self.port = free_port()
         # RIVERBED_TEST_WORKER_LOGS=DIR keeps each child's log in DIR/worker-PORT.log
         log_dir = os.environ.get("RIVERBED_TEST_WORKER_LOGS")
@@ -118,7 +119,7 @@ class WorkerChild:
         # its own TMPDIR: a SIGKILLed worker cannot remove its temporary files, kill() does
         self.tmp = tempfile.mkdtemp(prefix="riverbed-test-worker-")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(CONFIG),
+            [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(config),
              "--web-port", str(self.port), "--log-level", level],
             env={**env, "TMPDIR": self.tmp}, cwd=ROOT,
             preexec_fn=die_with_parent, stdout=output, stderr=output)
