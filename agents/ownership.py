@@ -395,7 +395,7 @@ class ModelOwnership:
 
     def fenced_learners(self) -> list[Learner]:
         """Learners whose model a newer epoch has claimed (noticed by the follower)."""
-        return [lr for lr in self.learners if lr.fenced]
+        return [lr for lr in self._watched() if lr.fenced]
 
     def history_position(self, tp: TopicPartition) -> int | None:
         """Where learning resumes on ``tp``: the lowest position the models' histories
@@ -452,7 +452,6 @@ class ModelOwnership:
         async with PartitionReader(s.broker, [tp], start=start, fetch_max_wait_ms=200
                                    ) as reader:
             while True:
-                by_name = {lr.model.name: lr for lr in self._watched()}
                 for record in (await reader.fetch(1000)).get(tp, []):
                     kind = dict(record.headers or ()).get(KIND_HEADER)
                     if kind not in (b"Claimed", b"Restored"):
@@ -461,6 +460,9 @@ class ModelOwnership:
                         event = decode_event(record.value or b"", record.offset)
                     except DecodeError:  # not ours or damaged: the folds skip it too
                         continue
+                    # the models written here now: one released meanwhile (replicas) is
+                    # not fenced by its new learner's claim, it was handed over
+                    by_name = {lr.model.name: lr for lr in self._watched()}
                     learner = by_name.get(event.model)
                     if learner is None or event.epoch <= learner.epoch:
                         continue

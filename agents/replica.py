@@ -41,7 +41,12 @@ from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import Learn, Learned, Load
 from riverbed.streams.history_codec import decode_event
 from riverbed.streams.kafka_clients import PartitionReader, Record
-from riverbed.streams.replica_state import ModelState, StateAssembler, load_state
+from riverbed.streams.replica_state import (
+    ModelState,
+    StateAssembler,
+    load_state,
+    verify_state,
+)
 from riverbed.streams.snapshots import SnapshotIntegrityError
 from riverbed.streams.telemetry import WorkerStats
 
@@ -102,17 +107,16 @@ class ReplicaFollower:
                     newest = self._waiting.get(state.model)
                     if newest is None or state.seq >= newest.seq:
                         self._waiting[state.model] = state
-                self.load_states()
+                    self.load_states()  # each state is judged: a forged one is counted
 
     def load_states(self) -> None:
-        """Load each waiting state once the folded history vouches for it. Synchronous."""
+        """Judge each waiting state once the folded history has reached its seq: refuse
+        (and count) it unless the history vouches for it and it verifies; load it if it is
+        newer than what the replica predicts with. Synchronous."""
         by_name = {lr.model.name: lr for lr in self.learners}
         for name, state in list(self._waiting.items()):
             learner = by_name[name]
             model, fold = learner.model, learner.fold
-            if state.seq <= model.seq:  # nothing newer than what it predicts with
-                del self._waiting[name]
-                continue
             if state.seq > fold.seq:
                 continue  # the history has not reached it yet
             del self._waiting[name]
@@ -123,6 +127,9 @@ class ReplicaFollower:
                     raise SnapshotIntegrityError(
                         f"replica state {state.state_id} of {name} at seq {state.seq}: the "
                         "history holds no Learned record of it (a fenced learner's?)")
+                if state.seq <= model.seq:  # authentic or not: nothing newer; no unpickling
+                    verify_state(state, learner.key)
+                    continue
                 estimator = load_state(state, learner.key)
             except SnapshotIntegrityError as exc:
                 self.stats.rejected_replica_states += 1

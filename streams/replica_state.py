@@ -29,7 +29,7 @@ from typing import Any
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.snapshots import CHUNK_BYTES, SnapshotIntegrityError, sign
 
-__all__ = ["ModelState", "StateAssembler", "encode_state", "load_state"]
+__all__ = ["ModelState", "StateAssembler", "encode_state", "load_state", "verify_state"]
 
 _PLACE = ("model", "state_id", "epoch", "seq", "lineage", "fingerprint", "time_ms")
 
@@ -114,11 +114,16 @@ class StateAssembler:
                           b"".join(parts[i] for i in range(count)), signature)
 
 
-def load_state(state: ModelState, key: bytes) -> Any:
-    """Verify, then unpickle the estimator; SnapshotIntegrityError if the bytes or the
-    place were changed or signed with another key (nothing is unpickled then)."""
+def verify_state(state: ModelState, key: bytes) -> None:
+    """SnapshotIntegrityError unless the bytes and the place are as ``key`` signed them."""
     place = {k: getattr(state, k) for k in _PLACE}
     if not hmac.compare_digest(sign(_signed_bytes(place, state.payload), key), state.hmac):
         raise SnapshotIntegrityError(f"replica state {state.state_id} of {state.model}: HMAC "
                                      "mismatch (tampered, moved, or signed with another key)")
+
+
+def load_state(state: ModelState, key: bytes) -> Any:
+    """Verify, then unpickle the estimator; SnapshotIntegrityError if the bytes or the
+    place were changed or signed with another key (nothing is unpickled then)."""
+    verify_state(state, key)
     return pickle.loads(state.payload)  # noqa: S301 - verified above

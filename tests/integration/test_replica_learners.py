@@ -23,6 +23,7 @@ from riverbed.streams.config import Settings
 from riverbed.streams.datasets import events
 from riverbed.streams.history import examples_of, fold
 from riverbed.streams.replay import read_model_history
+from riverbed.streams.replica_state import encode_state
 from riverbed.streams.training import training_partition
 from tests.conftest import CONFIG, ROOT
 from tests.helpers import PredictionCounter, WorkerChild, provision, send_raw, worker_env
@@ -78,7 +79,7 @@ async def _learners(children: list[WorkerChild], balanced: bool, timeout_s: floa
 async def _models(child: WorkerChild) -> dict[str, Any]:
     page = await asyncio.to_thread(child.get, "/riverbed/models")
     assert page is not None, "worker does not answer"
-    return {m: page[m] for m in MODELS}
+    return {m: page[m] for m in MODELS if m in page}
 
 
 async def test_each_model_is_learned_by_the_holder_of_its_training_partition(
@@ -151,3 +152,105 @@ async def test_each_model_is_learned_by_the_holder_of_its_training_partition(
                                  "-c", str(config), "--verify", "--json"], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=180)
         assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+BY_STATE = '''
+replica_catch_up = "state"
+replica_state_every_steps = 500
+replica_state_every_s = 0.5
+'''
+
+
+async def test_replicas_by_state_load_only_states_the_history_vouches_for(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    """``replica_catch_up = "state"``: the replica follows its learner by loading the
+    published states and ends at the learner's seq and fingerprint; garbage, a state signed
+    with another key and a state the history has no Learned record of (a fenced learner's)
+    are refused and counted; the replica takes over when the learner is SIGKILLed, and the
+    history holds every example once."""
+    model = MODELS[0]
+    await provision(settings)
+    config = tmp_path / "by-state.toml"
+    text = CONFIG.read_text()
+    head, _, tail = text.partition('name = "agrawal-lr"\n')
+    config.write_text(head + 'name = "agrawal-lr"\n' + BY_STATE + tail)
+    key_hex = os.urandom(32).hex()
+    env = {**worker_env(settings, key_hex), "RIVERBED_WORKER__SCALE_OUT": "replicas",
+           "RIVERBED_WORKER__LEASE_SESSION_TIMEOUT_MS": "6000"}
+    codec = AvroCodec(load_schema("agrawal_event"))
+    stream = list(events("agrawal", 8000, seed=12))
+
+    async def send(chunk: slice) -> None:
+        await send_raw(settings, [(e["key"].encode(), codec.encode(e)) for e in stream[chunk]],
+                       partition=None)
+
+    async def page(child: WorkerChild) -> dict[str, Any]:
+        return dict((await _models(child))[model])
+
+    async def until(child: WorkerChild, field: str, value: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 120
+        while (state := await page(child))[field] != value:
+            assert time.monotonic() < deadline, (field, value, state)
+            await asyncio.sleep(0.05)
+        return state
+
+    children = [WorkerChild(env, config) for _ in range(2)]
+    try:
+        async with PredictionCounter(settings) as predictions:
+            deadline = time.monotonic() + 90
+            while True:
+                stats = await _stats(children)
+                if all(s is not None and s["partitions"] for s in stats) and sorted(
+                        m for s in stats if s is not None for m in s["learning"]) == [model]:
+                    break
+                assert time.monotonic() < deadline, stats
+                await asyncio.sleep(0.1)
+            learner, replica = (children if stats[0] and stats[0]["learning"]
+                                else children[::-1])
+            await send(slice(0, 6000))
+            final = await until(learner, "durable_seq", 6000)
+            loaded = await until(replica, "seq", 6000)  # the last state of the lull
+            assert loaded["fingerprint"] == final["fingerprint"]
+            fingerprint = str(final["fingerprint"])
+            key = bytes.fromhex(key_hex)
+            place = dict(model=model, epoch=1, seq=6000, lineage=0, time_ms=1)
+            hostile = [b"\xff garbage", *encode_state({"forged": 1}, os.urandom(32),
+                                                      fingerprint=fingerprint, **place),
+                       *encode_state({"zombie": 1}, key, fingerprint="a fenced learner's",
+                                     **place)]
+            await send_raw(settings, [(model.encode(), v) for v in hostile],
+                           topic=settings.topics.replica_state)
+            deadline = time.monotonic() + 60
+            while (await _stats([replica]))[0]["rejected_replica_states"] != 3:  # type: ignore[index]
+                assert time.monotonic() < deadline, await _stats([replica])
+                await asyncio.sleep(0.05)
+            after = await page(replica)
+            assert (after["seq"], after["fingerprint"]) == (6000, fingerprint)
+            replica_stats = (await _stats([replica]))[0]
+            assert replica_stats is not None and replica_stats["replicas"][model]["samples"] > 0
+            learner.kill()                                        # the replica takes over
+            children.remove(learner)
+            deadline = time.monotonic() + 90
+            while (await _stats(children))[0]["learning"] != [model]:  # type: ignore[index]
+                assert time.monotonic() < deadline, await _stats(children)
+                await asyncio.sleep(0.1)
+            await send(slice(6000, 8000))
+            await until(replica, "durable_seq", 8000)
+            deadline = time.monotonic() + 120
+            while not (await predictions.at_least(8000)):
+                assert time.monotonic() < deadline, f"{len(predictions.seen)} predicted"
+                await _stats(children)
+    finally:
+        for child in children:
+            if child.process.poll() is None:
+                child.kill()
+    assert {eid for eid, _ in predictions.seen} == {e["event_id"] for e in stream}
+    state, effects = fold(model, await read_model_history(settings, model))
+    applied = [x.event_id for x in examples_of(effects)]
+    assert len(applied) == len(set(applied)) == 8000  # nothing learned twice, nothing lost
+    assert state.epoch >= 2
+    verify = subprocess.run([sys.executable, "-m", "riverbed.cli", "replay", model,
+                             "-c", str(config), "--verify", "--json"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=180)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

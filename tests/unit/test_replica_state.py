@@ -189,3 +189,18 @@ def test_a_state_the_history_does_not_vouch_for_is_refused_and_counted() -> None
                              or "", **{**place, "seq": 7}))
     assert sim.replica.model.seq == 0 and sim.stats.rejected_replica_states == 3
     assert sim.replica.model.estimator.__class__.__name__ == "LogisticRegression"
+
+
+def test_a_forged_state_is_counted_even_when_it_is_not_newer() -> None:
+    sim = _Replica()
+    sim.learn(20)
+    sim.follow()
+    sim.publish()
+    assert sim.replica.model.seq == 20
+    fold = sim.writer.fold
+    sim.publish(encode_state({"forged": 1}, b"j" * 32, model="m", epoch=fold.epoch, seq=20,
+                             lineage=fold.lineage, fingerprint=fold.fingerprint or "",
+                             time_ms=1))
+    sim.publish()  # an authentic copy of what it has: nothing to do, nothing counted
+    assert sim.replica.model.seq == 20 and sim.stats.rejected_replica_states == 1
+    assert sim.probe(sim.replica.model.estimator) == sim.probe(sim.writer.model.estimator)
