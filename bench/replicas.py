@@ -14,9 +14,13 @@
    learn, build the ``Learned`` record with its fingerprint) in-process, no broker,
    against River's ``learn_one`` alone on the same examples.
 3. How a replica catches up: re-applying ``Learned`` examples (per step) against loading
-   the learner's snapshot (per load), in-process.
-4. Replica staleness at ``--rate`` events/s with 3 workers: p50/p99 of the steps and ms
-   each replica was behind at its history fetches (``/riverbed/stats``).
+   the learner's snapshot (per load) and against a published model state
+   (``replica_catch_up = "state"``: sign + encode on the learner, verify + load on the
+   replica), in-process.
+4. Replica staleness at ``--rate`` events/s with 3 workers, for each way of catching up
+   (``examples``, ``state`` with its default cadence), in the same run: p50/p99 of the
+   steps and ms each replica was behind when it caught up (``/riverbed/stats``), and the
+   replicas' CPU seconds per event over the stream (``/proc``).
 5. Failover: SIGKILL the learner ``--kills`` times under a steady stream; from the kill to
    the new learner's role and to its first new learn step (median).
 
@@ -46,6 +50,7 @@ from aiokafka import TopicPartition  # noqa: E402
 from bench.measure import two_process_scaling  # noqa: E402
 from bench.takeover import Child, wait  # noqa: E402
 from riverbed.agents.learner import Learner  # noqa: E402
+from riverbed.agents.replica import ReplicaFollower  # noqa: E402
 from riverbed.agents.training import TrainingLoop  # noqa: E402
 from riverbed.schemas import load_schema  # noqa: E402
 from riverbed.streams.broker import EmbeddedBroker  # noqa: E402
@@ -55,9 +60,11 @@ from riverbed.streams.datasets import events  # noqa: E402
 from riverbed.streams.effects import apply_effects  # noqa: E402
 from riverbed.streams.features import FeatureExtractor  # noqa: E402
 from riverbed.streams.history import Claimed, Example, Learn  # noqa: E402
+from riverbed.streams.history_codec import encode_event  # noqa: E402
 from riverbed.streams.kafka_clients import PartitionReader  # noqa: E402
 from riverbed.streams.models import OnlineModel, build_estimator  # noqa: E402
 from riverbed.streams.produce import produce  # noqa: E402
+from riverbed.streams.replica_state import StateAssembler, encode_state, load_state  # noqa: E402
 from riverbed.streams.snapshots import load_snapshot  # noqa: E402
 from riverbed.streams.telemetry import WorkerStats  # noqa: E402
 from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
@@ -168,6 +175,66 @@ def learner_ceiling(settings: Settings, count: int) -> dict[str, float]:
             round(n / river_s), "ratio": round(river_s / learner_s, 3)}
 
 
+#: a model whose learn step is expensive, to weigh the two ways of catching up against
+FOREST = ({"forest.ARFClassifier": {"n_models": 5, "seed": 1}},)
+
+
+def follower_costs(settings: Settings, count: int, pipeline: Any = None,
+                   state_every: int = 1000) -> dict[str, Any]:
+    """A replica's CPU per learn step, in-process, both ways: ``examples`` (decode the
+    history records, fold, re-apply) against ``state`` (decode, fold, and verify + load the
+    learner's state every ``state_every`` steps), on the same history of ``count`` steps."""
+    spec = settings.models[0] if pipeline is None else dataclasses.replace(
+        settings.models[0], pipeline=pipeline)
+    s = dataclasses.replace(settings, models=(spec,))
+    examples = examples_of_dataset(s, count)
+    learner = _learner(s)
+    loop = TrainingLoop(s, learner, asyncio.Lock(), WorkerStats())
+    history, states, offset = [], {}, 1  # offset 0: the learner's claim
+    began = time.perf_counter()
+    for i in range(0, count, 500):
+        record = type("R", (), {"offset": i, "key": MODEL.encode(), "value": encode_training(
+            TrainingBatch(MODEL, tuple(examples[i:i + 500]), {"e:0": i}))})()
+        for event in loop.learn([record]):
+            history.append(type("H", (), {"offset": offset, "key": MODEL.encode(),
+                                          "value": encode_event(event)})())
+            offset += 1
+        fold = learner.fold
+        if fold.seq % state_every == 0:
+            states[len(history)] = encode_state(
+                learner.model.estimator, learner.key, model=MODEL, epoch=fold.epoch,
+                seq=fold.seq, lineage=fold.lineage, fingerprint=fold.fingerprint or "",
+                time_ms=int(time.time() * 1000))
+    learn_s = time.perf_counter() - began
+    claim = learner.event(Claimed("bench"))
+    head = [type("H", (), {"offset": 0, "key": MODEL.encode(), "value": encode_event(claim)})()]
+    result: dict[str, Any] = {
+        "model": next(iter(spec.pipeline[-1])), "steps": count,
+        "learner_us_per_step": round(learn_s / count * 1e6, 2), "state_every": state_every,
+        "state_bytes": len(b"".join(next(iter(states.values()), [])))}
+    for catch_up in ("examples", "state"):
+        replica_spec = dataclasses.replace(spec, replica_catch_up=catch_up)
+        replica = Learner(OnlineModel(replica_spec), cast(Any, None), cast(Any, None),
+                          b"k" * 32, snapshot_every_steps=10**9, snapshot_every_s=1e9,
+                          id_window=s.history.id_window, probe_size=s.history.probe_size)
+        follower = ReplicaFollower(s, [replica], WorkerStats())
+        follower.apply(cast(Any, head))
+        began = time.perf_counter()
+        for n, record in enumerate(history, start=1):
+            follower.apply([record])
+            if catch_up == "state" and n in states:
+                assembler = StateAssembler()
+                state = [assembler.add(v) for v in states[n]][-1]
+                assert state is not None
+                follower._waiting[MODEL] = state
+                follower.load_states()
+        spent = time.perf_counter() - began
+        assert replica.fold.seq == count and (catch_up == "examples" or replica.model.seq
+                                              == count - count % state_every)
+        result[f"{catch_up}_us_per_step"] = round(spent / count * 1e6, 2)
+    return result
+
+
 def catch_up_costs(settings: Settings, count: int) -> dict[str, float]:
     """Re-applying Learned examples (per step) vs loading a snapshot (per load)."""
     examples = examples_of_dataset(settings, count)
@@ -192,26 +259,54 @@ def catch_up_costs(settings: Settings, count: int) -> dict[str, float]:
     began = time.perf_counter()
     model_only = pickle.loads(pickle.dumps(replica.estimator))  # the model, no window
     model_ms = (time.perf_counter() - began) * 1000
-    return {"reapply_us_per_step": round(per_step_us, 2), "snapshot_load_ms": round(load_ms, 3),
+    publish, load = [], []
+    for _ in range(20):  # replica_catch_up = "state": what the learner and a replica pay
+        began = time.perf_counter()
+        values = encode_state(replica.estimator, b"k" * 32, model=MODEL, epoch=1, seq=count,
+                              lineage=0, fingerprint="f", time_ms=0)
+        publish.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        assembler = StateAssembler()
+        state = [assembler.add(v) for v in values][-1]
+        assert state is not None
+        load_state(state, b"k" * 32)
+        load.append(time.perf_counter() - began)
+    return {"state_publish_ms": round(statistics.median(publish) * 1000, 3),
+            "state_load_ms": round(statistics.median(load) * 1000, 3),
+            "state_bytes": sum(len(v) for v in values),
+            "state_break_even_steps": round(statistics.median(load) * 1e6 / per_step_us),
+            "reapply_us_per_step": round(per_step_us, 2), "snapshot_load_ms": round(load_ms, 3),
             "snapshot_bytes": size, "break_even_steps": round(load_ms * 1000 / per_step_us),
             "model_only_roundtrip_ms": round(model_ms, 3),
             "model_only_bytes": len(pickle.dumps(model_only))}
 
 
-def staleness(settings: Settings, rate: float, seconds: float) -> list[dict[str, Any]]:
+def staleness(settings: Settings, rate: float, seconds: float, catch_up: str
+              ) -> list[dict[str, Any]]:
+    """Three workers under a steady ``rate``: each replica's staleness and CPU per event."""
     s, env = fresh(settings)
-    children = [Child(env) for _ in range(3)]
+    config = CONFIG
+    if catch_up != "examples":  # a per-model setting: a config of its own
+        config = Path(os.environ.get("TMPDIR", "/tmp")) / f"replicas-{uuid.uuid4().hex}.toml"
+        head, _, tail = CONFIG.read_text().partition(f'name = "{MODEL}"\n')
+        config.write_text(f'{head}name = "{MODEL}"\nreplica_catch_up = "{catch_up}"\n{tail}')
+    children = [Child(env, config) for _ in range(3)]
     try:
         wait(lambda: settled(children), 120, "3 workers settled")
-        asyncio.run(produce(s, "agrawal", int(rate * seconds), rate, seed=5))
         want = int(rate * seconds)
+        cpu_before = [c.cpu_s() for c in children]
+        asyncio.run(produce(s, "agrawal", want, rate, seed=5))
         wait(lambda: all(c.seq() >= want for c in children), 120, "replicas caught up")
+        cpu = [c.cpu_s() - before for c, before in zip(children, cpu_before, strict=True)]
         stats = [c.get("/riverbed/stats") or {} for c in children]
     finally:
         for child in children:
             child.kill()
-    return [dict(st["replicas"][MODEL], role=st["role"]) for st in stats
-            if st.get("role") == "replica"]
+        if config != CONFIG:
+            config.unlink()
+    return [dict(st["replicas"][MODEL], role=st["role"], catch_up=catch_up,
+                 cpu_us_per_event=round(used / want * 1e6, 1))
+            for st, used in zip(stats, cpu, strict=True) if st.get("role") == "replica"]
 
 
 def learner_of(children: list[Child]) -> Child | None:
@@ -297,11 +392,28 @@ def print_tables(result: dict[str, Any]) -> None:
         print(f"catch-up: re-apply {cu['reapply_us_per_step']} us/step per replica; snapshot "
               f"load {cu['snapshot_load_ms']} ms ({cu['snapshot_bytes']:,} B); break-even "
               f"{cu['break_even_steps']:,} steps; the model alone (no dedup window) "
-              f"{cu['model_only_roundtrip_ms']} ms, {cu['model_only_bytes']:,} B")
-    for row in result.get("staleness", []):
-        print(f"staleness at {result['rate']:,.0f} events/s: p50 {row['p50_steps']} steps / "
-              f"{row['p50_ms']} ms, p99 {row['p99_steps']} steps / {row['p99_ms']} ms "
-              f"({row['samples']} fetches)")
+              f"{cu['model_only_roundtrip_ms']} ms, {cu['model_only_bytes']:,} B; a "
+              f"published state: {cu['state_publish_ms']} ms to sign and encode, "
+              f"{cu['state_load_ms']} ms to verify and load ({cu['state_bytes']:,} B; "
+              f"break-even {cu['state_break_even_steps']:,} steps)")
+    if result.get("replica_follower"):
+        print("a replica's CPU per learn step, in-process (decode + fold + catch up):")
+        print("| model | learner us/step | examples: us/step | state every N steps: "
+              "us/step | state bytes |")
+        print("|---|---|---|---|---|")
+        for row in result["replica_follower"]:
+            print(f"| {row['model']} | {row['learner_us_per_step']} | "
+                  f"{row['examples_us_per_step']} | {row['state_us_per_step']} "
+                  f"(N={row['state_every']}) | {row['state_bytes']:,} |")
+    if result.get("staleness"):
+        print(f"staleness at {result['rate']:,.0f} events/s, 3 workers:")
+        print("| catch-up | p50 steps | p50 ms | p99 steps | p99 ms | catch-ups | "
+              "replica CPU us/event |")
+        print("|---|---|---|---|---|---|---|")
+        for row in result["staleness"]:
+            print(f"| {row['catch_up']} | {row['p50_steps']} | {row['p50_ms']} | "
+                  f"{row['p99_steps']} | {row['p99_ms']} | {row['samples']} | "
+                  f"{row['cpu_us_per_event']} |")
     if "failover" in result:
         f = result["failover"]
         print(f"failover ({len(f['rounds'])} kills): median to new learner "
@@ -328,8 +440,12 @@ def main() -> None:
         if "learner" in args.only:
             result["learner"] = learner_ceiling(settings, 20_000)
             result["catch_up"] = catch_up_costs(settings, 20_000)
+            result["replica_follower"] = [follower_costs(settings, 20_000),
+                                          follower_costs(settings, 4_000, FOREST)]
         if "staleness" in args.only:
-            result["staleness"] = staleness(settings, args.rate, args.seconds)
+            result["staleness"] = [row for catch_up in ("examples", "state")
+                                   for row in staleness(settings, args.rate, args.seconds,
+                                                        catch_up)]
         if "failover" in args.only:
             rounds = failover(settings, args.kills, 2000.0)
             result["failover"] = {"rounds": rounds, "median_role_s": statistics.median(

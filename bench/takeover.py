@@ -45,10 +45,10 @@ CONFIG = ROOT / "config" / "riverbed.toml"
 class Child:
     """``riverbed worker`` in a child process."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], config: Path = CONFIG) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(CONFIG),
+            [sys.executable, "-m", "riverbed.cli", "worker", "-c", str(config),
              "--web-port", str(self.port)], env=env, cwd=ROOT, preexec_fn=die_with_parent,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -66,6 +66,11 @@ class Child:
     def seq(self) -> int:
         models = self.get("/riverbed/models") or {}
         return int(models.get("agrawal-lr", {}).get("seq", -1))
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the child has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def kill(self) -> None:
         if self.process.poll() is None:
