@@ -40,7 +40,7 @@ from riverbed.streams.effects import apply_effects
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import Learn, Learned, Load
 from riverbed.streams.history_codec import decode_event
-from riverbed.streams.kafka_clients import PartitionReader, Record
+from riverbed.streams.kafka_clients import FOLLOW_WAIT_MS, PartitionReader, Record
 from riverbed.streams.replica_state import (
     ModelState,
     StateAssembler,
@@ -84,7 +84,7 @@ class ReplicaFollower:
         tp = TopicPartition(self.settings.topics.history, 0)
         start = {tp: min(lr.history_position for lr in self.learners)}
         async with PartitionReader(self.settings.broker, [tp], start=start,
-                                   fetch_max_wait_ms=20) as reader:
+                                   fetch_max_wait_ms=FOLLOW_WAIT_MS) as reader:
             while True:
                 self.apply((await reader.fetch(500)).get(tp, []))
 
@@ -94,7 +94,7 @@ class ReplicaFollower:
         tp = TopicPartition(self.settings.topics.replica_state, 0)
         assembler = StateAssembler()
         async with PartitionReader(self.settings.broker, [tp], start="end",
-                                   fetch_max_wait_ms=20) as reader:
+                                   fetch_max_wait_ms=FOLLOW_WAIT_MS) as reader:
             while True:
                 for record in (await reader.fetch(100)).get(tp, []):
                     try:

@@ -39,7 +39,7 @@ from riverbed.streams.config import Settings
 from riverbed.streams.errors import DecodeError, ValidationError
 from riverbed.streams.features import FeatureExtractor
 from riverbed.streams.history import Example, HistoryEvent
-from riverbed.streams.kafka_clients import PartitionReader, Record
+from riverbed.streams.kafka_clients import FOLLOW_WAIT_MS, PartitionReader, Record
 from riverbed.streams.output import BatchProducer
 from riverbed.streams.replica_state import encode_state
 from riverbed.streams.telemetry import WorkerStats
@@ -125,7 +125,7 @@ class TrainingLoop:
             epoch = self.learner.epoch
             start = {self.tp: self.learner.fold.applied_offset(self.source)}
             async with PartitionReader(self.settings.broker, [self.tp], start=start,
-                                       fetch_max_wait_ms=20) as reader:
+                                       fetch_max_wait_ms=FOLLOW_WAIT_MS) as reader:
                 while self.learner.epoch == epoch and not self._stopping:
                     records = (await reader.fetch(200)).get(self.tp, [])
                     if not records:

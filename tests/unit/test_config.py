@@ -31,13 +31,17 @@ def test_environment_overrides() -> None:
     settings = settings_from_dict({"models": [MODEL]}, env=env)
     assert settings.broker.bootstrap_servers == "kafka:9092"
     assert settings.topics.partitions == 8
-    assert settings.worker.effective_fetch_max_wait_ms == 5
+    assert settings.worker.effective_fetch_max_wait_ms == 20
 
 
 @pytest.mark.parametrize("raw,env,field", [
     ({"topics": {"partitions": 0}, "models": [MODEL]}, {}, "topics.partitions"),
     ({"topics": {"partitions": "many"}, "models": [MODEL]}, {}, "topics.partitions"),
     ({"worker": {"profile": "fast"}, "models": [MODEL]}, {}, "worker.profile"),
+    ({"worker": {"fetch_max_wait_ms": 5}, "models": [MODEL]}, {}, "worker.fetch_max_wait_ms"),
+    ({"models": [{**MODEL, "replica_state_every_steps": 0}]}, {},
+     "models[0].replica_state_every_steps"),
+    ({"models": [{**MODEL, "replica_catch_up": "gossip"}]}, {}, "models[0].replica_catch_up"),
     ({"worker": {"nope": 1}, "models": [MODEL]}, {}, "worker.nope"),
     ({"models": [MODEL]}, {"RIVERBED_LIMITS__MAX_FEATURES": "x"}, "limits.max_features"),
     ({"models": [MODEL]}, {"RIVERBED_NOPE__X": "1"}, "RIVERBED_NOPE__X"),
