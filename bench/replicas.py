@@ -332,15 +332,19 @@ def failover(settings: Settings, kills: int, rate: float) -> list[dict[str, floa
     try:
         for _ in range(kills):
             wait(lambda: settled(children), 120, "settled")
-            wait(lambda: learner_of(children) is not None, 30, "the learner answers")
-            learner = cast(Child, learner_of(children))
+            found: list[Child] = []  # the learner as seen by the predicate (a page can time out)
+            wait(lambda: bool(found.extend(c for c in [learner_of(children)] if c) or found),
+                 30, "the learner answers")
+            learner = found[0]
             wait(lambda a=learner: a.seq() > 0, 60, "learning")
             time.sleep(2)  # let it run a while (pacing, not synchronisation)
             killed = time.monotonic()
             learner.kill()
             children.remove(learner)
-            role = wait(lambda: learner_of(children) is not None, 60, "new learner")
-            new = cast(Child, learner_of(children))
+            found.clear()
+            role = wait(lambda: bool(found.extend(c for c in [learner_of(children)] if c)
+                                     or found), 60, "new learner")
+            new = found[0]
             start_seq = new.seq()
             try:
                 learning = wait(lambda n=new, q=start_seq: n.seq() > q, 60, "learning again")
