@@ -74,3 +74,44 @@ def test_doctests() -> None:
 
     from riverbed.streams import lease
     assert doctest.testmod(lease).attempted >= 1 and doctest.testmod(lease).failed == 0
+
+
+@given(st.lists(st.tuples(st.sampled_from(["join", "leave", "freeze", "thaw"]),
+                          st.integers(0, 5)), max_size=30),
+       st.sets(st.integers(0, 7), min_size=1, max_size=5))
+def test_random_joins_leaves_and_frozen_members_keep_one_learner_per_partition(
+    steps: list[tuple[str, int]], partitions: set[int],
+) -> None:
+    """A simulation of the spread lease over rebalances: members join, leave (stop or die),
+    freeze (miss the rebalance: the group drops them, but they still think they hold what
+    they held) and thaw (rejoin claiming their old holdings). After every rebalance each
+    partition has exactly one holder among the members in the group, shares differ by one
+    at most, and a member that stays keeps what it held up to its share."""
+    clock = iter(range(1, 10**6))
+    live: dict[str, tuple[dict[int, int], int]] = {}
+    frozen: dict[str, tuple[dict[int, int], int]] = {}
+    for action, n in steps:
+        name = f"m{n}"
+        if action == "join" and name not in live and name not in frozen:
+            live[name] = ({}, next(clock))
+        elif action == "leave":
+            live.pop(name, None)
+        elif action == "freeze" and name in live:
+            frozen[name] = live.pop(name)
+        elif action == "thaw" and name in frozen:
+            live[name] = frozen.pop(name)  # claims what it held before it froze
+        if not live:
+            continue
+        before = {m: set(held) for m, (held, _) in live.items()}
+        dealt = spread_partitions(live, partitions)
+        held = sorted(p for ps in dealt.values() for p in ps)
+        assert held == sorted(partitions)
+        counts = [len(ps) for ps in dealt.values()]
+        assert max(counts) - min(counts) <= 1
+        now = next(clock)
+        for member, ps in dealt.items():  # what each now holds, and since when
+            old, joined = live[member]
+            live[member] = ({p: old.get(p, now) for p in ps}, joined)
+            uncontested = {p for p in before[member] & partitions if not any(
+                p in before[m] for m in before if m != member)}
+            assert len(uncontested & set(ps)) == min(len(uncontested), len(ps))
