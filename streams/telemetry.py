@@ -197,8 +197,12 @@ class StatsCollector(Collector):
                         "model", s.model_seq)
         yield _labelled(CounterMetricFamily, "riverbed_drift_events", "Drift detections",
                         "model", s.drifts)
+        if s.role in ("learner", "replica"):  # scale_out "replicas": who learns which model
+            yield _labelled(GaugeMetricFamily, "riverbed_learner", "1 if this worker is the "
+                            "model's learner, 0 if it serves the model as a replica", "model",
+                            {name: int(name in s.learning) for name in s.model_seq})
         yield _labelled(GaugeMetricFamily, "riverbed_replica_lag_steps", "Learn steps a "
-                        "prediction replica was behind at its last history fetch", "model",
+                        "prediction replica was behind when it last caught up", "model",
                         s.replica_lag_steps)
         yield _labelled(GaugeMetricFamily, "riverbed_replica_lag_seconds", "Age of the newest "
                         "learn step a prediction replica applied, when it applied it", "model",

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,11 @@ async def _learners(children: list[WorkerChild], balanced: bool, timeout_s: floa
     raise AssertionError(f"no learner per model before the deadline: {stats}")
 
 
+def _metrics(child: WorkerChild) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{child.port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
 async def _models(child: WorkerChild) -> dict[str, Any]:
     page = await asyncio.to_thread(child.get, "/riverbed/models")
     assert page is not None, "worker does not answer"
@@ -109,6 +115,11 @@ async def test_each_model_is_learned_by_the_holder_of_its_training_partition(
     try:
         async with PredictionCounter(settings) as predictions:
             learners = await _learners(children, balanced=True, timeout_s=90)
+            for child in children:  # Prometheus says which worker learns which model
+                text = await asyncio.to_thread(_metrics, child)
+                for model in MODELS:
+                    flag = "1.0" if learners[model] is child else "0.0"
+                    assert f'riverbed_learner{{model="{model}"}} {flag}' in text, text
             await send(slice(0, 6000))
             await learned(learners, 2000)
             victim = learners[MODELS[0]]                         # 1. SIGKILL a learner
