@@ -81,6 +81,8 @@ class KafkaCluster:
         self.cluster_id = cluster_id()
         self.work_dir = Path(tempfile.mkdtemp(prefix="riverbed-kafka-cluster-"))
         self._keep = False
+        #: nodes sent SIGSTOP (and not SIGCONT) by signal_node: stopped first
+        self._frozen: set[int] = set()
         roles: list[tuple[str, ...]] = [("controller",)] * controllers + (
             [("broker",)] * brokers if controllers else [("broker", "controller")] * brokers)
         ports = self._distinct_ports(2 * len(roles), host)
@@ -161,6 +163,10 @@ class KafkaCluster:
         if node.process is None or node.process.poll() is not None:
             raise BrokerError(f"node {index} is not running")
         node.process.send_signal(sig)
+        if sig == signal.SIGSTOP:
+            self._frozen.add(index)
+        elif sig == signal.SIGCONT:
+            self._frozen.discard(index)
 
     def log_of(self, index: int) -> Path:
         """Node ``index``'s ``server.log``."""
@@ -171,9 +177,13 @@ class KafkaCluster:
         period); safe to call twice. The work dir is removed unless ``keep`` or a node died
         or needed SIGKILL (its path is printed to stderr then)."""
         atexit.unregister(self.stop)
-        # all brokers at once (each waits for its controlled shutdown), then the quorum
-        stages = [[n for n in self.nodes if n.is_broker],
-                  [n for n in self.nodes if not n.is_broker]]
+        # frozen nodes first, while the quorum they need for a controlled shutdown is there
+        # (thawed after the others had gone, one waited for it until SIGKILL); then all
+        # brokers at once (each waits for its controlled shutdown), then the quorum
+        frozen = [n for i, n in enumerate(self.nodes) if i in self._frozen]
+        self._frozen.clear()
+        stages = [frozen, [n for n in self.nodes if n.is_broker and n not in frozen],
+                  [n for n in self.nodes if not n.is_broker and n not in frozen]]
         for stage in (s for s in stages if s):
             with concurrent.futures.ThreadPoolExecutor(len(stage)) as pool:
                 list(pool.map(lambda n: n.stop(keep=keep), stage))
