@@ -31,6 +31,7 @@ records were ignored are learned by whoever owns the model next.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -50,6 +51,7 @@ from riverbed.streams.history import (
     Example,
     HistoryEvent,
     HistoryFold,
+    Learn,
     Learned,
     Restored,
     Snapshot,
@@ -79,6 +81,9 @@ def spec_json(model: OnlineModel) -> str:
 
 #: Owner name of rollback claims (the CLI); see Worker._follow_history.
 ROLLBACK_OWNER = "riverbed-rollback"
+#: Learn steps folded into the model between yields to the event loop while a history is
+#: restored or followed (a tail of 100,000 steps in one go blocked a worker for seconds)
+FOLD_STEPS = 4096
 
 
 def valid_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -268,13 +273,17 @@ class Learner:
         """Fold history events [start, until]; returns the next offset to read."""
         position = start
         batch: list[Any] = []
+        steps = 0
         async for event in self.history.read(start, until, skipped=self.skipped):
             effect = self.fold.apply(event)
             if effect is not None:
                 batch.append(effect)
-                if len(batch) >= 256:
+                steps += len(effect.examples) if isinstance(effect, Learn) else 1
+                if steps >= FOLD_STEPS or len(batch) >= 256:
                     apply_effects(self.model, batch, self.key)
                     batch.clear()
+                    steps = 0
+                    await asyncio.sleep(0)  # let the worker's pages and heartbeats run
             position = event.offset + 1
         apply_effects(self.model, batch, self.key)
         return position

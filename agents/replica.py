@@ -53,6 +53,11 @@ from riverbed.streams.telemetry import WorkerStats
 log = logging.getLogger(__name__)
 #: Learned records remembered per model to vouch for published states
 VOUCHED_STEPS = 10_000
+#: History records applied per fetch. A fetch is applied synchronously (no prediction sees
+#: half of one), so it is kept small: each record holds up to limits.max_batch_records
+#: examples, and a replica catching up with 500 records per fetch re-applied up to a million
+#: examples without yielding to its event loop (its web pages and heartbeats).
+FOLLOW_RECORDS = 4
 
 
 class ReplicaFollower:
@@ -85,8 +90,8 @@ class ReplicaFollower:
         start = {tp: min(lr.history_position for lr in self.learners)}
         async with PartitionReader(self.settings.broker, [tp], start=start,
                                    fetch_max_wait_ms=FOLLOW_WAIT_MS) as reader:
-            while True:
-                self.apply((await reader.fetch(500)).get(tp, []))
+            while True:  # a few records per fetch: each is applied without yielding
+                self.apply((await reader.fetch(FOLLOW_RECORDS)).get(tp, []))
 
     async def _follow_states(self) -> None:
         """Read the published states from now on (a replica starts exact: restored from

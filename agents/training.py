@@ -53,6 +53,37 @@ from riverbed.streams.training import (
 log = logging.getLogger(__name__)
 
 
+#: Training records learned in one step (under the model lock, without yielding) hold at
+#: most about this many bytes: a learner taking over a backlog fetched up to 200 records of
+#: up to limits.max_batch_records examples each and learned them in one go, which blocked
+#: its event loop for seconds (its web pages and group heartbeats with it). ~2,000 examples
+#: of the demo's schema; between steps the history append yields.
+LEARN_CHUNK_BYTES = 512 * 1024
+
+
+def chunked(records: Sequence[Record], max_bytes: int) -> list[Sequence[Record]]:
+    """Consecutive runs of ``records`` of at most ``max_bytes`` of values (one record at
+    least per run).
+
+    >>> R = type("R", (), {})
+    >>> rs = [R() for _ in range(5)]
+    >>> for r, n in zip(rs, (3, 3, 3, 9, 1)): r.value = b"x" * n
+    >>> [len(c) for c in chunked(rs, 6)]
+    [2, 1, 1, 1]
+    """
+    runs: list[Sequence[Record]] = []
+    start, size = 0, 0
+    for i, record in enumerate(records):
+        length = len(record.value or b"")
+        if i > start and size + length > max_bytes:
+            runs.append(records[start:i])
+            start, size = i, 0
+        size += length
+    if start < len(records):
+        runs.append(records[start:])
+    return runs
+
+
 class TrainingPublisher:
     """Sends a worker's training records (keyed by model, to the model's partition)."""
 
@@ -131,14 +162,15 @@ class TrainingLoop:
                     if not records:
                         await self._publish_state_if_due()  # the last steps of a lull
                         continue
-                    async with self.lock:  # no batch predicts while the model changes
-                        if self.learner.epoch != epoch or self.learner.fenced:
-                            break
-                        events = self.learn(records)                                # 1.
-                    offsets = await self.learner.history.append(events)             # 2.
-                    await self.learner.publish_index(events, offsets)
-                    self.learner.mark_durable(events)
-                    await self._publish_state_if_due()
+                    for chunk in chunked(records, LEARN_CHUNK_BYTES):
+                        async with self.lock:  # no batch predicts while the model changes
+                            if self.learner.epoch != epoch or self.learner.fenced:
+                                break
+                            events = self.learn(chunk)                              # 1.
+                        offsets = await self.learner.history.append(events)         # 2.
+                        await self.learner.publish_index(events, offsets)
+                        self.learner.mark_durable(events)
+                        await self._publish_state_if_due()
 
     async def _publish_state_if_due(self) -> None:
         """replica_catch_up = "state": publish the model every N steps / T seconds, once

@@ -38,7 +38,9 @@ SETTINGS = settings_from_dict({"models": [MODEL], "worker": {"scale_out": "repli
 
 
 def test_doctests() -> None:
+    from riverbed.agents import training as training_agent
     assert doctest.testmod(training).failed == 0
+    assert doctest.testmod(training_agent).failed == 0
 
 
 def test_codec_round_trips_floats_exactly_and_refuses_garbage() -> None:
@@ -226,3 +228,19 @@ def test_hostile_training_records_never_reach_the_model() -> None:
     learned = [e.body for e in events if isinstance(e.body, Learned)]
     assert [x.event_id for b in learned for x in b.examples] == ["good"]
     assert loop.learner.model.seq == before + 1 and loop.invalid_examples == 3
+
+
+def test_a_fetch_is_learned_in_runs_of_bounded_size() -> None:
+    """A learner taking over a backlog fetched up to 200 records and learned them in one go,
+    blocking its event loop for seconds (a fresh-clone CI run: the new learner's pages did
+    not answer): a fetch is learned in runs of at most LEARN_CHUNK_BYTES (one record at
+    least), every record once, in order."""
+    from riverbed.agents.training import LEARN_CHUNK_BYTES, chunked
+    records = [_Record(i, b"m", b"x" * size) for i, size in enumerate(
+        [LEARN_CHUNK_BYTES // 3] * 7 + [2 * LEARN_CHUNK_BYTES, 10])]
+    runs = chunked(records, LEARN_CHUNK_BYTES)
+    assert [r.offset for run in runs for r in run] == list(range(len(records)))
+    assert all(len(run) == 1 or sum(len(r.value or b"") for r in run) <= LEARN_CHUNK_BYTES
+               for run in runs)
+    assert [len(run) for run in runs] == [3, 3, 1, 1, 1]
+    assert chunked([], LEARN_CHUNK_BYTES) == []
