@@ -105,11 +105,9 @@ class TrainingPublisher:
     async def publish_state(self, model: str, values: Sequence[bytes]) -> None:
         """Send one model state's records (``streams/replica_state.py``) and wait for
         their acks."""
-        kafka = self.producer.producer
-        assert kafka is not None, "producer not started"
-        futures = [await kafka.send(self.state_topic, value=v, key=model.encode(), partition=0)
-                   for v in values]
-        await asyncio.gather(*futures)
+        key = model.encode()
+        await asyncio.gather(*await self.producer.publish(self.state_topic, 0,
+                                                          [(key, v) for v in values]))
 
 
 class TrainingLoop:
@@ -162,15 +160,22 @@ class TrainingLoop:
                     if not records:
                         await self._publish_state_if_due()  # the last steps of a lull
                         continue
-                    for chunk in chunked(records, LEARN_CHUNK_BYTES):
-                        async with self.lock:  # no batch predicts while the model changes
-                            if self.learner.epoch != epoch or self.learner.fenced:
-                                break
-                            events = self.learn(chunk)                              # 1.
-                        offsets = await self.learner.history.append(events)         # 2.
-                        await self.learner.publish_index(events, offsets)
-                        self.learner.mark_durable(events)
-                        await self._publish_state_if_due()
+                    if not await self._learn_fetch(records, epoch):
+                        break  # a new epoch or a newer claim: re-read from the history
+
+    async def _learn_fetch(self, records: Sequence[Record], epoch: int) -> bool:
+        """Steps 1 and 2 for one fetch, in runs of at most LEARN_CHUNK_BYTES; False (the
+        rest unlearned) once the learner is no longer ``epoch``'s or was fenced."""
+        for chunk in chunked(records, LEARN_CHUNK_BYTES):
+            async with self.lock:  # no batch predicts while the model changes
+                if self.learner.epoch != epoch or self.learner.fenced:
+                    return False
+                events = self.learn(chunk)                                          # 1.
+            offsets = await self.learner.history.append(events)                     # 2.
+            await self.learner.publish_index(events, offsets)
+            self.learner.mark_durable(events)
+            await self._publish_state_if_due()
+        return True
 
     async def _publish_state_if_due(self) -> None:
         """replica_catch_up = "state": publish the model every N steps / T seconds, once
