@@ -37,6 +37,7 @@ from riverbed.streams.evaluation import ModelMonitor
 from riverbed.streams.features import FeatureExtractor, LabelRule
 from riverbed.streams.history import Example, HistoryEvent
 from riverbed.streams.models import OnlineModel
+from riverbed.streams.prediction_codec import PredictionWriter, direct_writes
 from riverbed.streams.telemetry import TIMING_SAMPLE, WorkerStats
 from riverbed.streams.training import TrainingBatch
 
@@ -131,6 +132,10 @@ class InferenceProcessor:
         lanes = [_Lane(slot) for slot in self.slots]
         sharded = any(lane.partition is not None for lane in lanes)
         now_ms = int(time.time() * 1000)
+        if direct_writes(self.encoder):  # the shipped schema, no registry: write directly
+            for lane in lanes:
+                lane.writer = PredictionWriter(lane.model.name, lane.model.lineage, now_ms,
+                                               self.encoder)
         offsets: dict[str, int] = {}
         partition_of: dict[str, int] = {}
         labels_topic = self.join.topic if self.join is not None else None
@@ -246,12 +251,16 @@ class InferenceProcessor:
             if y is not None:
                 lane.learn(event_id, x, y, prediction, proba, now_ms - event_time, timed)
             made.append(Prediction(model.name, x, prediction, proba, seq))
-            outputs.append(self.encoder.encode({
-                "event_id": event_id, "key": event[ev.key_field], "model": model.name,
-                "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
-                "probabilities": {str(k): float(v) for k, v in proba.items()},
-                "event_time": event_time, "prediction_time": now_ms,
-            }))
+            if lane.writer is not None:
+                outputs.append(lane.writer.write(event_id, event[ev.key_field], seq,
+                                                 prediction, proba, event_time))
+            else:
+                outputs.append(self.encoder.encode({
+                    "event_id": event_id, "key": event[ev.key_field], "model": model.name,
+                    "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
+                    "probabilities": {str(k): float(v) for k, v in proba.items()},
+                    "event_time": event_time, "prediction_time": now_ms,
+                }))
         predictions = out.predictions[record.partition]
         for encoded in outputs:
             predictions.append((record.key, encoded))
@@ -283,7 +292,7 @@ class _Lane:
 
     __slots__ = ("batch_ids", "drifts", "examples", "extractor", "learn_s", "learner", "made",
                  "model", "monitor", "partition", "predictions", "recent_ids", "replica",
-                 "scores", "seq_before")
+                 "scores", "seq_before", "writer")
 
     def __init__(self, slot: ModelSlot) -> None:
         self.model, self.extractor, self.learner = slot.model, slot.extractor, slot.learner
@@ -298,6 +307,8 @@ class _Lane:
         self.batch_ids: set[str] = set()
         self.drifts: list[int] = []
         self.learn_s: list[float] = []
+        #: writes this batch's predictions (None: through the processor's encoder)
+        self.writer: PredictionWriter | None = None
         #: the fold's applied-id window
         self.recent_ids: Container[str] = (
             self.learner.fold.recent_ids if self.learner is not None else ())

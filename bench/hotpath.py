@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.baseline_codec import ENV as CODEC_ENV  # noqa: E402
 from bench.baselines import kit, predict_learn  # noqa: E402
-from bench.throughput import CONFIG  # noqa: E402
+from bench.throughput import MODELS, bench_settings  # noqa: E402
 from riverbed.agents.inference import InferenceProcessor  # noqa: E402
 from riverbed.agents.learner import Learner  # noqa: E402
 from riverbed.schemas import load_schema  # noqa: E402
 from riverbed.streams.codec import AvroCodec  # noqa: E402
-from riverbed.streams.config import Settings, load_settings  # noqa: E402
+from riverbed.streams.config import Settings  # noqa: E402
 from riverbed.streams.datasets import events as make_events  # noqa: E402
 from riverbed.streams.history_codec import encode_event  # noqa: E402
 from riverbed.streams.models import OnlineModel  # noqa: E402
@@ -97,8 +97,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", choices=sorted(MODELS), default="lr")
     args = parser.parse_args()
-    settings = load_settings(CONFIG, env={})
+    settings = bench_settings(args.model)
     records = _records(settings, args.events)
     import gc
     gc.collect()

@@ -64,6 +64,8 @@ class AvroCodec:
     """Plain Avro binary with one fixed schema (the embedded default)."""
 
     def __init__(self, schema: Mapping[str, Any], backend: Backend = DEFAULT_BACKEND) -> None:
+        #: the schema it reads and writes
+        self.schema = schema
         self._reader = RecordReader(schema, backend=backend)
         self._writer = RecordWriter(schema, backend)
 
