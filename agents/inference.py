@@ -192,8 +192,10 @@ class InferenceProcessor:
         self._blame = None
         try:
             event, label, inputs = self._validated(record, active)
-            made = self._predict_and_learn(record, event, inputs, out, now_ms)
-            if label is None and self.join is not None:  # wait for the label
+            hold = label is None and self.join is not None  # it waits for its label
+            made = self._predict_and_learn(record, event, inputs, out, now_ms, hold)
+            if hold:
+                assert self.join is not None
                 ev = self.event
                 self.join.hold(event[ev.id_field], made, event[ev.timestamp_field], active,
                                out, now_ms)
@@ -229,9 +231,11 @@ class InferenceProcessor:
     def _predict_and_learn(
         self, record: InputRecord, event: dict[str, Any],
         inputs: list[tuple[_Lane, dict[str, float], Any]], out: BatchOutput, now_ms: int,
+        hold: bool = False,
     ) -> list[Prediction]:
-        """Predict, then learn from the label (if any), for every validated model; returns
-        what each model predicted (for the pending store)."""
+        """Predict, then learn from the label (if any), for every validated model. With
+        ``hold`` (the event waits for its label) returns what each model predicted, for
+        the pending store; otherwise an empty list (nothing would keep them)."""
         ev = self.event
         event_id, event_time = event[ev.id_field], event[ev.timestamp_field]
         outputs: list[bytes] = []
@@ -250,7 +254,8 @@ class InferenceProcessor:
                 prediction, proba = model.predict(x)
             if y is not None:
                 lane.learn(event_id, x, y, prediction, proba, now_ms - event_time, timed)
-            made.append(Prediction(model.name, x, prediction, proba, seq))
+            if hold:
+                made.append(Prediction(model.name, x, prediction, proba, seq))
             if lane.writer is not None:
                 outputs.append(lane.writer.write(event_id, event[ev.key_field], seq,
                                                  prediction, proba, event_time))

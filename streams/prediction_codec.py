@@ -32,11 +32,24 @@ _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 _DOUBLE = struct.Struct("<d").pack
 
 
+#: varint bytes of a 14-bit group with more to follow, and of a last group (1 or 2 bytes):
+#: a timestamp in ms (a 6-byte varint) costs 3 lookups instead of 6 turns of a loop
+_GROUP = [bytes((i & 0x7F | 0x80, i >> 7 | 0x80)) for i in range(1 << 14)]
+_LAST = [bytes((i,)) if i < 0x80 else bytes((i & 0x7F | 0x80, i >> 7)) for i in range(1 << 14)]
+
+
 def _long(n: int) -> bytes:
-    """Avro ``long``: zigzag, then a base-128 varint."""
+    """Avro ``long``: zigzag, then a base-128 varint, least significant group first."""
     z = (n << 1) ^ (n >> 63)
-    if z < 0x80:
-        return _BYTE[z]
+    if z < 0x4000:
+        return _LAST[z]
+    if z < 0x10000000:
+        return _GROUP[z & 0x3FFF] + _LAST[z >> 14]
+    if z < 0x40000000000:
+        return b"".join((_GROUP[z & 0x3FFF], _GROUP[z >> 14 & 0x3FFF], _LAST[z >> 28]))
+    if z < 0x100000000000000:
+        return b"".join((_GROUP[z & 0x3FFF], _GROUP[z >> 14 & 0x3FFF],
+                         _GROUP[z >> 28 & 0x3FFF], _LAST[z >> 42]))
     out = bytearray()
     while z >= 0x80:
         out.append(z & 0x7F | 0x80)
@@ -45,7 +58,6 @@ def _long(n: int) -> bytes:
     return bytes(out)
 
 
-_BYTE = [bytes((i,)) for i in range(256)]
 #: Avro ``long`` of 0..63 (a length or count): one byte
 _SMALL = [_long(n) for n in range(64)]
 
