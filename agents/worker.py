@@ -57,6 +57,11 @@ from riverbed.streams.topics import ensure_topics, retention_warnings, riverbed_
 __all__ = ["Worker", "shard_name"]
 
 log = logging.getLogger(__name__)
+#: how long a clean stop (SIGTERM, SIGINT) may take to flush and commit before the worker
+#: gives up on it and exits (a broker that stops answering must not keep it up forever)
+STOP_TIMEOUT_S = 60.0
+#: the same after a crash (the broker may be the reason: do not wait for its timeouts)
+CRASH_STOP_TIMEOUT_S = 20.0
 
 
 class Worker:
@@ -260,6 +265,20 @@ class Worker:
             await self.registry.close()
         self._faust_dir.cleanup()
 
+    async def stop_within(self, timeout_s: float) -> None:
+        """:meth:`stop`, given up after ``timeout_s`` with one warning and the await chain
+        of every task (what it was waiting for): nothing is lost by giving up -- what was
+        not committed is processed again, and learned once, by the next owner."""
+        stopping = asyncio.ensure_future(self.stop())
+        await asyncio.wait([stopping], timeout=timeout_s)
+        if stopping.done():
+            stopping.result()
+            return
+        log.warning("stop did not finish within %.0fs; exiting anyway", timeout_s)
+        dump_tasks()
+        stopping.cancel()
+        await asyncio.wait([stopping], timeout=1.0)
+
     async def run(self, stop: asyncio.Event | None = None) -> int:
         """Run until ``stop`` is set, SIGINT/SIGTERM, or a crash; returns an exit code."""
         stop = stop or asyncio.Event()
@@ -285,10 +304,8 @@ class Worker:
             if isinstance(reason, BrokerUnavailableError):
                 pass  # nothing can be flushed or committed: exit now (the CLI exits hard)
             else:
-                try:  # bounded: with the broker gone, flushing could wait for its timeout
-                    await asyncio.wait_for(self.stop(), 20 if reason is not None else None)
-                except TimeoutError:
-                    log.warning("stop did not finish within 20s; exiting anyway")
+                await self.stop_within(CRASH_STOP_TIMEOUT_S if reason is not None
+                                         else STOP_TIMEOUT_S)
         if isinstance(reason, LeaseLostError):  # restart me: I come back as a standby
             log.error("worker stopped: %s (exit %d: restart it)", reason, reason.exit_code)
             return reason.exit_code
