@@ -8,6 +8,7 @@ replay cost a few array operations per batch instead of an Avro map per example.
 from __future__ import annotations
 
 import array
+import contextlib
 import dataclasses
 import io
 import math
@@ -19,6 +20,7 @@ from typing import Any
 import fastavro
 
 from riverbed.schemas import load_schema
+from riverbed.streams import avro_write as avro
 from riverbed.streams.codec import parse
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import (
@@ -100,7 +102,12 @@ def _body_dict(body: Any) -> dict[str, Any]:
 
 
 def encode_event(event: HistoryEvent) -> bytes:
-    """Avro bytes of ``event``."""
+    """Avro bytes of ``event``. A ``Learned`` (one per batch, every example in it) is
+    written directly (:func:`_write_learned`); anything it does not handle, and every
+    other body, goes through fastavro -- the same bytes either way."""
+    if event.body.__class__ is Learned:
+        with contextlib.suppress(TypeError, ValueError, OverflowError, AttributeError):
+            return _write_learned(event, event.body)
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, _SCHEMA, {
         "model": event.model, "epoch": event.epoch, "time": event.time,
@@ -134,3 +141,53 @@ def decode_event(payload: bytes, offset: int = -1, *, examples: bool = True) -> 
     except Exception as exc:  # a schema-valid record that is not a well-formed event
         raise DecodeError(f"malformed history event: {type(exc).__name__}: {exc}") from exc
     return HistoryEvent(raw["model"], raw["epoch"], raw["time"], value, offset)
+
+
+#: ``labels`` items: union [boolean, long, double, string] -> the branch's index byte
+_BOOL_LABEL = {True: b"\x00\x01", False: b"\x00\x00"}
+
+
+def _label(y: Any) -> bytes:
+    kind = y.__class__
+    if kind is bool:
+        return _BOOL_LABEL[y]
+    if kind is int and avro.LONG_MIN <= y <= avro.LONG_MAX:
+        return b"\x02" + avro.long(y)
+    if kind is float:
+        return b"\x04" + avro.DOUBLE(y)
+    if kind is str:
+        return b"\x06" + avro.string(y)
+    raise TypeError(f"label {y!r}: left to fastavro")
+
+
+def _write_learned(event: HistoryEvent, body: Learned) -> bytes:
+    """A ``Learned`` event's Avro bytes without fastavro's walk over every example (its
+    union resolution per label was most of the history's encoding cost). Raises
+    TypeError/ValueError/OverflowError for what it does not handle."""
+    for number in (event.epoch, event.time, body.seq_from, body.seq_to, *body.offsets.values()):
+        if number.__class__ is not int or not avro.LONG_MIN <= number <= avro.LONG_MAX:
+            raise TypeError("not a long: left to fastavro")
+    columns = encode_columns(body.examples)
+    offsets = body.offsets
+    if offsets:
+        parts = [avro.long(len(offsets))]
+        for source, offset in offsets.items():
+            parts += (avro.string(source), avro.long(offset))
+        parts.append(b"\x00")
+        offsets_bytes = b"".join(parts)
+    else:
+        offsets_bytes = b"\x00"
+    labels = columns["labels"]
+    values = columns["values"]
+    return b"".join((
+        avro.string(event.model), avro.long(event.epoch), avro.long(event.time),
+        b"\x04",  # body: union branch 2, Learned
+        avro.long(body.seq_from), avro.long(body.seq_to), offsets_bytes,
+        avro.string_array(columns["event_ids"]), avro.string_array(columns["feature_names"]),
+        avro.long(len(values)), values, b"\x01" if columns["dense"] else b"\x00",
+        b"".join([avro.long(len(columns["columns"])),
+                  *map(avro.long_array, columns["columns"]), b"\x00"])
+        if columns["columns"] else b"\x00",
+        b"".join([avro.long(len(labels)), *map(_label, labels), b"\x00"]) if labels
+        else b"\x00",
+        avro.string(body.fingerprint)))

@@ -17,54 +17,17 @@ with its error -- exactly as before.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 from riverbed.schemas import load_schema
+from riverbed.streams.avro_write import DOUBLE, LONG_MAX, LONG_MIN, long, small, string
 from riverbed.streams.codec import AvroCodec, Encoder
 
 __all__ = ["PREDICTION_SCHEMA", "PredictionWriter", "direct_writes"]
 
 #: the shipped schema this module writes (a codec of any other schema is not bypassed)
 PREDICTION_SCHEMA = load_schema("prediction")
-_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
-_DOUBLE = struct.Struct("<d").pack
-
-
-#: varint bytes of a 14-bit group with more to follow, and of a last group (1 or 2 bytes):
-#: a timestamp in ms (a 6-byte varint) costs 3 lookups instead of 6 turns of a loop
-_GROUP = [bytes((i & 0x7F | 0x80, i >> 7 | 0x80)) for i in range(1 << 14)]
-_LAST = [bytes((i,)) if i < 0x80 else bytes((i & 0x7F | 0x80, i >> 7)) for i in range(1 << 14)]
-
-
-def _long(n: int) -> bytes:
-    """Avro ``long``: zigzag, then a base-128 varint, least significant group first."""
-    z = (n << 1) ^ (n >> 63)
-    if z < 0x4000:
-        return _LAST[z]
-    if z < 0x10000000:
-        return _GROUP[z & 0x3FFF] + _LAST[z >> 14]
-    if z < 0x40000000000:
-        return b"".join((_GROUP[z & 0x3FFF], _GROUP[z >> 14 & 0x3FFF], _LAST[z >> 28]))
-    if z < 0x100000000000000:
-        return b"".join((_GROUP[z & 0x3FFF], _GROUP[z >> 14 & 0x3FFF],
-                         _GROUP[z >> 28 & 0x3FFF], _LAST[z >> 42]))
-    out = bytearray()
-    while z >= 0x80:
-        out.append(z & 0x7F | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-#: Avro ``long`` of 0..63 (a length or count): one byte
-_SMALL = [_long(n) for n in range(64)]
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return (_SMALL[len(data)] if len(data) < 64 else _long(len(data))) + data
 
 
 def direct_writes(encoder: Encoder) -> bool:
@@ -84,8 +47,8 @@ class PredictionWriter:
                  fallback: Encoder) -> None:
         self._model, self._lineage, self._time = model, lineage, prediction_time
         self._fallback = fallback
-        self._model_bytes, self._lineage_bytes = _string(model), _long(lineage)
-        self._tail = _long(prediction_time)
+        self._model_bytes, self._lineage_bytes = string(model), long(lineage)
+        self._tail = long(prediction_time)
         #: class type -> class -> encoded map key (by type: True == 1, but prints "True")
         self._keys: dict[type, dict[Any, bytes]] = {}
 
@@ -102,22 +65,22 @@ class PredictionWriter:
         kind = prediction.__class__
         if (event_id.__class__ is not str or key.__class__ is not str
                 or event_time.__class__ is not int
-                or not _LONG_MIN <= event_time <= _LONG_MAX
+                or not LONG_MIN <= event_time <= LONG_MAX
                 or not (kind is bool or kind is float or kind is str or prediction is None
-                        or (kind is int and _LONG_MIN <= prediction <= _LONG_MAX))):
+                        or (kind is int and LONG_MIN <= prediction <= LONG_MAX))):
             return self._generic(event_id, key, seq, prediction, proba, event_time)
-        parts = [_string(event_id), _string(key), self._model_bytes, _long(seq),
+        parts = [string(event_id), string(key), self._model_bytes, long(seq),
                  self._lineage_bytes]
         if prediction is None:
             parts.append(b"\x00")
         elif kind is bool:
             parts.append(b"\x02\x01" if prediction else b"\x02\x00")
         elif kind is int:
-            parts += (b"\x04", _long(prediction))
+            parts += (b"\x04", long(prediction))
         elif kind is float:
-            parts += (b"\x06", _DOUBLE(prediction))
+            parts += (b"\x06", DOUBLE(prediction))
         else:
-            parts += (b"\x08", _string(prediction))
+            parts += (b"\x08", string(prediction))
         if proba:
             kind = next(iter(proba)).__class__  # every class of one type: no two keys
             keys = self._keys.get(kind)          # can print the same (1 and "1")
@@ -126,15 +89,15 @@ class PredictionWriter:
                     return self._generic(event_id, key, seq, prediction, proba, event_time)
                 keys = self._keys[kind] = {}
             count = len(proba)
-            parts.append(_SMALL[count] if count < 64 else _long(count))
+            parts.append(small[count] if count < 64 else long(count))
             for label, p in proba.items():
                 if label.__class__ is not kind:
                     return self._generic(event_id, key, seq, prediction, proba, event_time)
                 encoded = keys.get(label)
                 if encoded is None:
-                    encoded = keys[label] = _string(str(label))
-                parts += (encoded, _DOUBLE(p))
-        parts += (b"\x00", _long(event_time), self._tail)
+                    encoded = keys[label] = string(str(label))
+                parts += (encoded, DOUBLE(p))
+        parts += (b"\x00", long(event_time), self._tail)
         return b"".join(parts)
 
     def _generic(self, event_id: Any, key: Any, seq: int, prediction: Any,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from riverbed.streams.history import Claimed, Example, HistoryEvent, Learned, Restored
@@ -28,3 +28,46 @@ def test_other_bodies_round_trip() -> None:
     for body in (Claimed("owner"), Restored(4, "snap", "why")):
         event = HistoryEvent("m", 1, 2, body, 9)
         assert decode_event(encode_event(event), 9) == event
+
+
+LONG = st.integers(-(1 << 63), (1 << 63) - 1)
+any_label = st.one_of(st.booleans(), st.integers(-(1 << 70), 1 << 70), st.floats(),
+                      st.text(max_size=70))
+any_x = st.one_of(
+    st.dictionaries(st.text(max_size=70), st.floats(), max_size=5),  # any keys, NaN too
+    st.fixed_dictionaries({"a": finite, "b": finite}))                # dense rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.text(max_size=70), any_x, any_label), max_size=70),
+       offsets=st.dictionaries(st.text(max_size=70), st.integers(-(1 << 70), 1 << 70),
+                               max_size=4),
+       epoch=LONG, time=LONG, seq=LONG, model=st.text(max_size=70),
+       fingerprint=st.text(max_size=70))
+def test_a_learned_is_written_as_fastavro_writes_it(
+        rows: list, offsets: dict, epoch: int, time: int, seq: int, model: str,
+        fingerprint: str) -> None:
+    """encode_event writes a Learned directly; the bytes are fastavro's, and what fastavro
+    refuses (a label or offset out of range) is refused still."""
+    import io
+
+    import fastavro
+    import pytest
+
+    from riverbed.streams.history_codec import _SCHEMA, _body_dict, _write_learned
+
+    examples = tuple(Example(i, x, y) for i, x, y in rows)
+    event = HistoryEvent(model, epoch, time, Learned(seq, seq, offsets, examples,
+                                                     fingerprint))
+    buffer = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(buffer, _SCHEMA, {
+            "model": model, "epoch": epoch, "time": time,
+            "body": ("riverbed.Learned", _body_dict(event.body))})
+    except (ValueError, TypeError, OverflowError) as refused:
+        with pytest.raises(type(refused)):
+            encode_event(event)
+        return
+    assert encode_event(event) == buffer.getvalue()
+    if all(type(y) is not int or -(1 << 63) <= y < (1 << 63) for _, _, y in rows):
+        assert _write_learned(event, event.body) == buffer.getvalue()  # not the fallback

@@ -102,10 +102,10 @@ def test_only_a_plain_codec_of_the_shipped_schema_is_bypassed() -> None:
 
 
 def test_longs_at_every_varint_boundary_are_avros() -> None:
-    from riverbed.streams.prediction_codec import _long
+    from riverbed.streams.avro_write import long as avro_long
 
     edges = {sign * ((1 << k) + d) for k in range(64) for d in (-1, 0, 1) for sign in (1, -1)}
     for n in sorted(v for v in edges if -(1 << 63) <= v < (1 << 63)):
         buffer = io.BytesIO()
         fastavro.schemaless_writer(buffer, "long", n)
-        assert _long(n) == buffer.getvalue(), n
+        assert avro_long(n) == buffer.getvalue(), n
