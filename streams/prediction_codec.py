@@ -17,6 +17,7 @@ with its error -- exactly as before.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,11 @@ __all__ = ["PREDICTION_SCHEMA", "PredictionWriter", "direct_writes"]
 PREDICTION_SCHEMA = load_schema("prediction")
 
 
+def _is_long(value: Any) -> bool:
+    """A plain ``int`` within Avro's long (not a bool, not a numpy integer that wraps)."""
+    return value.__class__ is int and LONG_MIN <= value <= LONG_MAX
+
+
 def direct_writes(encoder: Encoder) -> bool:
     """May predictions bypass ``encoder``? Only a plain Avro codec of the shipped schema
     (a registry codec frames its records and may carry another schema version)."""
@@ -40,15 +46,18 @@ class PredictionWriter:
     """Writes one model's Predictions within one batch (model, lineage and prediction
     time fixed); ``fallback`` writes what this writer does not handle itself."""
 
-    __slots__ = ("_fallback", "_keys", "_lineage", "_lineage_bytes", "_model",
-                 "_model_bytes", "_tail", "_time")
+    __slots__ = ("_constant", "_fallback", "_keys", "_lineage", "_model", "_time")
 
     def __init__(self, model: str, lineage: int, prediction_time: int,
                  fallback: Encoder) -> None:
         self._model, self._lineage, self._time = model, lineage, prediction_time
         self._fallback = fallback
-        self._model_bytes, self._lineage_bytes = string(model), long(lineage)
-        self._tail = long(prediction_time)
+        #: model, lineage and prediction time as bytes (None: not plain values --
+        #: everything goes through ``fallback``, which writes or refuses them as always)
+        self._constant: tuple[bytes, bytes, bytes] | None = None
+        if model.__class__ is str and _is_long(lineage) and _is_long(prediction_time):
+            with contextlib.suppress(UnicodeEncodeError):
+                self._constant = (string(model), long(lineage), long(prediction_time))
         #: class type -> class -> encoded map key (by type: True == 1, but prints "True")
         self._keys: dict[type, dict[Any, bytes]] = {}
 
@@ -62,15 +71,15 @@ class PredictionWriter:
 
     def _direct(self, event_id: Any, key: Any, seq: int, prediction: Any,
                 proba: Mapping[Any, float], event_time: Any) -> bytes:
-        kind = prediction.__class__
-        if (event_id.__class__ is not str or key.__class__ is not str
-                or event_time.__class__ is not int
-                or not LONG_MIN <= event_time <= LONG_MAX
+        kind, constant = prediction.__class__, self._constant
+        if (constant is None or event_id.__class__ is not str or key.__class__ is not str
+                or event_time.__class__ is not int or seq.__class__ is not int
+                or not LONG_MIN <= event_time <= LONG_MAX or not LONG_MIN <= seq <= LONG_MAX
                 or not (kind is bool or kind is float or kind is str or prediction is None
                         or (kind is int and LONG_MIN <= prediction <= LONG_MAX))):
             return self._generic(event_id, key, seq, prediction, proba, event_time)
-        parts = [string(event_id), string(key), self._model_bytes, long(seq),
-                 self._lineage_bytes]
+        model, lineage, tail = constant
+        parts = [string(event_id), string(key), model, long(seq), lineage]
         if prediction is None:
             parts.append(b"\x00")
         elif kind is bool:
@@ -96,8 +105,8 @@ class PredictionWriter:
                 encoded = keys.get(label)
                 if encoded is None:
                     encoded = keys[label] = string(str(label))
-                parts += (encoded, DOUBLE(p))
-        parts += (b"\x00", long(event_time), self._tail)
+                parts += (encoded, DOUBLE(p if p.__class__ is float else float(p)))
+        parts += (b"\x00", long(event_time), tail)
         return b"".join(parts)
 
     def _generic(self, event_id: Any, key: Any, seq: int, prediction: Any,

@@ -109,3 +109,36 @@ def test_longs_at_every_varint_boundary_are_avros() -> None:
         buffer = io.BytesIO()
         fastavro.schemaless_writer(buffer, "long", n)
         assert avro_long(n) == buffer.getvalue(), n
+
+
+class _Twice(float):
+    """A float whose float() is another number (the generic path calls float())."""
+
+    def __float__(self) -> float:
+        return 2.0
+
+
+def test_values_a_direct_write_would_get_wrong_go_through_the_encoder() -> None:
+    """Found by a review: seq, lineage and prediction time were written without a type or
+    range check -- a numpy int64 near the bound wrapped silently, 2**63 became an 11-byte
+    varint, True a 1 -- and a probability's own float() was not used."""
+    import numpy as np
+
+    generic = AvroCodec(PREDICTION_SCHEMA)
+    cases: list[tuple[Any, ...]] = [  # model, lineage, now, seq, proba
+        ("m", 0, 5, 1 << 63, {}), ("m", 0, 5, -(1 << 63) - 1, {}),
+        ("m", 0, 5, np.int64((1 << 63) - 1), {}), ("m", 0, 5, np.int64(-5), {}),
+        ("m", 0, 5, True, {}), ("m", 1 << 63, 5, 1, {}), ("m", True, 5, 1, {}),
+        ("m", 0, 5.0, 1, {}), ("m", 0, np.int64(5), 1, {}), (None, 0, 5, 1, {}),
+        (b"m", 0, 5, 1, {}), ("\udc80", 0, 5, 1, {}), ("m", 0, 5, 1, {True: _Twice(1.0)}),
+    ]
+    for model, lineage, now, seq, proba in cases:
+        writer = PredictionWriter(model, lineage, now, generic)
+        try:
+            expected = generic.encode(record(model, lineage, now, "e", "k", seq, True,
+                                             proba, 7))
+        except (ValueError, TypeError, OverflowError, AttributeError) as refused:
+            with pytest.raises(type(refused)):
+                writer.write("e", "k", seq, True, proba, 7)
+            continue
+        assert writer.write("e", "k", seq, True, proba, 7) == expected, (model, lineage, seq)
