@@ -176,7 +176,7 @@ async def test_body_and_list_limits(settings: Settings) -> None:
     async for s in _started(settings, events=0):
         c = s.client
         status, error = await c.call("POST", "/models/agrawal-lr/predict", [EVENT] * 4)
-        assert (status, error["field"]) == (413, "body")
+        assert (status, error["field"]) == (422, "body")  # over maxItems: schema-invalid
         status, error = await c.call("POST", "/models/agrawal-lr/predict", [EVENT] * 30)
         assert (status, error["field"]) == (413, "body")  # 5 KB > 4000 bytes
         chunked = (b"[" + b",".join([json.dumps(EVENT).encode()] * 40) + b"]")
