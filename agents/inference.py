@@ -37,7 +37,7 @@ from riverbed.streams.evaluation import ModelMonitor
 from riverbed.streams.features import FeatureExtractor, LabelRule
 from riverbed.streams.history import Example, HistoryEvent
 from riverbed.streams.models import OnlineModel
-from riverbed.streams.prediction_codec import PredictionWriter, direct_writes
+from riverbed.streams.prediction_codec import PredictionWriter
 from riverbed.streams.telemetry import TIMING_SAMPLE, WorkerStats
 from riverbed.streams.training import TrainingBatch
 
@@ -129,13 +129,10 @@ class InferenceProcessor:
     def process(self, records: Iterable[InputRecord]) -> BatchOutput:
         """Process ``records`` in order; returns what must be published and recorded."""
         out = BatchOutput()
-        lanes = [_Lane(slot) for slot in self.slots]
-        sharded = any(lane.partition is not None for lane in lanes)
         now_ms = int(time.time() * 1000)
-        if direct_writes(self.encoder):  # the shipped schema, no registry: write directly
-            for lane in lanes:
-                lane.writer = PredictionWriter(lane.model.name, lane.model.lineage, now_ms,
-                                               self.encoder)
+        lanes = [_Lane(slot, PredictionWriter(slot.model.name, slot.model.lineage, now_ms,
+                                              self.encoder)) for slot in self.slots]
+        sharded = any(lane.partition is not None for lane in lanes)
         offsets: dict[str, int] = {}
         partition_of: dict[str, int] = {}
         labels_topic = self.join.topic if self.join is not None else None
@@ -256,16 +253,8 @@ class InferenceProcessor:
                 lane.learn(event_id, x, y, prediction, proba, now_ms - event_time, timed)
             if hold:
                 made.append(Prediction(model.name, x, prediction, proba, seq))
-            if lane.writer is not None:
-                outputs.append(lane.writer.write(event_id, event[ev.key_field], seq,
-                                                 prediction, proba, event_time))
-            else:
-                outputs.append(self.encoder.encode({
-                    "event_id": event_id, "key": event[ev.key_field], "model": model.name,
-                    "model_seq": seq, "lineage": model.lineage, "prediction": prediction,
-                    "probabilities": {str(k): float(v) for k, v in proba.items()},
-                    "event_time": event_time, "prediction_time": now_ms,
-                }))
+            outputs.append(lane.writer.write(event_id, event[ev.key_field], seq, prediction,
+                                             proba, event_time))
         predictions = out.predictions[record.partition]
         for encoded in outputs:
             predictions.append((record.key, encoded))
@@ -299,7 +288,7 @@ class _Lane:
                  "model", "monitor", "partition", "predictions", "recent_ids", "replica",
                  "scores", "seq_before", "writer")
 
-    def __init__(self, slot: ModelSlot) -> None:
+    def __init__(self, slot: ModelSlot, writer: PredictionWriter) -> None:
         self.model, self.extractor, self.learner = slot.model, slot.extractor, slot.learner
         self.monitor, self.partition, self.replica = slot.monitor, slot.partition, slot.replica
         #: a replica's prediction for each of its examples (sent along to the learner)
@@ -312,8 +301,8 @@ class _Lane:
         self.batch_ids: set[str] = set()
         self.drifts: list[int] = []
         self.learn_s: list[float] = []
-        #: writes this batch's predictions (None: through the processor's encoder)
-        self.writer: PredictionWriter | None = None
+        #: writes this batch's predictions
+        self.writer = writer
         #: the fold's applied-id window
         self.recent_ids: Container[str] = (
             self.learner.fold.recent_ids if self.learner is not None else ())

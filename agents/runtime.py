@@ -58,10 +58,10 @@ class ClientLogLimiter(logging.Filter):
             handler.addFilter(self)
 
 
-def task_chains() -> str:
-    """Every asyncio task with its chain of awaits, one line each (what waits where)."""
+def dump_tasks() -> None:
+    """Log every asyncio task with its chain of awaits (diagnosing a stalled worker)."""
     tasks = asyncio.all_tasks()
-    lines = []
+    lines = [f"{len(tasks)} asyncio tasks:"]
     for task in tasks:
         chain: list[str] = []
         awaited: Any = task.get_coro()
@@ -73,9 +73,4 @@ def task_chains() -> str:
             chain.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
             awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
         lines.append("  " + " -> ".join(chain))
-    return "\n".join([f"{len(tasks)} asyncio tasks:", *sorted(lines)])
-
-
-def dump_tasks() -> None:
-    """Log :func:`task_chains` (diagnosing a stalled worker)."""
-    log.warning(task_chains())
+    log.warning("\n".join(sorted(lines)))

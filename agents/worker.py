@@ -265,19 +265,21 @@ class Worker:
             await self.registry.close()
         self._faust_dir.cleanup()
 
-    async def stop_within(self, timeout_s: float) -> None:
+    async def stop_within(self, timeout_s: float) -> bool:
         """:meth:`stop`, given up after ``timeout_s`` with one warning and the await chain
-        of every task (what it was waiting for): nothing is lost by giving up -- what was
-        not committed is processed again, and learned once, by the next owner."""
+        of every task (what it was waiting for); False if given up. Nothing is lost by
+        giving up: what was not committed is processed again, and learned once, by the
+        next owner."""
         stopping = asyncio.ensure_future(self.stop())
         await asyncio.wait([stopping], timeout=timeout_s)
         if stopping.done():
             stopping.result()
-            return
+            return True
         log.warning("stop did not finish within %.0fs; exiting anyway", timeout_s)
         dump_tasks()
         stopping.cancel()
         await asyncio.wait([stopping], timeout=1.0)
+        return False
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         """Run until ``stop`` is set, SIGINT/SIGTERM, or a crash; returns an exit code."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["DOUBLE", "LONG_MAX", "LONG_MIN", "long", "long_array", "small", "string",
-           "string_array"]
+__all__ = ["DOUBLE", "LONG_MAX", "LONG_MIN", "block", "long", "small", "string"]
 
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
 #: Avro ``double``: 8 bytes little-endian
@@ -54,15 +53,6 @@ def string(text: str) -> bytes:
     return (small[len(data)] if len(data) < 64 else long(len(data))) + data
 
 
-def string_array(texts: list[str]) -> bytes:
-    """Avro ``array<string>``."""
-    if not texts:
-        return b"\x00"
-    return b"".join([long(len(texts)), *map(string, texts), b"\x00"])
-
-
-def long_array(values: list[int]) -> bytes:
-    """Avro ``array<long>`` (or ``array<int>``: the same bytes)."""
-    if not values:
-        return b"\x00"
-    return b"".join([long(len(values)), *map(long, values), b"\x00"])
+def block(items: list[bytes]) -> bytes:
+    """An Avro array -- or map, each item its key then its value -- of encoded ``items``."""
+    return b"".join([long(len(items)), *items, b"\x00"]) if items else b"\x00"

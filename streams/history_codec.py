@@ -168,26 +168,16 @@ def _write_learned(event: HistoryEvent, body: Learned) -> bytes:
         if number.__class__ is not int or not avro.LONG_MIN <= number <= avro.LONG_MAX:
             raise TypeError("not a long: left to fastavro")
     columns = encode_columns(body.examples)
-    offsets = body.offsets
-    if offsets:
-        parts = [avro.long(len(offsets))]
-        for source, offset in offsets.items():
-            parts += (avro.string(source), avro.long(offset))
-        parts.append(b"\x00")
-        offsets_bytes = b"".join(parts)
-    else:
-        offsets_bytes = b"\x00"
-    labels = columns["labels"]
     values = columns["values"]
     return b"".join((
         avro.string(event.model), avro.long(event.epoch), avro.long(event.time),
         b"\x04",  # body: union branch 2, Learned
-        avro.long(body.seq_from), avro.long(body.seq_to), offsets_bytes,
-        avro.string_array(columns["event_ids"]), avro.string_array(columns["feature_names"]),
+        avro.long(body.seq_from), avro.long(body.seq_to),
+        avro.block([avro.string(source) + avro.long(offset)
+                    for source, offset in body.offsets.items()]),
+        avro.block([*map(avro.string, columns["event_ids"])]),
+        avro.block([*map(avro.string, columns["feature_names"])]),
         avro.long(len(values)), values, b"\x01" if columns["dense"] else b"\x00",
-        b"".join([avro.long(len(columns["columns"])),
-                  *map(avro.long_array, columns["columns"]), b"\x00"])
-        if columns["columns"] else b"\x00",
-        b"".join([avro.long(len(labels)), *map(_label, labels), b"\x00"]) if labels
-        else b"\x00",
+        avro.block([avro.block([*map(avro.long, row)]) for row in columns["columns"]]),
+        avro.block([*map(_label, columns["labels"])]),
         avro.string(body.fingerprint)))

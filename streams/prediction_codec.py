@@ -51,11 +51,13 @@ class PredictionWriter:
     def __init__(self, model: str, lineage: int, prediction_time: int,
                  fallback: Encoder) -> None:
         self._model, self._lineage, self._time = model, lineage, prediction_time
-        self._fallback = fallback
-        #: model, lineage and prediction time as bytes (None: not plain values --
-        #: everything goes through ``fallback``, which writes or refuses them as always)
+        self._fallback = fallback  # also the only writer unless it may be bypassed
+        #: model, lineage and prediction time as bytes (None: a codec that may not be
+        #: bypassed, or not plain values -- everything goes through ``fallback``, which
+        #: writes or refuses them as always)
         self._constant: tuple[bytes, bytes, bytes] | None = None
-        if model.__class__ is str and _is_long(lineage) and _is_long(prediction_time):
+        if (direct_writes(fallback) and model.__class__ is str and _is_long(lineage)
+                and _is_long(prediction_time)):
             with contextlib.suppress(UnicodeEncodeError):
                 self._constant = (string(model), long(lineage), long(prediction_time))
         #: class type -> class -> encoded map key (by type: True == 1, but prints "True")

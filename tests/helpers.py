@@ -20,7 +20,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from riverbed.agents.runtime import task_chains
 from riverbed.agents.worker import Worker
 from riverbed.streams.broker import die_with_parent, free_port
 from riverbed.streams.config import Settings
@@ -42,17 +41,11 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
 
 
 async def stop_or_explain(worker: Worker, timeout_s: float = 60.0) -> None:
-    """``worker.stop()``; a stop still running after ``timeout_s`` fails the test with
-    every task's await chain (a stop after a crash once hung in CI until the 6-minute
-    test timeout, with nothing to say what it waited for)."""
-    stopping = asyncio.ensure_future(worker.stop())
-    await asyncio.wait([stopping], timeout=timeout_s)
-    if stopping.done():
-        stopping.result()
-        return
-    chains = task_chains()
-    stopping.cancel()
-    raise AssertionError(f"worker.stop() did not finish within {timeout_s:.0f}s:\n{chains}")
+    """``worker.stop()``; a stop still running after ``timeout_s`` fails the test, every
+    task's await chain in its captured log (a stop after a crash once hung in CI until
+    the 6-minute test timeout, with nothing to say what it waited for)."""
+    assert await worker.stop_within(timeout_s), (
+        f"worker.stop() did not finish within {timeout_s:.0f}s (await chains: log above)")
 
 
 async def provision(settings: Settings) -> None:
