@@ -35,7 +35,7 @@ from riverbed.streams.config import Settings
 from riverbed.streams.errors import EventError, ValidationError
 from riverbed.streams.evaluation import ModelMonitor
 from riverbed.streams.features import FeatureExtractor, LabelRule
-from riverbed.streams.history import Example, HistoryEvent
+from riverbed.streams.history import Examples, HistoryEvent
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.prediction_codec import PredictionWriter
 from riverbed.streams.telemetry import TIMING_SAMPLE, WorkerStats
@@ -170,8 +170,8 @@ class InferenceProcessor:
             covered = offsets if lane.partition is None else {
                 s: o for s, o in offsets.items() if partition_of[s] == lane.partition}
             if lane.replica:
-                if lane.examples:  # learned elsewhere: by the model's single learner
-                    out.training.append(TrainingBatch(lane.model.name, tuple(lane.examples),
+                if lane.ids:  # learned elsewhere: by the model's single learner
+                    out.training.append(TrainingBatch(lane.model.name, lane.examples(),
                                                       covered, tuple(lane.made)))
             elif lane.learner is not None and covered:
                 if mark is not None and self.join is not None:  # where a restart starts
@@ -284,9 +284,9 @@ class _Lane:
     """One model's view of a batch: dedup against its history, examples learned, scoring.
     Lives for one batch (the fold is only replaced between batches, on takeover)."""
 
-    __slots__ = ("batch_ids", "drifts", "examples", "extractor", "learn_s", "learner", "made",
+    __slots__ = ("batch_ids", "drifts", "extractor", "ids", "learn_s", "learner", "made",
                  "model", "monitor", "partition", "predictions", "recent_ids", "replica",
-                 "scores", "seq_before", "writer")
+                 "scores", "seq_before", "writer", "xs", "ys")
 
     def __init__(self, slot: ModelSlot, writer: PredictionWriter) -> None:
         self.model, self.extractor, self.learner = slot.model, slot.extractor, slot.learner
@@ -296,16 +296,19 @@ class _Lane:
         self.predictions = 0
         #: (label, prediction made before learning, probabilities, label delay) per learn
         self.scores: list[tuple[Any, Any, dict[Any, float], int]] = []
-        self.examples: list[Example] = []
+        #: the examples to record, as columns (``Examples``): no object per event
+        self.ids: list[str] = []
+        self.xs: list[dict[str, float]] = []
+        self.ys: list[Any] = []
         self.seq_before = self.model.seq
         self.batch_ids: set[str] = set()
         self.drifts: list[int] = []
         self.learn_s: list[float] = []
         #: writes this batch's predictions
         self.writer = writer
-        #: the fold's applied-id window
+        #: the ids in the fold's applied-id window (a set: ``in`` at C speed)
         self.recent_ids: Container[str] = (
-            self.learner.fold.recent_ids if self.learner is not None else ())
+            self.learner.fold.recent_ids.members if self.learner is not None else ())
 
     @property
     def label_rule(self) -> LabelRule:
@@ -331,7 +334,9 @@ class _Lane:
             if self.already_learned(event_id):
                 self.learner.skipped_duplicates += 1
                 return False
-            self.examples.append(Example(event_id, x, y))
+            self.ids.append(event_id)
+            self.xs.append(x)
+            self.ys.append(y)
         self.batch_ids.add(event_id)
         self.scores.append((y, prediction, proba, delay_ms))  # scored at the batch's end
         if self.replica:  # the learner learns it (streams/training.py); not this copy
@@ -344,6 +349,10 @@ class _Lane:
         else:
             self.model.learn(x, y)
         return True
+
+    def examples(self) -> Examples:
+        """The examples recorded in this batch, in learn order."""
+        return Examples(self.ids, self.xs, self.ys)
 
     def score(self) -> None:
         """Progressive validation of this batch's learn steps, in learn order; a drift
@@ -358,8 +367,8 @@ class _Lane:
     def history_events(self, learner: BatchLearner, offsets: dict[str, int]
                        ) -> list[HistoryEvent]:
         """The batch's history records: Learned (and Created), drifts, a due snapshot."""
-        events = learner.record_batch(self.seq_before, self.examples, offsets,
-                                      [e.x for e in self.examples])
+        examples = self.examples()
+        events = learner.record_batch(self.seq_before, examples, offsets, examples.xs)
         for seq in self.drifts:
             events.append(learner.annotate(seq, "drift",
                                            f"{type(self.monitor.detector).__name__}"))

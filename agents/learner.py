@@ -49,6 +49,7 @@ from riverbed.streams.history import (
     Claimed,
     Created,
     Example,
+    Examples,
     HistoryEvent,
     HistoryFold,
     Learn,
@@ -308,7 +309,7 @@ class Learner:
             self.fold.apply(events[-1])
         probe: tuple[Any, ...] = self.fold.created.probe if self.fold.created else ()
         learned = Learned(seq_before + 1, seq_before + len(examples), dict(offsets),
-                          tuple(examples), fingerprint(self.model.estimator, probe))
+                          Examples.of(examples), fingerprint(self.model.estimator, probe))
         events.append(self.event(learned))
         self.fold.apply(events[-1])
         return events

@@ -245,7 +245,7 @@ def catch_up_costs(settings: Settings, count: int) -> dict[str, float]:
     learner = _learner(settings)
     learner.model = replica
     # a learner's snapshot carries the dedup window too (history.id_window event ids)
-    learner.fold.recent_ids.update((f"run-{i}", None) for i in range(settings.history.id_window))
+    learner.fold.recent_ids.extend([f"run-{i}" for i in range(settings.history.id_window)])
     chunks = learner.snapshot_events()
     probe = learner.fold.snapshots[-1] if learner.fold.snapshots else None
     loads = []

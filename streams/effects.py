@@ -9,7 +9,7 @@ import contextlib
 import gc
 from collections.abc import Iterator, Sequence
 
-from riverbed.streams.history import Learn, Load
+from riverbed.streams.history import Examples, Learn, Load
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.snapshots import load_snapshot
 
@@ -25,8 +25,9 @@ def apply_effects(model: OnlineModel, effects: Sequence[Learn | Load], key: byte
         for effect in effects:
             if isinstance(effect, Learn):
                 learn = model.estimator.learn_one  # type: ignore[attr-defined]
-                for example in effect.examples:
-                    learn(dict(example.x), example.y)
+                examples = Examples.of(effect.examples)
+                for x, y in zip(examples.xs, examples.ys, strict=True):
+                    learn(dict(x), y)
             elif isinstance(effect, Load):
                 model.estimator, _ = load_snapshot(effect.snapshot, key)
 

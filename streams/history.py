@@ -29,21 +29,74 @@ Fold rules (DESIGN section 4):
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import repeat
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, overload
+
+from riverbed.streams.id_window import IdWindow
 
 #: How many applied event ids the dedup window remembers.
 DEFAULT_ID_WINDOW = 200_000
 
 
 class Example(NamedTuple):
-    """One learn step: features and label of one event (a tuple: built per event)."""
+    """One learn step: features and label of one event (a row of :class:`Examples`)."""
 
     event_id: str
     x: Mapping[str, float]
     y: Any
+
+
+class Examples(Sequence[Example]):
+    """One batch's examples held as columns -- event ids, feature dicts, labels -- which is
+    how the learner collects them and the history stores them (``Learned``); a row is an
+    :class:`Example` when read. The hot path (the fold's id window, the history encoder)
+    reads the columns and never builds a row. Equal to any sequence of the same rows.
+    """
+
+    __slots__ = ("ids", "xs", "ys")
+
+    def __init__(self, ids: Sequence[str], xs: Sequence[Mapping[str, float]],
+                 ys: Sequence[Any]) -> None:
+        if not len(ids) == len(xs) == len(ys):
+            raise ValueError(f"columns of different lengths: {len(ids)}, {len(xs)}, {len(ys)}")
+        self.ids, self.xs, self.ys = tuple(ids), tuple(xs), tuple(ys)
+
+    @classmethod
+    def of(cls, examples: Iterable[Example]) -> Examples:
+        """``examples`` as columns (themselves if they already are)."""
+        if isinstance(examples, Examples):
+            return examples
+        rows = tuple(examples)
+        return cls([e.event_id for e in rows], [e.x for e in rows], [e.y for e in rows])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Example: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Examples: ...
+
+    def __getitem__(self, index: int | slice) -> Example | Examples:
+        if isinstance(index, slice):
+            return Examples(self.ids[index], self.xs[index], self.ys[index])
+        return Example(self.ids[index], self.xs[index], self.ys[index])
+
+    def __iter__(self) -> Iterator[Example]:
+        return map(Example, self.ids, self.xs, self.ys)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Examples):
+            return (self.ids, self.xs, self.ys) == (other.ids, other.xs, other.ys)
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts, like a tuple of Examples
+
+    def __repr__(self) -> str:
+        return f"Examples({list(self)!r})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +117,8 @@ class Learned:
     seq_from: int
     seq_to: int
     offsets: Mapping[str, int]
-    examples: tuple[Example, ...]
+    #: in learn order (:class:`Examples` when written by a learner or read back)
+    examples: Sequence[Example]
     fingerprint: str
 
 
@@ -131,7 +185,7 @@ class Snapshot:
 class Learn:
     """Effect: apply these examples to the model, in order."""
 
-    examples: tuple[Example, ...]
+    examples: Sequence[Example]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +228,8 @@ class HistoryFold:
         self.lineage = 0
         self.offsets: dict[str, int] = {}
         self.id_window = id_window
-        self.recent_ids: OrderedDict[str, None] = OrderedDict()
+        #: the dedup window: the last ``id_window`` distinct event ids learned
+        self.recent_ids = IdWindow(id_window)
         self.created: Created | None = None
         self.fingerprint: str | None = None
         self.counters = FoldCounters()
@@ -195,7 +250,7 @@ class HistoryFold:
         self.seq, self.epoch = int(state["seq"]), int(state["epoch"])
         self.lineage = int(state["lineage"])
         self.offsets = dict(state["offsets"])
-        self.recent_ids = OrderedDict.fromkeys(state["recent_ids"])
+        self.recent_ids = IdWindow(self.id_window, state["recent_ids"])
         self.fingerprint = state.get("fingerprint")
 
     def signature(self) -> tuple[Any, ...]:
@@ -206,7 +261,7 @@ class HistoryFold:
     # -- the fold ---------------------------------------------------------------------------
     def seen(self, event_id: str) -> bool:
         """Was ``event_id`` applied recently (inside the dedup window)?"""
-        return event_id in self.recent_ids
+        return event_id in self.recent_ids.members
 
     def applied_offset(self, source: str) -> int:
         """Next offset of input ``source`` ('topic:partition') not yet covered (0 if none)."""
@@ -249,10 +304,7 @@ class HistoryFold:
         for source, offset in body.offsets.items():
             if offset > self.offsets.get(source, 0):
                 self.offsets[source] = offset
-        recent = self.recent_ids
-        recent.update(zip([e.event_id for e in body.examples], repeat(None)))
-        for _ in range(len(recent) - self.id_window):
-            recent.popitem(last=False)
+        self.recent_ids.extend(Examples.of(body.examples).ids)
         self.fingerprint = body.fingerprint
         return Learn(body.examples) if body.examples else None
 

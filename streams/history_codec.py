@@ -28,6 +28,7 @@ from riverbed.streams.history import (
     Claimed,
     Created,
     Example,
+    Examples,
     HistoryEvent,
     Learned,
     Restored,
@@ -49,16 +50,17 @@ def kind_of(event: HistoryEvent) -> str:
 
 
 def encode_columns(examples: Sequence[Example]) -> dict[str, Any]:
-    """Examples as columns: ids, feature names, one float64 block, labels.
+    """Examples as the history stores them: ids, feature names, one float64 block, labels.
 
     Runs once per batch over every learned example, so the dense case (every row has
     the first row's keys in the same order) is checked with C-level maps and packed in one
     call (a flat list through ``struct``: ~40% cheaper than an array fed by an iterator).
     """
-    xs: list[Any] = [e.x for e in examples]
+    columns = Examples.of(examples)
+    xs = columns.xs
     order = list(xs[0]) if xs else []
     dense = all(map(order.__eq__, map(list, xs)))
-    columns: list[list[int]] = []
+    rows: list[list[int]] = []
     if dense:
         flat = [v for x in xs for v in x.values()]
     else:
@@ -70,13 +72,13 @@ def encode_columns(examples: Sequence[Example]) -> dict[str, Any]:
         flat = []
         for x in xs:
             flat.extend([x.get(n, math.nan) for n in order])
-            columns.append([position[k] for k in x])
-    return {"event_ids": [e.event_id for e in examples], "feature_names": order,
+            rows.append([position[k] for k in x])
+    return {"event_ids": list(columns.ids), "feature_names": order,
             "values": struct.pack(f"<{len(flat)}d", *flat), "dense": dense,
-            "columns": columns, "labels": [e.y for e in examples]}
+            "columns": rows, "labels": list(columns.ys)}
 
 
-def decode_columns(body: Mapping[str, Any]) -> tuple[Example, ...]:
+def decode_columns(body: Mapping[str, Any]) -> Examples:
     """Inverse of :func:`encode_columns` (same key order per row, same floats)."""
     names, ids, labels = body["feature_names"], body["event_ids"], body["labels"]
     values = array.array("d")
@@ -86,10 +88,9 @@ def decode_columns(body: Mapping[str, Any]) -> tuple[Example, ...]:
     width = len(names)
     rows = (values[i * width : (i + 1) * width] for i in range(len(ids)))
     if body["dense"]:
-        return tuple(Example(event_id, dict(zip(names, row)), y)
-                     for event_id, row, y in zip(ids, rows, labels))
-    return tuple(Example(event_id, {names[c]: row[c] for c in cols}, y)
-                 for event_id, row, cols, y in zip(ids, rows, body["columns"], labels))
+        return Examples(ids, [dict(zip(names, row)) for row in rows], labels)
+    return Examples(ids, [{names[c]: row[c] for c in cols}
+                          for row, cols in zip(rows, body["columns"])], labels)
 
 
 def _body_dict(body: Any) -> dict[str, Any]:

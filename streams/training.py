@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from riverbed.streams.errors import DecodeError
-from riverbed.streams.history import Example
+from riverbed.streams.history import Example, Examples
 
 __all__ = ["TrainingBatch", "decode_training", "encode_training", "training_partition"]
 
@@ -33,7 +33,7 @@ class TrainingBatch:
     """One model's labelled examples from one micro-batch of one worker."""
 
     model: str
-    examples: tuple[Example, ...]
+    examples: Sequence[Example]
     #: input 'topic:partition' -> next offset after the batch (where they came from)
     sources: Mapping[str, int]
     #: what the replica predicted for each example before its label was known
@@ -58,10 +58,11 @@ def encode_training(batch: TrainingBatch) -> bytes:
     >>> decode_training(encode_training(b)) == b
     True
     """
+    examples = Examples.of(batch.examples)
     return json.dumps({
         "model": batch.model, "sources": dict(batch.sources),
-        "ids": [e.event_id for e in batch.examples], "x": [e.x for e in batch.examples],
-        "y": [e.y for e in batch.examples], "predictions": list(batch.predictions),
+        "ids": list(examples.ids), "x": list(examples.xs), "y": list(examples.ys),
+        "predictions": list(batch.predictions),
     }, separators=(",", ":"), default=str).encode()
 
 

@@ -71,3 +71,46 @@ def test_a_learned_is_written_as_fastavro_writes_it(
     assert encode_event(event) == buffer.getvalue()
     if all(type(y) is not int or -(1 << 63) <= y < (1 << 63) for _, _, y in rows):
         assert _write_learned(event, event.body) == buffer.getvalue()  # not the fallback
+
+
+@given(st.lists(st.tuples(feature_dict, label), max_size=20), st.data())
+def test_examples_as_columns_read_like_the_rows_they_hold(rows: list,
+                                                          data: st.DataObject) -> None:
+    from riverbed.streams.history import Examples
+
+    tuples = tuple(Example(f"e{i}", x, y) for i, (x, y) in enumerate(rows))
+    columns = Examples([e.event_id for e in tuples], [e.x for e in tuples],
+                       [e.y for e in tuples])
+    assert columns == tuples and tuples == columns and list(columns) == list(tuples)
+    assert Examples.of(tuples) == columns and Examples.of(columns) is columns
+    assert len(columns) == len(tuples)
+    start, stop = data.draw(st.integers(0, 20)), data.draw(st.integers(0, 20))
+    assert columns[start:stop] == tuples[start:stop]
+    if tuples:
+        index = data.draw(st.integers(-len(tuples), len(tuples) - 1))
+        assert columns[index] == tuples[index]
+    if rows:  # a different label: not equal
+        changed = Examples(columns.ids, columns.xs, (*columns.ys[:-1], object()))
+        assert changed != columns and changed != tuples
+
+
+def test_a_learned_whose_columns_disagree_in_length_is_refused_not_truncated() -> None:
+    """A record on the history topic with more labels than event ids (anyone can write
+    there) is a malformed event; a learner or replay skips it as such."""
+    import io
+
+    import fastavro
+    import pytest
+
+    from riverbed.streams.errors import DecodeError
+    from riverbed.streams.history_codec import _SCHEMA, _body_dict
+
+    event = HistoryEvent("m", 1, 2, Learned(1, 2, {"t:0": 2}, (
+        Example("a", {"f": 1.0}, True), Example("b", {"f": 2.0}, False)), "fp"))
+    body = _body_dict(event.body)
+    body["event_ids"] = ["a"]  # two rows of values and labels, one id
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, _SCHEMA, {"model": "m", "epoch": 1, "time": 2,
+                                                 "body": ("riverbed.Learned", body)})
+    with pytest.raises(DecodeError, match="malformed"):
+        decode_event(buffer.getvalue())
