@@ -243,7 +243,8 @@ class ModelOwnership:
         waited = 0.0
         while not self.lease.acquired.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.lease.acquired.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self.lease.acquired.wait()
             waited += 1.0
             if self.lease.acquired.is_set():
                 break

@@ -37,6 +37,9 @@ from riverbed.streams.telemetry import WorkerStats
 
 log = logging.getLogger(__name__)
 
+#: how long :meth:`Supervisor.cancel_all` waits for a cancelled task before cancelling it again
+RECANCEL_S = 1.0
+
 
 class Supervisor:
     """Background tasks of one worker; none may end with an unnoticed exception."""
@@ -52,6 +55,7 @@ class Supervisor:
     def run(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Start ``coro`` as a supervised task."""
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
         task.add_done_callback(lambda done: self._ended(done, name))
         self._tasks.append(task)
         return task
@@ -81,12 +85,23 @@ class Supervisor:
         await self.crash(exc)
 
     async def cancel_all(self) -> None:
-        """Cancel every task and wait for them to end."""
+        """Cancel every task and wait for them to end, cancelling again every
+        :data:`RECANCEL_S` a task that is still running: a cancel can be swallowed --
+        Python 3.11's ``asyncio.wait_for`` returns its result instead when the awaitable
+        completes in the same loop turn as the cancel -- and a task that swallowed it
+        goes on with its loop (a worker's stop hung on its broker watch that way, with an
+        idle event loop, in CI)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            while not task.done():
+                await asyncio.wait([task], timeout=RECANCEL_S)
+                if not task.done():
+                    log.info("background task %r still running after a cancel; cancelling "
+                             "again", task.get_name())
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                task.result()
 
 
 class BrokerWatch:

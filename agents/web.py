@@ -356,7 +356,8 @@ class WebApi:
         served = self._served(name)
         xs, ids = self._validated(records, served, single)
         try:
-            await asyncio.wait_for(self.port.model_lock.acquire(), LOCK_WAIT_S)
+            async with asyncio.timeout(LOCK_WAIT_S):
+                await self.port.model_lock.acquire()
         except TimeoutError:
             raise ApiError(503, "the model is busy (a takeover holds it); try again") from None
         try:  # no await in here: nothing interleaves with the predictions

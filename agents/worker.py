@@ -218,7 +218,8 @@ class Worker:
             self.stats.role = "active"
         wait_s = self.settings.worker.session_timeout_ms / 1000 * 10
         try:  # ready = consuming; another worker may hold every partition, so do not insist
-            await asyncio.wait_for(self.ingest.assigned.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await self.ingest.assigned.wait()
             self.stats.ready = True
         except TimeoutError:
             log.warning("no input partitions assigned after %.0fs", wait_s)

@@ -3,6 +3,7 @@
     python bench/hotpath.py                        # 60k events in chunks of 500
     python bench/hotpath.py --model light          # LR alone: the platform's share shows
     python bench/hotpath.py --events 100000 --chunk 1000
+    python bench/hotpath.py --window empty         # a worker's first 200,000 events
 
 Runs the same Avro events through several variants, each keeping its own model and state
 for the whole run: the hand-written loop's per-event work (decode, extract, predict,
@@ -12,7 +13,10 @@ as a batch does (what holding a batch costs by itself); and riverbed's
 :class:`InferenceProcessor` -- with everything (dedup, examples, scoring, history records,
 plus encoding them as the confirm task does), without encoding the history, without a
 learner (no dedup, examples or history), and with its Predictions through the generic Avro
-encoder instead of :class:`~riverbed.streams.prediction_codec.PredictionWriter`.
+encoder instead of :class:`~riverbed.streams.prediction_codec.PredictionWriter`. The
+learners' dedup windows start full (``history.id_window`` ids already learned), as on a
+worker that has run for a while: each id learned pushes the oldest out (``--window
+empty``: a fresh history).
 
 This host's speed swings within seconds, so the variants take turns chunk by chunk (the
 order rotated each chunk) and each chunk's CPU time is compared with riverbed's on the
@@ -113,7 +117,7 @@ class _Generic:
 
 
 def riverbed(settings: Settings, history: bool = True, encode: bool = True,
-             generic_predictions: bool = False) -> Variant:
+             generic_predictions: bool = False, full_window: bool = True) -> Variant:
     """riverbed's processor (with a learner unless not ``history``), plus encoding its
     history records (unless not ``encode``)."""
     schema = load_schema(settings.event.schema)
@@ -121,6 +125,8 @@ def riverbed(settings: Settings, history: bool = True, encode: bool = True,
     learner = Learner(model, None, None, b"k" * 32,  # type: ignore[arg-type]
                       snapshot_every_steps=10**9, snapshot_every_s=1e9,
                       id_window=settings.history.id_window, probe_size=8) if history else None
+    if learner is not None and full_window:  # ids learned long ago, none of them coming again
+        learner.fold.recent_ids.extend([f"learned-{i}" for i in range(learner.id_window)])
     predictions = AvroCodec(load_schema("prediction"))
     processor = InferenceProcessor(
         settings, schema, decoder=AvroCodec(schema),
@@ -162,17 +168,21 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=500,
                         help="events per turn (riverbed: one batch)")
     parser.add_argument("--model", choices=sorted(MODELS), default="lr")
+    parser.add_argument("--window", choices=["full", "empty"], default="full",
+                        help="the learners' dedup windows at the start")
     args = parser.parse_args()
     settings = bench_settings(args.model)
     records = _records(settings, args.events)
+    full = args.window == "full"
     variants = {
         "loop, fastavro (the baseline)": loop(settings),
         "loop, cavro": loop(settings, "riverbed"),
         "loop, cavro, keeping each event to the chunk's end": loop_keeping(settings),
-        "riverbed": riverbed(settings),
-        "riverbed, history not encoded": riverbed(settings, encode=False),
+        "riverbed": riverbed(settings, full_window=full),
+        "riverbed, history not encoded": riverbed(settings, encode=False, full_window=full),
         "riverbed, no learner (no dedup, examples, history)": riverbed(settings, history=False),
-        "riverbed, generic Prediction encoder": riverbed(settings, generic_predictions=True),
+        "riverbed, generic Prediction encoder": riverbed(settings, generic_predictions=True,
+                                                         full_window=full),
     }
     gc.collect()
     gc.freeze()
@@ -185,7 +195,8 @@ def main() -> None:
         rows[name] = {"p20_us": _q(values, 0.2), "median_us": statistics.median(values),
                       "vs_riverbed_median_us": statistics.median(diffs),
                       "vs_riverbed_q1_us": _q(diffs, 0.25), "vs_riverbed_q3_us": _q(diffs, 0.75)}
-    print(f"CPU us per event, {len(mine)} chunks of {args.chunk}, model {args.model}")
+    print(f"CPU us per event, {len(mine)} chunks of {args.chunk}, model {args.model}, "
+          f"dedup window {args.window}")
     print(f"{'variant':<52}{'p20':>8}{'median':>8}   {'minus riverbed, paired median (IQR)'}")
     for name, row in rows.items():
         print(f"{name:<52}{row['p20_us']:>8.1f}{row['median_us']:>8.1f}   "
@@ -195,6 +206,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "hotpath.json").write_text(json.dumps(
         {"events": args.events, "chunk": args.chunk, "model": args.model,
+         "window": args.window,
          "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_us_per_event": rows}, indent=2))
 
 

@@ -76,7 +76,8 @@ class HistoryFeed:
         reader = self._reader
         if reader is None:
             reader = PartitionReader(self.broker, [self.history, self.metrics])
-            await asyncio.wait_for(reader.__aenter__(), budget_s + 5)
+            async with asyncio.timeout(budget_s + 5):
+                await reader.__aenter__()
             self._reader = reader
         deadline = time.monotonic() + budget_s
         started_ms = int(time.time() * 1000)

@@ -64,8 +64,10 @@ class BatchProducer(Service):
             if self.producer is None:
                 await self.start()
             assert self.producer is not None
-            await asyncio.wait_for(self.producer.begin_transaction(), timeout_s)
-            await asyncio.wait_for(self.producer.commit_transaction(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.producer.begin_transaction()
+            async with asyncio.timeout(timeout_s):
+                await self.producer.commit_transaction()
         except (KafkaError, TimeoutError) as exc:
             raise TransactionsUnavailableError(self.broker.bootstrap_servers,
                                                f"refused one ({exc!r})") from None

@@ -41,7 +41,8 @@ async def probe(broker: BrokerSettings, timeout_s: float = 3.0) -> None:
             problems.append(f"{where} (cannot resolve host {host!r})")
             continue
         try:
-            await asyncio.wait_for(_metadata(host, port, timeout_s, options), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await _metadata(host, port, timeout_s, options)
             return
         except ssl.SSLCertVerificationError as exc:
             refusals.append(_untrusted(broker, where, exc))
