@@ -37,8 +37,10 @@ from riverbed.streams.telemetry import WorkerStats
 
 log = logging.getLogger(__name__)
 
-#: how long :meth:`Supervisor.cancel_all` waits for a cancelled task before cancelling it again
-RECANCEL_S = 1.0
+#: how long :meth:`Supervisor.cancel_all` waits for a cancelled task before cancelling it
+#: again: long enough for the clean-up a cancel starts (a consumer's stop in a ``finally``)
+#: to finish uninterrupted, short enough that a swallowed cancel costs a stop seconds
+RECANCEL_S = 5.0
 
 
 class Supervisor:
@@ -90,15 +92,20 @@ class Supervisor:
         Python 3.11's ``asyncio.wait_for`` returns its result instead when the awaitable
         completes in the same loop turn as the cancel -- and a task that swallowed it
         goes on with its loop (a worker's stop hung on its broker watch that way, with an
-        idle event loop, in CI)."""
-        for task in self._tasks:
+        idle event loop, in CI). A task started meanwhile (a clean-up may start one) is
+        cancelled when its turn comes."""
+        cancelled = set(self._tasks)
+        for task in cancelled:
             task.cancel()
-        for task in self._tasks:
+        for task in self._tasks:  # including any started while we wait
+            if task not in cancelled:
+                cancelled.add(task)
+                task.cancel()
             while not task.done():
                 await asyncio.wait([task], timeout=RECANCEL_S)
                 if not task.done():
-                    log.info("background task %r still running after a cancel; cancelling "
-                             "again", task.get_name())
+                    log.info("background task %r still running %gs after a cancel; "
+                             "cancelling again", task.get_name(), RECANCEL_S)
                     task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 task.result()

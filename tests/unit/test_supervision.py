@@ -13,6 +13,9 @@ import asyncio
 import re
 from pathlib import Path
 
+import pytest
+
+from riverbed.agents import supervision
 from riverbed.agents.supervision import Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +25,9 @@ async def _no_crash(exc: BaseException) -> None:
     raise AssertionError(f"no task should crash: {exc!r}")
 
 
-async def test_a_task_that_swallows_a_cancel_is_cancelled_again() -> None:
+async def test_a_task_that_swallows_a_cancel_is_cancelled_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervision, "RECANCEL_S", 0.5)
     swallowed = asyncio.Event()
 
     async def probes_forever() -> None:
@@ -61,6 +66,38 @@ async def test_cancel_all_ends_tasks_that_failed_or_finished_too() -> None:
         await supervisor.cancel_all()
     await asyncio.sleep(0)  # the crash callback's task
     assert [type(e) for e in crashes] == [ValueError]
+
+
+async def test_a_clean_up_within_the_grace_is_not_cut_short(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel starts a task's clean-up (a consumer's stop in a ``finally``): it runs to
+    its end when it takes less than RECANCEL_S, and a task that clean-up starts is
+    cancelled too."""
+    monkeypatch.setattr(supervision, "RECANCEL_S", 2.0)
+    supervisor = Supervisor(_no_crash)
+    cleaned = asyncio.Event()
+    started: list[asyncio.Task[None]] = []
+
+    async def restarts_forever() -> None:
+        await asyncio.sleep(3600)
+
+    async def cleans_up_slowly() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.3)  # would not survive a second cancel
+            cleaned.set()
+            started.append(supervisor.run(restarts_forever(), "started in a clean-up"))
+
+    task = supervisor.run(cleans_up_slowly(), "reader")
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async with asyncio.timeout(10) as deadline:
+        await supervisor.cancel_all()
+    assert not deadline.expired() and cleaned.is_set() and task.cancelled()
+    assert [t.cancelled() for t in started] == [True]
+    assert loop.time() - began < 1.5  # the new task was cancelled at once, not after 2 s
 
 
 def test_no_code_awaits_through_asyncio_wait_for() -> None:
