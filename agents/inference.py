@@ -367,8 +367,7 @@ class _Lane:
     def history_events(self, learner: BatchLearner, offsets: dict[str, int]
                        ) -> list[HistoryEvent]:
         """The batch's history records: Learned (and Created), drifts, a due snapshot."""
-        examples = self.examples()
-        events = learner.record_batch(self.seq_before, examples, offsets, examples.xs)
+        events = learner.record_batch(self.seq_before, self.examples(), offsets)
         for seq in self.drifts:
             events.append(learner.annotate(seq, "drift",
                                            f"{type(self.monitor.detector).__name__}"))

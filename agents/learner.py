@@ -295,13 +295,13 @@ class Learner:
         return offset < self.fold.applied_offset(source)
 
     def record_batch(self, seq_before: int, examples: Sequence[Example],
-                     offsets: Mapping[str, int],
-                     probe_candidates: Sequence[Mapping[str, float]] | None = None
-                     ) -> list[HistoryEvent]:
-        """Step 1: the history events for one processed batch, folded into our state."""
+                     offsets: Mapping[str, int]) -> list[HistoryEvent]:
+        """Step 1: the history events for one processed batch, folded into our state (the
+        model's first batch also writes ``Created``, its probe the first examples' features)."""
+        columns = Examples.of(examples)
         events: list[HistoryEvent] = []
         if self.fold.created is None:
-            candidates = tuple(dict(x) for x in (probe_candidates or [])[: self.probe_size])
+            candidates = tuple(dict(x) for x in columns.xs[: self.probe_size])
             text = spec_json(self.model)
             created = Created(text, hashlib.sha256(text.encode()).hexdigest(),
                               self.model.river_version, candidates)
@@ -309,7 +309,7 @@ class Learner:
             self.fold.apply(events[-1])
         probe: tuple[Any, ...] = self.fold.created.probe if self.fold.created else ()
         learned = Learned(seq_before + 1, seq_before + len(examples), dict(offsets),
-                          Examples.of(examples), fingerprint(self.model.estimator, probe))
+                          columns, fingerprint(self.model.estimator, probe))
         events.append(self.event(learned))
         self.fold.apply(events[-1])
         return events

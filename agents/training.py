@@ -226,8 +226,7 @@ class TrainingLoop:
                 continue
             if examples and len(examples) + len(batch.examples) > limit:
                 events += learner.record_batch(seq_before, examples,  # covers the records
-                                               {self.source: record.offset},  # before this one
-                                               [e.x for e in examples])
+                                               {self.source: record.offset})  # before this one
                 learned += len(examples)
                 seq_before, examples = model.seq, []
             for example in batch.examples:
@@ -246,8 +245,7 @@ class TrainingLoop:
                 model.learn(dict(example.x), y)
                 examples.append(example._replace(y=y))
         events += learner.record_batch(seq_before, examples,
-                                       {self.source: records[-1].offset + 1},
-                                       [e.x for e in examples])
+                                       {self.source: records[-1].offset + 1})
         learned += len(examples)
         if learner.snapshot_due():
             events += learner.snapshot_events()

@@ -65,8 +65,7 @@ async def build_history(settings: Any, data: list[Example], batch: int) -> Learn
         seq_before = model.seq
         for ex in chunk:
             model.learn(ex.x, ex.y)  # type: ignore[arg-type]
-        history = learner.record_batch(seq_before, chunk, {"events:0": start + len(chunk)},
-                                       [e.x for e in chunk])
+        history = learner.record_batch(seq_before, chunk, {"events:0": start + len(chunk)})
         if learner.snapshot_due():
             history += learner.snapshot_events()
         offsets = await log.append(history)

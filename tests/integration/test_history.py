@@ -45,8 +45,7 @@ async def test_zombie_learner_writes_are_ignored_and_counted(settings: Settings)
         assert (old.epoch, new.epoch) == (1, 2)
         for learner, ids in ((old, ["zombie-1", "zombie-2"]), (new, ["fresh-1"])):
             examples = [Example(i, {"a": 1.0}, True) for i in ids]
-            events = learner.record_batch(0, examples, {"events:0": len(ids)},
-                                          [e.x for e in examples])
+            events = learner.record_batch(0, examples, {"events:0": len(ids)})
             await learner.history.append(events)
     finally:
         await producer.stop()

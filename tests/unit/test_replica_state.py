@@ -130,8 +130,7 @@ class _Replica:
                     for i in range(n)]
         for e in examples:
             model.learn(dict(e.x), e.y)
-        self._write(self.writer.record_batch(before, examples, {"t:0": before + n},
-                                             [e.x for e in examples]))
+        self._write(self.writer.record_batch(before, examples, {"t:0": before + n}))
 
     def follow(self) -> None:
         records = [_Record(e.offset, b"m", encode_event(e)) for e in self.history[self.read:]]
