@@ -25,13 +25,16 @@ def example_settings() -> Settings:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The suite runs on several cores (pytest-xdist, ``--dist loadgroup``): every test
-    marked ``heavy`` joins one group, which one test process runs test by test, so two
-    heavy tests never compete for the two cores (their workers' 1.5 s lease sessions and
-    the JVMs' start-up would); light tests run beside them."""
+    """The suite runs on several cores (pytest-xdist, ``--dist loadgroup``): the tests
+    marked ``heavy`` join one of two groups, each run test by test by one test process:
+    those that start their own brokers (JVM clusters, broker faults, transactions on a
+    Kafka of their own) and those that run several workers against the session's broker
+    (SIGKILLs, standbys, replicas). So at most two heavy tests run at once, never two of
+    the same kind; light tests run beside them."""
     for item in items:
         if item.get_closest_marker("heavy") is not None:
-            item.add_marker(pytest.mark.xdist_group("heavy"))
+            own = item.get_closest_marker("own_broker") is not None
+            item.add_marker(pytest.mark.xdist_group("heavy-own-broker" if own else "heavy"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
