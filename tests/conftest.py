@@ -24,16 +24,6 @@ def example_settings() -> Settings:
     return load_settings(CONFIG, env={})
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto``: one test process more than the cores (``--maxprocesses`` caps it at 4).
-    The integration tests mostly wait -- for JVMs and workers to start, sessions to expire,
-    brokers to come back -- so the CI host's 2 cores were ~0.7 busy on average with one
-    process per core. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides when set."""
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return None  # xdist's own hook reads it
-    return len(os.sched_getaffinity(0)) + 1
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The suite runs on several cores (pytest-xdist, ``--dist loadgroup``): the tests
     marked ``heavy`` join one of two groups, each run test by test by one test process:
