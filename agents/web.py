@@ -66,6 +66,9 @@ _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
           ".txt": "text/plain", ".png": "image/png", ".svg": "image/svg+xml"}
 #: Pages anyone may load: the page and its files hold no data; probes need no token.
 _OPEN = ("/", "/healthz", "/readyz")
+#: a worker's roles once its models are restored from the history (``worker.role`` before
+#: that is ``starting``); ``replica`` and ``learner`` are scale-out ``replicas`` roles
+RESTORED_ROLES = frozenset({"active", "standby", "replica", "learner"})
 _HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
             "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
                                        "img-src 'self' data:; frame-ancestors 'none'"}
@@ -298,7 +301,7 @@ class WebApi:
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         stats = self.port.stats
-        restored = stats.role in ("active", "standby")
+        restored = stats.role in RESTORED_ROLES
         checks = {"broker_connected": stats.broker_connected, "models_restored": restored,
                   "role": stats.role, "consuming": stats.ready,
                   "models": [s.model.name for s in self.port.served()]}

@@ -120,6 +120,10 @@ async def test_each_model_is_learned_by_the_holder_of_its_training_partition(
                 for model in MODELS:
                     flag = "1.0" if learners[model] is child else "0.0"
                     assert f'riverbed_learner{{model="{model}"}} {flag}' in text, text
+                # ready (200) as a learner as well as a replica: restored and connected
+                ready = await asyncio.to_thread(child.get, "/readyz")
+                assert ready is not None and ready["ready"] is True, ready
+                assert ready["checks"]["role"] == "learner", ready
             await send(slice(0, 6000))
             await learned(learners, 2000)
             victim = learners[MODELS[0]]                         # 1. SIGKILL a learner

@@ -88,6 +88,10 @@ async def test_three_workers_one_learner_replicas_through_sigkills(
     try:
         async with PredictionCounter(settings) as predictions:
             learner = await _settled(children, 90)
+            for child in children:  # ready (200) as a learner and as a replica
+                ready = await asyncio.to_thread(child.get, "/readyz")
+                assert ready is not None and ready["ready"] is True, ready
+                assert ready["checks"]["role"] == ("learner" if child is learner else "replica")
             await send(slice(0, 20_000))
             deadline = time.monotonic() + 90
             while (await _model(learner))["seq"] < 5_000:  # mid-stream: 15,000 more coming
