@@ -29,6 +29,8 @@ Environment overrides: ``RIVERBED_<SECTION>__<FIELD>``, e.g.
 ``RIVERBED_BROKER__BOOTSTRAP_SERVERS=kafka:9092`` or ``RIVERBED_TOPICS__PARTITIONS=8``.
 Secrets never come from the file: ``registry.password`` only from the environment
 (``RIVERBED_REGISTRY__PASSWORD``) or through ``registry.password_file``.
+Files named in the config (``*_file``, an ``.avsc`` schema) are taken relative to the config
+file's directory; ``~`` is expanded.
 Any invalid value raises :class:`~streams.errors.ConfigError` naming the field.
 """
 
@@ -408,7 +410,9 @@ def settings_from_dict(
     if len(set(names)) != len(names):
         raise ConfigError("models.name", f"model names must be unique, got {names}")
     _check_password_source(raw.get("broker", {}), built["broker"])
-    built["broker"] = _resolve_paths(built["broker"], base_dir)
+    built["broker"] = _resolve_broker_paths(built["broker"], base_dir)
+    built["registry"] = _resolve_registry_paths(built["registry"], base_dir)
+    built["history"] = _resolve_history_paths(built["history"], base_dir)
     settings = Settings(models=models, base_dir=base_dir, **built)
     _check_ranges(settings)
     _check_security(settings.broker)
@@ -425,15 +429,36 @@ def _check_password_source(from_file: Mapping[str, Any], broker: BrokerSettings)
                           "broker.sasl_password_file, or broker.allow_password_in_config = true")
 
 
-def _resolve_paths(broker: BrokerSettings, base_dir: Path) -> BrokerSettings:
+def _resolve(value: str | None, base_dir: Path) -> str | None:
+    """A file named in the config: ``~`` expanded, a relative path taken from the config
+    file's directory (not the current one, which differs between a shell and a service)."""
+    return None if value is None else str(base_dir / Path(value).expanduser())
+
+
+def _resolve_broker_paths(broker: BrokerSettings, base_dir: Path) -> BrokerSettings:
     """Certificate, key and password files relative to the config file's directory."""
     def resolve(value: str | None) -> str | None:
-        return None if value is None else str(base_dir / Path(value).expanduser())
+        return _resolve(value, base_dir)
 
     return dataclasses.replace(
         broker, sasl_password_file=resolve(broker.sasl_password_file),
         ssl_cafile=resolve(broker.ssl_cafile), ssl_certfile=resolve(broker.ssl_certfile),
         ssl_keyfile=resolve(broker.ssl_keyfile))
+
+
+def _resolve_registry_paths(registry: RegistrySettings, base_dir: Path) -> RegistrySettings:
+    """The registry's password, CA, certificate and key files, as for the broker's."""
+    return dataclasses.replace(
+        registry, password_file=_resolve(registry.password_file, base_dir),
+        ca_file=_resolve(registry.ca_file, base_dir),
+        cert_file=_resolve(registry.cert_file, base_dir),
+        key_file=_resolve(registry.key_file, base_dir))
+
+
+def _resolve_history_paths(history: HistorySettings, base_dir: Path) -> HistorySettings:
+    """The snapshot key file, as for the broker's files."""
+    return dataclasses.replace(
+        history, snapshot_key_file=str(base_dir / Path(history.snapshot_key_file).expanduser()))
 
 
 def _check_security(b: BrokerSettings) -> None:

@@ -101,6 +101,29 @@ def test_registry_settings_with_the_password_from_the_environment() -> None:
     assert "s3cret" not in repr(settings)
 
 
+def test_files_named_in_the_config_are_relative_to_its_directory_not_the_current_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "riverbed.toml").write_text(
+        '[registry]\nurl = "https://registry:8081"\nusername = "ci"\n'
+        'password_file = "secrets/registry"\nca_file = "tls/ca.pem"\n'
+        'cert_file = "tls/client.pem"\nkey_file = "/abs/client.key"\n'
+        '[history]\nsnapshot_key_file = "keys/snapshot.key"\n'
+        '[[models]]\nname = "m"\npipeline = [{"linear_model.LogisticRegression" = {}}]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings("../etc/riverbed.toml", env={})
+    assert settings.registry.password_file == str(etc / "secrets" / "registry")
+    assert settings.registry.ca_file == str(etc / "tls" / "ca.pem")
+    assert settings.registry.cert_file == str(etc / "tls" / "client.pem")
+    assert settings.registry.key_file == "/abs/client.key"
+    assert settings.history.snapshot_key_file == str(etc / "keys" / "snapshot.key")
+    default = settings_from_dict({"models": [MODEL]}, env={})
+    assert default.history.snapshot_key_file == str(Path("~/.riverbed/snapshot.key").expanduser())
+
+
 def test_the_deprecated_broker_schema_registry_url_still_works() -> None:
     old = settings_from_dict({"broker": {"schema_registry_url": REGISTRY}, "models": [MODEL]})
     assert old.registry.url == REGISTRY
