@@ -311,7 +311,9 @@ def tail(
                 if max_records and n >= max_records:
                     return
 
-    asyncio.run(run())
+    with stdout_closed_is_the_end():
+        asyncio.run(run())
+        sys.stdout.flush()
 
 
 def _demo_table(p: Any, note: str) -> Table:
@@ -427,35 +429,64 @@ def replay_cmd(
 def top(
     config: ConfigOption = DEFAULT_CONFIG, bootstrap: BootstrapOption = None,
     once: Annotated[bool, typer.Option(help="Print the current view and exit.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON rows.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=(
+        "JSON rows: one line with --once, else one line each time new reports arrive."))] = False,
 ) -> None:
     """Live per-model view: events/s, accuracy, model_seq, pending labels, drift, lag."""
-    from riverbed.streams.top import TopView, reports
+    from riverbed.streams.top import TopView, fetches
 
     settings = _settings(config, bootstrap, probe=True)
     view = TopView(settings)
 
     async def run_once() -> None:
-        async for report in reports(settings, follow=False, idle_timeout_s=10):
-            view.add(report)
+        async for fetched in fetches(settings, follow=False, idle_timeout_s=10):
+            view.add_fetch(fetched)
+
+    async def run_json() -> None:
+        # the backlog is read first: a line shows the view at the topic's end, never midway
+        shown = False
+        async for fetched in fetches(settings, follow=True):
+            view.add_fetch(fetched)
+            if fetched.caught_up and (fetched.reports or not shown):
+                write_json(view.rows())
+                shown = True
 
     async def run_live(live: Live) -> None:
-        async for report in reports(settings, follow=True):
-            view.add(report)
-            live.update(view.table())
+        async for fetched in fetches(settings, follow=True):
+            view.add_fetch(fetched)
+            if fetched.caught_up:
+                live.update(view.table())
+
+    def write_json(rows: list[dict[str, Any]]) -> None:
+        if view.skipped:
+            sys.stderr.write(f"skipped {view.skipped:,} records on {settings.topics.metrics} "
+                             "that are not MetricsReports\n")
+        sys.stdout.write(json.dumps(rows) + "\n")
+        sys.stdout.flush()
 
     if once:
         asyncio.run(run_once())
         if as_json:
-            sys.stdout.write(json.dumps(view.rows()) + "\n")
+            write_json(view.rows())
         else:
             Console().print(view.table())
         return
-    with Live(view.table(), console=Console(), refresh_per_second=2) as live:
-        try:
+    with contextlib.suppress(KeyboardInterrupt), stdout_closed_is_the_end():
+        if as_json:
+            asyncio.run(run_json())
+            return
+        with Live(view.table(), console=Console(), refresh_per_second=2) as live:
             asyncio.run(run_live(live))
-        except KeyboardInterrupt:
-            pass
+
+
+@contextlib.contextmanager
+def stdout_closed_is_the_end() -> Iterator[None]:
+    """A reader that closed the pipe (``| head -1``) ends the command quietly, exit 0."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that fails silently
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @app.command("rollback")

@@ -135,14 +135,11 @@ async def watch_outputs(
     """Consume predictions and dead letters, scoring predictions against known labels."""
     from aiokafka import TopicPartition
 
-    from riverbed.schemas import load_schema
-    from riverbed.streams.codec import AvroCodec
     from riverbed.streams.kafka_clients import PartitionReader
-    from riverbed.streams.top import TopView
+    from riverbed.streams.top import TopView, decode_fetch
 
     t = settings.topics
     decode = decoder_for(settings, t.predictions)
-    reports = AvroCodec(load_schema("metrics_report"))
     progress.top = TopView(settings)
     partitions = ([TopicPartition(t.predictions, p) for p in range(t.partitions)]
                   + [TopicPartition(t.dead_letters, 0), TopicPartition(t.metrics, 0)])
@@ -152,8 +149,7 @@ async def watch_outputs(
                 if tp.topic == t.dead_letters:
                     progress.dead_letters += len(records)
                 elif tp.topic == t.metrics:
-                    for record in records:
-                        progress.top.add(reports.decode(record.value))
+                    progress.top.add_fetch(decode_fetch(records, caught_up=False))
                 else:
                     _score(progress, [decode(r) for r in records], labels)
                 progress.last_output = time.monotonic()

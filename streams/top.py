@@ -1,13 +1,16 @@
 """``riverbed top``: a live per-model view built from the ``riverbed.metrics`` topic.
 
 Reads every MetricsReport (and drift event) of a running deployment -- any number of
-workers -- and keeps the newest report per (model, worker). Nothing is committed.
+workers -- and keeps the newest report per (model, worker). Nothing is committed; a record
+that is not a MetricsReport is skipped and counted.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -16,25 +19,62 @@ from rich.table import Table
 from riverbed.schemas import load_schema
 from riverbed.streams.codec import AvroCodec
 from riverbed.streams.config import Settings
-from riverbed.streams.kafka_clients import PartitionReader, read_to_end
+from riverbed.streams.errors import DecodeError
+from riverbed.streams.kafka_clients import PartitionReader, Record
 
 PRIMARY = {"classification": "Accuracy", "regression": "MAE"}
 
 
-async def reports(settings: Settings, follow: bool, idle_timeout_s: float = 3600.0
-                  ) -> AsyncIterator[dict[str, Any]]:
-    """MetricsReports from the start of the topic; with ``follow``, keep waiting for more."""
-    codec = AvroCodec(load_schema("metrics_report"))
-    if not follow:
-        async for record in read_to_end(settings.broker, settings.topics.metrics,
-                                        idle_timeout_s=idle_timeout_s):
-            yield codec.decode(record.value)
-        return
+@dataclass(frozen=True)
+class Fetched:
+    """One fetch of the metrics topic."""
+
+    #: the MetricsReports (and drift events) it held, in offset order
+    reports: list[dict[str, Any]]
+    #: records in it that are not a MetricsReport (skipped: one bad record never stops the view)
+    skipped: int
+    #: the reader has reached the topic's end (a view shown only then skips the backlog)
+    caught_up: bool
+
+
+@functools.cache
+def _codec() -> AvroCodec:
+    return AvroCodec(load_schema("metrics_report"))
+
+
+def decode_fetch(records: Iterable[Record], caught_up: bool) -> Fetched:
+    """The reports among ``records``; the rest are counted as skipped."""
+    reports, skipped = [], 0
+    for record in records:
+        try:
+            reports.append(_codec().decode(record.value or b""))
+        except DecodeError:
+            skipped += 1
+    return Fetched(reports, skipped, caught_up)
+
+
+async def fetches(settings: Settings, follow: bool, idle_timeout_s: float = 10.0
+                  ) -> AsyncIterator[Fetched]:
+    """The metrics topic from its start, one fetch at a time. Without ``follow``, ends once
+    caught up with the topic's end (TimeoutError when nothing arrives for ``idle_timeout_s``
+    before then); with it, keeps waiting for more."""
     tp = TopicPartition(settings.topics.metrics, 0)
-    async with PartitionReader(settings.broker, [tp], fetch_max_wait_ms=500) as reader:
+    async with PartitionReader(settings.broker, [tp], fetch_max_wait_ms=500 if follow else 50
+                               ) as reader:
+        deadline = time.monotonic() + idle_timeout_s
         while True:
-            for record in (await reader.fetch(1000)).get(tp, []):
-                yield codec.decode(record.value)
+            records = (await reader.fetch(1000 if follow else 200)).get(tp, [])
+            fetched = decode_fetch(records, await reader.caught_up())
+            yield fetched
+            if follow:
+                continue
+            if fetched.caught_up:
+                return
+            if records:
+                deadline = time.monotonic() + idle_timeout_s
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"{tp.topic}: no progress at offset "
+                                   f"{await reader.position(tp)} (want {reader.highwater(tp)})")
 
 
 class TopView:
@@ -44,6 +84,14 @@ class TopView:
         self.tasks = {m.name: m.task for m in settings.models}
         self.latest: dict[tuple[str, str], dict[str, Any]] = {}
         self.drifts: dict[str, int] = {}
+        #: records on the topic that were not MetricsReports
+        self.skipped = 0
+
+    def add_fetch(self, fetched: Fetched) -> None:
+        """Every report of one fetch, and its count of skipped records."""
+        for report in fetched.reports:
+            self.add(report)
+        self.skipped += fetched.skipped
 
     def add(self, report: dict[str, Any]) -> None:
         if report["kind"] == "drift":
@@ -87,4 +135,7 @@ class TopView:
                           f"{r['label_delay_p50_ms']:,.0f} ms", f"{r['age_s']} s")
         if not rows:
             table.caption = "no reports yet (workers report every labels.report_interval_s)"
+        if self.skipped:
+            table.caption = (f"{table.caption}; " if table.caption else "") + (
+                f"skipped {self.skipped:,} records that are not MetricsReports")
         return table

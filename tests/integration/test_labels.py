@@ -209,6 +209,7 @@ async def test_pending_labels_survive_kill_9(settings: Settings) -> None:
 
 async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> None:
     import json as _json
+    import signal
     import subprocess
     import sys
 
@@ -219,6 +220,8 @@ async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> 
     codec = AvroCodec(load_schema("agrawal_event"))
     stream = list(events("agrawal", 800, seed=4, label_fraction=0.5))
     labelled = sum(1 for e in stream if e["label"] is not None)
+    # a record on the metrics topic that is not a report: skipped and counted, never fatal
+    await send_raw(settings, topic=settings.topics.metrics, records=[(b"k", b"\x02garbage")])
     async with running_worker(settings) as worker:
         await send_raw(settings, [(b"k", codec.encode(e)) for e in stream])
         await until(lambda: worker.stats.events >= 800, 30)
@@ -226,14 +229,43 @@ async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> 
         await until(lambda: worker.stats.batches > 0 and time.time() * 1000 >
                      reported["time"] + 600, 10)  # at least two report intervals later
     env = worker_env(settings, KEY.hex())
-    done = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "riverbed.cli", "top", "--once", "--json", "-c", str(CONFIG)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    command = [sys.executable, "-m", "riverbed.cli", "top", "--json", "-c", str(CONFIG)]
+    done = await asyncio.to_thread(subprocess.run, [*command, "--once"],
+                                   env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    assert "skipped 1 records on" in done.stderr
     (row,) = _json.loads(done.stdout.splitlines()[-1])
     assert row["model"] == settings.models[0].name
     assert row["model_seq"] == labelled and row["pending"] == 800 - labelled
     assert 0.3 < row["accuracy"] <= 1.0
+
+    # without --once: one JSON line at the topic's end, then one whenever reports arrive
+    top = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    assert top.stdout is not None and top.stderr is not None
+
+    async def next_row() -> dict[str, Any]:
+        line = await asyncio.wait_for(asyncio.to_thread(top.stdout.readline), 60)  # type: ignore[union-attr]
+        (row,) = _json.loads(line)
+        return row  # type: ignore[no-any-return]
+
+    more = list(events("agrawal", 300, seed=5, label_fraction=0.5))
+    try:
+        first = await next_row()
+        assert first["model_seq"] == labelled, first  # the view at the end, not midway
+        async with running_worker(settings) as worker:
+            await send_raw(settings, [(b"k", codec.encode(e)) for e in more])
+            want = labelled + sum(1 for e in more if e["label"] is not None)
+            deadline = time.monotonic() + 60
+            while (row := await next_row())["model_seq"] < want:
+                assert time.monotonic() < deadline, row
+        assert row["model_seq"] == want
+    finally:
+        top.send_signal(signal.SIGINT)  # Ctrl-C ends a follow quietly
+        code = await asyncio.to_thread(top.wait, 30)
+        errors = top.stderr.read()
+    assert code == 0, errors
+    assert "skipped 1 records on" in errors and "Traceback" not in errors
 
 
 async def test_label_for_unknown_event_is_dead_lettered_after_ttl(settings: Settings) -> None:
@@ -262,14 +294,15 @@ async def test_drift_in_the_stream_emits_drift_events(settings: Settings) -> Non
     await provision(settings)
     from riverbed.streams.history import Annotated
     from riverbed.streams.produce import produce
-    from riverbed.streams.top import reports
+    from riverbed.streams.top import fetches
     async with running_worker(settings) as worker:
         report = await produce(settings, "agrawal-drift", 20_000, seed=1)
         learner = worker.learners[0]  # type: ignore[index]
         await until(lambda: learner.durable_seq >= report.valid, 90)
         drift_count = worker.stats.drifts[settings.models[0].name]
     assert drift_count >= 1
-    kinds = [r["kind"] async for r in reports(settings, follow=False, idle_timeout_s=10)]
+    kinds = [r["kind"] async for fetched in fetches(settings, follow=False)
+             for r in fetched.reports]
     assert "drift" in kinds
     history = await read_model_history(settings, settings.models[0].name)
     notes = [e.body for e in history if isinstance(e.body, Annotated)]
