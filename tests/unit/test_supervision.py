@@ -72,8 +72,8 @@ async def test_a_clean_up_within_the_grace_is_not_cut_short(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A cancel starts a task's clean-up (a consumer's stop in a ``finally``): it runs to
     its end when it takes less than RECANCEL_S, and a task that clean-up starts is
-    cancelled too."""
-    monkeypatch.setattr(supervision, "RECANCEL_S", 2.0)
+    cancelled too -- at once: with an hour's grace, waiting it out would hit the deadline."""
+    monkeypatch.setattr(supervision, "RECANCEL_S", 3600.0)
     supervisor = Supervisor(_no_crash)
     cleaned = asyncio.Event()
     started: list[asyncio.Task[None]] = []
@@ -91,13 +91,10 @@ async def test_a_clean_up_within_the_grace_is_not_cut_short(
 
     task = supervisor.run(cleans_up_slowly(), "reader")
     await asyncio.sleep(0)
-    loop = asyncio.get_running_loop()
-    began = loop.time()
     async with asyncio.timeout(10) as deadline:
         await supervisor.cancel_all()
     assert not deadline.expired() and cleaned.is_set() and task.cancelled()
     assert [t.cancelled() for t in started] == [True]
-    assert loop.time() - began < 1.5  # the new task was cancelled at once, not after 2 s
 
 
 def test_no_code_awaits_through_asyncio_wait_for() -> None:
