@@ -19,7 +19,6 @@ learned, and a replica that starts restores from it.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import json
 import pickle
 import uuid
@@ -27,7 +26,7 @@ from collections import OrderedDict
 from typing import Any
 
 from riverbed.streams.errors import DecodeError
-from riverbed.streams.snapshots import CHUNK_BYTES, SnapshotIntegrityError, sign
+from riverbed.streams.snapshots import CHUNK_BYTES, SnapshotIntegrityError, sign, signed_by
 
 __all__ = ["ModelState", "StateAssembler", "encode_state", "load_state", "verify_state"]
 
@@ -117,7 +116,7 @@ class StateAssembler:
 def verify_state(state: ModelState, key: bytes) -> None:
     """SnapshotIntegrityError unless the bytes and the place are as ``key`` signed them."""
     place = {k: getattr(state, k) for k in _PLACE}
-    if not hmac.compare_digest(sign(_signed_bytes(place, state.payload), key), state.hmac):
+    if not signed_by(_signed_bytes(place, state.payload), key, state.hmac):
         raise SnapshotIntegrityError(f"replica state {state.state_id} of {state.model}: HMAC "
                                      "mismatch (tampered, moved, or signed with another key)")
 

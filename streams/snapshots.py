@@ -58,6 +58,14 @@ def sign(payload: bytes, key: bytes) -> str:
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
+def signed_by(payload: bytes, key: bytes, signature: object) -> bool:
+    """True if ``signature`` is :func:`sign` of ``payload`` with ``key``. Any value read
+    from a topic may be given: a non-string, or a string with non-ASCII characters (which
+    ``hmac.compare_digest`` refuses with a TypeError), is simply a wrong signature."""
+    return isinstance(signature, str) and hmac.compare_digest(
+        sign(payload, key).encode(), signature.encode("utf-8", "surrogatepass"))
+
+
 def _place(model: str, purpose: str, epoch: int, seq: int, lineage: int,
            snapshot_id: str) -> bytes:
     """Where a snapshot belongs, signed together with its payload: a snapshot re-appended
@@ -88,7 +96,7 @@ def verify_snapshot(snapshot: Snapshot, key: bytes) -> None:
         raise SnapshotIntegrityError(f"snapshot {snapshot.snapshot_id}: sha256 mismatch")
     place = _place(snapshot.model, snapshot.purpose, snapshot.epoch, snapshot.seq,
                    snapshot.lineage, snapshot.snapshot_id)
-    if not hmac.compare_digest(sign(place + snapshot.payload, key), snapshot.hmac):
+    if not signed_by(place + snapshot.payload, key, snapshot.hmac):
         raise SnapshotIntegrityError(
             f"snapshot {snapshot.snapshot_id}: HMAC mismatch (tampered, moved to another "
             "model/epoch/seq, or signed with another key)")
@@ -113,15 +121,17 @@ def sign_index_entry(entry: Mapping[str, Any], model: str, key: bytes) -> dict[s
     """``entry`` (a snapshot-index entry or epoch marker) with an ``hmac`` over its fields
     and the model: an entry cannot be forged or pointed at a re-appended copy."""
     body = {k: v for k, v in entry.items() if k != "hmac"}
-    text = json.dumps([model, body], sort_keys=True)
-    return {**body, "hmac": sign(text.encode(), key)}
+    return {**body, "hmac": sign(_index_text(body, model), key)}
+
+
+def _index_text(body: Mapping[str, Any], model: str) -> bytes:
+    return json.dumps([model, body], sort_keys=True).encode()
 
 
 def index_entry_ok(entry: Mapping[str, Any], model: str, key: bytes) -> bool:
     """True if ``entry`` carries a valid :func:`sign_index_entry` HMAC for ``model``."""
-    signature = entry.get("hmac")
-    return isinstance(signature, str) and hmac.compare_digest(
-        sign_index_entry(entry, model, key)["hmac"], signature)
+    body = {k: v for k, v in entry.items() if k != "hmac"}
+    return signed_by(_index_text(body, model), key, entry.get("hmac"))
 
 
 def load_snapshot(snapshot: Snapshot, key: bytes) -> tuple[Any, dict[str, Any]]:

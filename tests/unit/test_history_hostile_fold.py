@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,12 @@ from riverbed.streams.history import (
     SnapshotChunk,
 )
 from riverbed.streams.history_codec import decode_event, encode_event
-from riverbed.streams.snapshots import make_chunks, snapshot_verifier
+from riverbed.streams.snapshots import (
+    index_entry_ok,
+    make_chunks,
+    sign_index_entry,
+    snapshot_verifier,
+)
 
 KEY = os.urandom(32)
 MODEL = "m"
@@ -137,6 +143,24 @@ def test_the_clean_history_rolls_back_and_goes_on() -> None:
     assert (CLEAN_STATE.seq, CLEAN_STATE.lineage, CLEAN_STATE.epoch) == (13, 1, 4)
     assert [s.seq for s in CLEAN_STATE.snapshots] == [5, 15, 10]
     assert sum(isinstance(e, Load) for e in CLEAN_EFFECTS) == 1
+
+
+@pytest.mark.parametrize("signature", ["\u00e9", "", "0" * 64])
+def test_any_text_as_a_signature_is_refused_not_raised(signature: str) -> None:
+    """A snapshot chunk or snapshot-index entry read from a topic with any text as its
+    HMAC (non-ASCII text made ``hmac.compare_digest`` raise) is a refused snapshot."""
+    history = clean_history()
+    records = [encode_event(dataclasses.replace(e, body=dataclasses.replace(
+        e.body, hmac=signature)) if isinstance(e.body, SnapshotChunk)
+        and e.body.purpose == "rollback" else e) for e in history]
+    state, effects = fold_records(records)
+    assert not any(isinstance(e, Load) for e in effects)
+    assert state.counters.rejected_restores == 1
+    entry = sign_index_entry({"marker": "claimed", "epoch": 1}, MODEL, KEY)
+    assert index_entry_ok(entry, MODEL, KEY)
+    assert not index_entry_ok({**entry, "hmac": signature}, MODEL, KEY)
+    assert not index_entry_ok({**entry, "hmac": "\udc80"}, MODEL, KEY)  # JSON can say it
+    assert not index_entry_ok({**entry, "hmac": 1}, MODEL, KEY)
 
 
 def test_a_snapshot_moved_to_another_epoch_is_refused_not_loaded() -> None:
