@@ -232,7 +232,12 @@ class LabelRule:
                                       f"|{self.max_abs:g}|", reason="invalid_label")
             raise ValidationError(f"label {label!r} is not a number", reason="invalid_label")
         key = (label.__class__, label)
-        if key in self.allowed:
+        try:
+            known = key in self.allowed
+        except TypeError:  # unhashable: a list or a map read from a topic is no class
+            raise ValidationError(f"label of type {label.__class__.__name__} is not a class",
+                                  reason="invalid_label") from None
+        if known:
             return label
         if self.open and label.__class__ in self.open_types and label != "":
             if len(self.allowed) < self.max_classes:

@@ -93,7 +93,16 @@ def rule(task: str = "classification", *, binary: bool = False,
                      max_classes=max_classes, max_abs_value=1e6)
 
 
-HOSTILE = ["abc", -2147483648, -2**40, True, 2.5, -1e300, math.nan, math.inf, "", None, b"1"]
+HOSTILE = ["abc", -2147483648, -2**40, True, 2.5, -1e300, math.nan, math.inf, "", None, b"1",
+           [1], {"a": 1}]  # unhashable ones come from JSON records (training, pending)
+
+
+@pytest.mark.parametrize("label", [[1], {"a": 1}, [[1]]])
+def test_an_unhashable_label_is_refused_by_every_classification_rule(label: object) -> None:
+    for any_rule in (rule(binary=True), rule(), rule(classes=(1, 2)), rule(label_type=None)):
+        with pytest.raises(ValidationError) as caught:
+            any_rule.check(label)
+        assert caught.value.reason == "invalid_label"
 
 
 @pytest.mark.parametrize("label", HOSTILE + [2, False])
