@@ -34,7 +34,7 @@ from riverbed.streams.config import Settings
 from riverbed.streams.errors import EventError, ValidationError
 from riverbed.streams.history import HistoryFold
 from riverbed.streams.pending import EarlyLabel, PendingEvent, PendingStore
-from riverbed.streams.pending_codec import decode_pending, encode_pending
+from riverbed.streams.pending_codec import check_pending, decode_pending, encode_pending
 from riverbed.streams.telemetry import TIMING_SAMPLE
 
 
@@ -56,6 +56,7 @@ class LabelJoin:
         self.topic = settings.topics.labels
         self.decoder = decoder or make_codec(load_schema("label"), f"{self.topic}-value", registry)
         self.store = PendingStore(int(settings.labels.ttl_s * 1000), settings.labels.max_pending)
+        self.limits = settings.limits
         self._new_events: list[PendingEvent] = []
         self._new_labels: list[EarlyLabel] = []
         #: the source under which Learned records carry the pending log's low-water mark
@@ -200,7 +201,9 @@ class LabelJoin:
             self._log_end = max(self._log_end, record.offset + 1)
             try:
                 events, labels = decode_pending(record.value or b"")
-            except Exception:  # not ours / damaged: skipped and counted, never fatal
+                check_pending(events, labels, self.limits.max_features,
+                              self.limits.max_abs_value)
+            except Exception:  # not ours / damaged / forged: skipped and counted, never fatal
                 self.skipped_records += 1
                 continue
             kept = [e for e in events if sources is None or _predicted_by(e, models)]

@@ -5,8 +5,12 @@ them without counting them as expired."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from riverbed.agents.labels import LabelJoin
 from riverbed.streams.config import Settings
@@ -61,3 +65,43 @@ async def test_release_drops_a_partitions_entries_without_counting_them(
     assert join.release(3, {"m@p3"}) == 2
     assert set(join.store.events) == {"a2"} and set(join.store.labels) == {"c2"}
     assert vars(join.store.counters) == vars(type(join.store.counters)())
+
+
+def _forged(event: list[object] | None = None, label: list[object] | None = None) -> bytes:
+    """A version-1 pending-log record (plain JSON, still read) with any values."""
+    return json.dumps({"events": [event] if event else [],
+                       "labels": [label] if label else []}).encode()
+
+
+NOW = 1_000_000
+GOOD_MADE = ["m", {"x": 1.0}, 0, [[0, 0.6], [1, 0.4]], 3]
+FORGED = {
+    "nan feature": _forged(["e", [["m", {"x": math.nan}, 0, [[0, 0.6]], 3]], NOW, NOW]),
+    "huge feature": _forged(["e", [["m", {"x": 1e300}, 0, [[0, 0.6]], 3]], NOW, NOW]),
+    "text feature": _forged(["e", [["m", {"x": "1"}, 0, [[0, 0.6]], 3]], NOW, NOW]),
+    "text probability": _forged(["e", [["m", {"x": 1.0}, 0, [[0, "x"]], 3]], NOW, NOW]),
+    "probability > 1": _forged(["e", [["m", {"x": 1.0}, 0, [[0, 7.0]], 3]], NOW, NOW]),
+    "list prediction": _forged(["e", [["m", {"x": 1.0}, [0], [[0, 0.6]], 3]], NOW, NOW]),
+    "empty id": _forged(["", [GOOD_MADE], NOW, NOW]),
+    "text time": _forged(["e", [GOOD_MADE], "now", NOW]),
+    "huge time": _forged(["e", [GOOD_MADE], 2**70, NOW]),
+    "origin of two": _forged(label=["o", 1, NOW, NOW, "", ["labels", 0]]),
+    "origin of text": _forged(label=["o", 1, NOW, NOW, "", ["labels", "0", 1]]),
+    "map label": _forged(label=["o", {"a": 1}, NOW, NOW, "", ["labels", 0, 1]]),
+}
+
+
+@pytest.mark.parametrize("name", FORGED)
+async def test_a_forged_pending_record_is_skipped_and_counted(
+        example_settings: Settings, name: str) -> None:
+    """The pending log is input: a record riverbed could not have written (a NaN feature
+    that would poison the model once its label joins, a probability that crashed the
+    scoring, an origin that crashed the expiry timer) is skipped and counted, and the
+    honest records around it are rebuilt."""
+    join = LabelJoin(example_settings)
+    honest = encode_pending([_event("a", 0, NOW)], [_label(join, "b", 0, NOW)])
+    added = await join.rebuild(_log(honest, FORGED[name], honest), lambda eid: False, NOW)
+    assert join.skipped_records == 1
+    assert added == 4 and set(join.store.events) == {"a"} and set(join.store.labels) == {"b"}
+    valid = _forged(["e", [GOOD_MADE], NOW, NOW], ["o", 1, NOW, NOW, "", ["labels", 0, 1]])
+    assert await LabelJoin(example_settings).rebuild(_log(valid), lambda eid: False, NOW) == 2
