@@ -19,14 +19,10 @@ from rich.table import Table
 
 from riverbed.streams.errors import HistoryError, UsageError
 from riverbed.streams.history import Learned, SnapshotChunk
-from riverbed.streams.replay import model_spec, read_model_history, replay
+from riverbed.streams.replay import iso_time, model_spec, read_model_history, replay
 from riverbed.streams.snapshots import SnapshotIntegrityError, snapshot_key
 
 err = Console(stderr=True)
-
-
-def _time(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def history_rows(events: list[Any]) -> list[dict[str, Any]]:
@@ -34,7 +30,7 @@ def history_rows(events: list[Any]) -> list[dict[str, Any]]:
     rows = []
     for e in events:
         body, kind = e.body, type(e.body).__name__
-        row: dict[str, Any] = {"offset": e.offset, "time": _time(e.time), "kind": kind,
+        row: dict[str, Any] = {"offset": e.offset, "time": iso_time(e.time), "kind": kind,
                                "epoch": e.epoch}
         if isinstance(body, Learned):
             row.update(seq_from=body.seq_from, seq_to=body.seq_to, examples=len(body.examples),

@@ -154,24 +154,29 @@ def plan(events: Sequence[HistoryEvent], model: str, *, to_seq: int | None = Non
     if to_time_ms is not None:
         by_time = next((i for i, e in enumerate(events) if e.time > to_time_ms), len(events))
         if by_time <= created_at:
-            raise HistoryError(f"model {model!r} did not exist yet at {_iso(to_time_ms)} "
-                               f"(created {_iso(events[created_at].time)})")
+            raise HistoryError(f"model {model!r} did not exist yet at {iso_time(to_time_ms)} "
+                               f"(created {iso_time(events[created_at].time)})")
         if to_seq is not None and by_time < end:
             raise HistoryError(f"seq {to_seq} of {model} was not reached by "
-                               f"{_iso(to_time_ms)}")
+                               f"{iso_time(to_time_ms)}")
         if lineage is not None and to_seq is None:
             at_time = max((line for i, line, _ in marks if i < by_time), default=0)
             if at_time != lineage:
-                raise HistoryError(f"at {_iso(to_time_ms)} {model} was in lineage {at_time},"
+                raise HistoryError(f"at {iso_time(to_time_ms)} {model} was in lineage {at_time},"
                                    f" not {lineage}")
         end = min(end, by_time)
     return _Plan(end, reached, checkpoints, rollbacks, probe.created)
 
 
-def _iso(ms: int) -> str:
+def iso_time(ms: int) -> str:
+    """``ms`` (epoch milliseconds, as a record carries it) in ISO 8601, UTC; a time no
+    calendar date has (any 64-bit value can be read from a topic) as ``<ms> ms``."""
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms"
 
 
 async def replay(

@@ -173,3 +173,15 @@ def test_a_snapshot_moved_to_another_epoch_is_refused_not_loaded() -> None:
     state, effects = fold_records(records)
     assert not any(isinstance(e, Load) for e in effects)
     assert state.counters.rejected_restores == 1
+
+
+@pytest.mark.parametrize("time_ms", [2**62, -2**62, 2**63 - 1])
+def test_a_history_record_at_any_time_is_listed_not_raised(time_ms: int) -> None:
+    """`riverbed history` lists any record a topic holds; a time no date has (it printed a
+    traceback) is shown in milliseconds."""
+    from riverbed.cli_history import history_rows
+
+    events = [dataclasses.replace(e, time=time_ms) for e in clean_history()]
+    rows = history_rows([decode_event(encode_event(e), i) for i, e in enumerate(events)])
+    assert rows and all(row["time"] == f"{time_ms} ms" for row in rows)
+    assert history_rows(clean_history()[:1])[0]["time"] == "1970-01-01T00:00:01.000+00:00"
