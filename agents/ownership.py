@@ -465,7 +465,9 @@ class ModelOwnership:
                     # not fenced by its new learner's claim, it was handed over
                     by_name = {lr.model.name: lr for lr in self._watched()}
                     learner = by_name.get(event.model)
-                    if learner is None or event.epoch <= learner.epoch:
+                    # a fencing record is of the next epoch: the fold ignores one that
+                    # skips epochs (not riverbed's), and so does this watch
+                    if learner is None or event.epoch != learner.epoch + 1:
                         continue
                     body = event.body
                     if isinstance(body, Claimed) and body.owner == ROLLBACK_OWNER:

@@ -9,8 +9,10 @@ out of the fold makes the fold cheap to reason about and to property-test.
 
 Fold rules (DESIGN section 4):
 
-* ``Claimed`` with an epoch above the current one becomes the current epoch; any other
-  Claimed is stale and counted.
+* ``Claimed`` with the epoch after the current one becomes the current epoch; any lower
+  Claimed is stale and counted. A Claimed that skips epochs is not riverbed's (every claim
+  is the epoch after the one its writer folded, so it is either next or stale): ignored
+  and counted, so a forged one can neither jump the epoch nor exhaust it.
 * ``Learned`` applies only if its epoch is the current epoch and ``seq_from == seq + 1``.
   Otherwise it is a zombie (stale epoch), a duplicate (already covered) or a gap, and is
   ignored and counted. This fences a learner that lost ownership. (A re-sent *empty*
@@ -203,6 +205,8 @@ class FoldCounters:
     """What the fold ignored, by why."""
 
     stale_claims: int = 0
+    #: Claimed records that skip epochs (no riverbed writer makes one)
+    skipping_claims: int = 0
     stale_writes: int = 0
     duplicate_writes: int = 0
     gap_writes: int = 0
@@ -275,8 +279,10 @@ class HistoryFold:
         if isinstance(body, Learned):
             return self._learned(event, body)
         if isinstance(body, Claimed):
-            if event.epoch > self.epoch:
+            if event.epoch == self.epoch + 1:
                 self.epoch = event.epoch
+            elif event.epoch > self.epoch:
+                self.counters.skipping_claims += 1
             else:
                 self.counters.stale_claims += 1
         elif isinstance(body, Created):

@@ -156,3 +156,32 @@ async def test_an_authentic_old_snapshot_re_appended_changes_nothing(
     state, effects = fold(name, await read_model_history(settings, name))
     assert state.seq == 3000 and state.counters.gap_writes == 0
     assert len({x.event_id for x in examples_of(effects)}) == 3000
+
+
+async def test_forged_claims_that_skip_epochs_neither_fence_the_owner_nor_stop_a_start(
+        settings: Settings) -> None:
+    """Every claim is the epoch after the one its writer folded. A Claimed far ahead (one
+    at 2**63 - 1 fenced the running worker, which exited, and made every next claim
+    overflow the Avro long) is ignored by the fold and by the running owner's watch."""
+    from riverbed.streams.history import Claimed, HistoryEvent
+
+    settings = _settings(settings)
+    await provision(settings)
+    name = settings.models[0].name
+    async with running_worker(settings) as worker:
+        learner = worker.learners[0]
+        await produce(settings, "agrawal", 500, seed=1)
+        await until(lambda: learner.durable_seq >= 500, 60)
+        epoch = learner.epoch
+        await _append(settings, settings.topics.history, [
+            (name.encode(), encode_event(HistoryEvent(name, forged, int(time.time() * 1000),
+                                                      Claimed("forged"))),
+             [("riverbed.kind", b"Claimed")]) for forged in (2**63 - 1, epoch + 5)])
+        await produce(settings, "agrawal", 500, seed=2)
+        await until(lambda: learner.durable_seq >= 1000, 60)
+        assert learner.epoch == epoch and not learner.fenced
+    stats = await _learn(settings, 500, seed=3, expect_seq=1500)
+    assert stats["epoch"] == epoch + 1
+    state, effects = fold(name, await read_model_history(settings, name))
+    assert state.seq == 1500 and state.counters.skipping_claims == 2
+    assert len({x.event_id for x in examples_of(effects)}) == 1500

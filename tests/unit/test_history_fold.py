@@ -131,6 +131,19 @@ def test_stale_epoch_write_is_ignored_and_counted() -> None:
     assert state.counters.stale_writes == 1 and state.counters.stale_claims == 1
 
 
+def test_a_claim_that_skips_epochs_is_ignored_and_counted() -> None:
+    """Every claim is the epoch after the one its writer folded: a Claimed further ahead is
+    not riverbed's. One at 2**63 - 1 made the owner's next claim overflow the Avro long,
+    so no worker could start again."""
+    events = [ev(1, Claimed("a")), ev(1, learned(1, ["x"], 1)), ev(2**63 - 1, Claimed("forged")),
+              ev(3, Claimed("forged")), ev(1, learned(2, ["y"], 2)), ev(2, Claimed("b")),
+              ev(2, learned(3, ["z"], 3))]
+    state, effects = fold(M, events)
+    assert [x.event_id for x in examples_of(effects)] == ["x", "y", "z"]
+    assert state.epoch == 2 and state.counters.skipping_claims == 2
+    assert state.counters.stale_claims == 0
+
+
 def test_gap_and_duplicate_are_distinguished() -> None:
     events = [ev(1, Claimed("a")), ev(1, learned(1, ["a", "b"], 2)),
               ev(1, learned(1, ["a", "b"], 2)), ev(1, learned(5, ["c"], 3))]
