@@ -32,9 +32,9 @@ from riverbed.agents.batch import (
 from riverbed.agents.labels import LabelJoin
 from riverbed.streams.codec import Decoder, Encoder
 from riverbed.streams.config import Settings
-from riverbed.streams.errors import EventError, ValidationError
+from riverbed.streams.errors import EventError
 from riverbed.streams.evaluation import ModelMonitor
-from riverbed.streams.features import FeatureExtractor, LabelRule
+from riverbed.streams.features import FeatureExtractor, LabelRule, check_event_id
 from riverbed.streams.history import Examples, HistoryEvent
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.prediction_codec import PredictionWriter
@@ -84,6 +84,7 @@ class InferenceProcessor:
         self.settings = settings
         self.event_schema = event_schema
         self.max_bytes = settings.limits.max_event_bytes
+        self.max_id_length = settings.limits.max_event_id_length
         self.decoder = decoder
         self.encoder = prediction_encoder
         self.stats = stats if stats is not None else WorkerStats()
@@ -213,8 +214,7 @@ class InferenceProcessor:
                 "empty (tombstone) value" if value is None else
                 f"{len(value)} bytes > limit {self.max_bytes}", reason="bad_size")
         event = self.decoder.decode(value)
-        if not event[self.event.id_field]:
-            raise ValidationError("empty event id", reason="missing_event_id")
+        check_event_id(event[self.event.id_field], self.max_id_length)
         label = event.get(self.event.label_field)
         inputs = []
         for lane in active:

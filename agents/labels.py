@@ -32,6 +32,7 @@ from riverbed.schemas import load_schema
 from riverbed.streams.codec import Decoder, SchemaRegistry, make_codec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import EventError, ValidationError
+from riverbed.streams.features import check_event_id
 from riverbed.streams.history import HistoryFold
 from riverbed.streams.pending import EarlyLabel, PendingEvent, PendingStore
 from riverbed.streams.pending_codec import check_pending, decode_pending, encode_pending
@@ -92,8 +93,7 @@ class LabelJoin:
         try:
             label = self.decoder.decode(record.value or b"")
             event_id, value, label_time = label["event_id"], label["label"], label["time"]
-            if not event_id:
-                raise ValidationError("empty event id", reason="missing_event_id")
+            check_event_id(event_id, self.limits.max_event_id_length)
             if not self._valid_for(value, lanes):  # no model here may learn it: dead letter
                 for lane in lanes:
                     lane.label_rule.check(value)  # raises with the precise reason

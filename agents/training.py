@@ -37,7 +37,7 @@ from riverbed.agents.learner import Learner
 from riverbed.schemas import load_schema
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import DecodeError, ValidationError
-from riverbed.streams.features import FeatureExtractor
+from riverbed.streams.features import FeatureExtractor, check_event_id
 from riverbed.streams.history import Example, HistoryEvent
 from riverbed.streams.kafka_clients import FOLLOW_WAIT_MS, PartitionReader, Record
 from riverbed.streams.output import BatchProducer
@@ -138,6 +138,7 @@ class TrainingLoop:
         self.extractor = FeatureExtractor(
             load_schema(settings.event.schema, settings.base_dir), settings.event, model.spec,
             settings.limits, binary=model.is_binary)
+        self.max_id_length = settings.limits.max_event_id_length
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the fetch in hand is learned and appended (the
@@ -234,6 +235,7 @@ class TrainingLoop:
                     learner.skipped_duplicates += 1
                     continue
                 try:  # before learn_one: River mutates a model before it raises
+                    check_event_id(example.event_id, self.max_id_length)
                     self.extractor.check_features(example.x)
                     y = self.extractor.label_rule.check(example.y)
                 except ValidationError as exc:

@@ -52,7 +52,7 @@ from riverbed.streams.codec import AvroCodec
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import ConfigError, EventError
 from riverbed.streams.evaluation import ModelMonitor
-from riverbed.streams.features import FeatureExtractor
+from riverbed.streams.features import FeatureExtractor, check_event_id
 from riverbed.streams.history_feed import HistoryFeed
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.predict_only import WouldLearn, predict_only
@@ -320,7 +320,7 @@ class WebApi:
             self.form, [m.model.name for m in served], max_events=w.api_max_events,
             max_body_bytes=w.api_max_body_bytes, max_points=w.api_series_points,
             token_required=self.token is not None, max_abs_value=s.limits.max_abs_value,
-            labels=labels))
+            labels=labels, max_id_length=s.limits.max_event_id_length))
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         stats = self.port.stats
@@ -385,6 +385,7 @@ class WebApi:
         check), the event id, the model's feature extractor and label rule (a copy of
         it: checking must not make a multiclass model's rule learn a new class)."""
         ev = self.port.settings.event
+        max_id_length = self.port.settings.limits.max_event_id_length
         xs, ids, errors = [], [], []
         rule = copy.copy(served.extractor.label_rule)
         rule.allowed = set(rule.allowed)
@@ -396,9 +397,11 @@ class WebApi:
                 except Exception as exc:  # noqa: BLE001 - anything the codec refuses
                     raise EventError(f"the Avro codec refused it: {exc}",
                                      reason="decode_error") from None
-                if not event[ev.id_field]:
-                    raise EventError("empty event id", reason="missing_event_id",
-                                     field=ev.id_field)
+                try:
+                    check_event_id(event[ev.id_field], max_id_length)
+                except EventError as exc:
+                    exc.field = ev.id_field
+                    raise
                 x = served.extractor.extract(event)
                 label = event.get(ev.label_field)
                 if label is not None:

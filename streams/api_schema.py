@@ -116,16 +116,20 @@ class EventForm:
         raise _refused(path, "required by the event schema")
 
     def json_schema(self, max_abs_value: float | None = None,
-                    labels: Sequence[Any] | None = None) -> dict[str, Any]:
+                    labels: Sequence[Any] | None = None,
+                    max_id_length: int | None = None) -> dict[str, Any]:
         """The JSON Schema of one event (OpenAPI 3.0 dialect). ``max_abs_value`` bounds the
         numeric features (``limits.max_abs_value``); ``labels`` lists the only labels the
-        models take, where they take a closed set."""
+        models take, where they take a closed set; ``max_id_length`` bounds the event id
+        (``limits.max_event_id_length``)."""
         ev = self.event
         properties = {}
         for f in self.fields:
             schema = _field_schema(f)
             if f.name == ev.id_field and schema.get("type") == "string":
                 schema["minLength"] = 1  # an empty id is a dead letter (missing_event_id)
+                if max_id_length is not None:  # and a longer one (event_id_too_long)
+                    schema["maxLength"] = max_id_length
             elif f.name == ev.label_field and labels is not None:
                 schema = {"enum": [*labels, *([None] if f.nullable else [])],
                           **({"nullable": True} if f.nullable else {})}
@@ -398,7 +402,7 @@ _SCALAR = {"nullable": True, "oneOf": [{"type": "boolean"}, {"type": "number"},
 
 
 def _components(form: EventForm, max_events: int, max_abs_value: float | None,
-                labels: Sequence[Any] | None) -> dict[str, Any]:
+                labels: Sequence[Any] | None, max_id_length: int | None) -> dict[str, Any]:
     entry = {"type": "object", "required": ["offset", "time", "kind", "epoch", "lineage", "seq"],
              "properties": {
                  "offset": {"type": "integer", "description": "first history record"},
@@ -440,7 +444,7 @@ def _components(form: EventForm, max_events: int, max_abs_value: float | None,
                 "field": {"type": "string", "nullable": True},
                 "reason": {"type": "string", "nullable": True},
                 "errors": {"type": "array", "items": {"type": "object"}}}},
-            "Event": form.json_schema(max_abs_value, labels),
+            "Event": form.json_schema(max_abs_value, labels, max_id_length),
             "Events": {"type": "array", "items": _ref("Event"), "minItems": 1,
                        "maxItems": max_events},
             "Prediction": {"type": "object",
@@ -496,10 +500,11 @@ def _components(form: EventForm, max_events: int, max_abs_value: float | None,
 def openapi_document(form: EventForm, model_names: Sequence[str], *, max_events: int,
                      max_body_bytes: int, max_points: int, token_required: bool,
                      max_abs_value: float | None = None, labels: Sequence[Any] | None = None,
+                     max_id_length: int | None = None,
                      version: str = "0.1.0") -> dict[str, Any]:
     """The OpenAPI 3.0 document of the worker's API (served at ``/openapi.json``):
     ``model_names`` the models served, ``labels`` the labels they all take (if a closed
-    set), ``max_abs_value`` the features' bound."""
+    set), ``max_abs_value`` the features' bound, ``max_id_length`` the event id's."""
     name = {"name": "name", "in": "path", "required": True,
             "description": "A model this worker serves (``GET /models``)",
             "schema": {"type": "string", **({"enum": list(model_names)} if model_names else {})}}
@@ -558,7 +563,7 @@ def openapi_document(form: EventForm, model_names: Sequence[str], *, max_events:
                  "description": "Models, predictions and the event-sourced history of one "
                                 "riverbed worker."},
         "paths": paths,
-        "components": _components(form, max_events, max_abs_value, labels),
+        "components": _components(form, max_events, max_abs_value, labels, max_id_length),
     }
     if token_required:
         document["security"] = [{"bearer": []}]

@@ -12,7 +12,8 @@ Layout of the file (every key optional except ``[[models]]``)::
     [topics]   events, predictions, dead_letters, labels, training, replica_state, history,
                snapshots, metrics, partitions, replication_factor, min_insync_replicas
     [event]    schema, id_field, key_field, timestamp_field, label_field
-    [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes, max_classes
+    [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes,
+               max_event_id_length, max_classes
     [history]  enabled, snapshot_every_steps, snapshot_every_s, snapshot_key,
                snapshot_key_file, id_window, probe_size
     [labels]   enabled, ttl_s, max_pending, report_interval_s
@@ -191,6 +192,9 @@ class LimitSettings:
     max_abs_value: float = 1e12
     max_batch_records: int = 2000
     max_event_bytes: int = 1_048_576
+    #: Characters an event id may have (events and labels): every id is kept in the
+    #: history, the pending log and the dedup window, so its length bounds their records.
+    max_event_id_length: int = 256
     #: Distinct classes a multiclass model without a ``classes`` list may learn.
     max_classes: int = 64
 
@@ -598,6 +602,7 @@ def _check_ranges(s: Settings) -> None:
         "limits.max_abs_value": s.limits.max_abs_value,
         "limits.max_batch_records": s.limits.max_batch_records,
         "limits.max_event_bytes": s.limits.max_event_bytes,
+        "limits.max_event_id_length": s.limits.max_event_id_length,
         "limits.max_classes": s.limits.max_classes,
         "worker.session_timeout_ms": s.worker.session_timeout_ms,
         "worker.heartbeat_interval_ms": s.worker.heartbeat_interval_ms,

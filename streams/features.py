@@ -118,6 +118,16 @@ class FeatureExtractor:
         check_feature_values(x, self.max_features, self.max_abs)
 
 
+def check_event_id(event_id: str, max_length: int) -> None:
+    """ValidationError unless ``event_id`` is non-empty and at most ``max_length`` long."""
+    if not event_id:
+        raise ValidationError("empty event id", reason="missing_event_id")
+    if len(event_id) > max_length:
+        raise ValidationError(f"event id of {len(event_id):,} characters > limit "
+                              f"{max_length} (limits.max_event_id_length)",
+                              reason="event_id_too_long")
+
+
 def check_feature_values(x: Mapping[str, Any], max_features: int, max_abs: float) -> None:
     """Features read from a record rather than extracted here: each a finite float within
     ``max_abs``, at most ``max_features`` of them; raises ValidationError."""

@@ -56,7 +56,7 @@ def event_values(event_id: str) -> st.SearchStrategy[dict[str, Any]]:
     hostile = fields(lambda m: st.one_of(st.floats(0, m), HOSTILE_DOUBLE),
                      lambda m: st.one_of(st.integers(0, m), INT32),
                      st.one_of(st.none(), st.sampled_from([0, 1]), INT32),
-                     st.sampled_from([event_id, ""]))
+                     st.sampled_from([event_id, "", event_id.ljust(300, "x")]))
     return st.one_of(sane, sane, hostile)
 
 
@@ -119,13 +119,16 @@ class Oracle:
         finally:
             self.fates.append((topic, value, self.dead_letters > dead))
 
+    def _check_id(self, event_id: str) -> None:
+        if not event_id or len(event_id) > self.settings.limits.max_event_id_length:
+            raise EventError("id")
+
     def _event(self, value: bytes | None) -> None:
         try:
             if value is None or len(value) > self.settings.limits.max_event_bytes:
                 raise EventError("size")
             event = self.events.decode(value)
-            if not event["event_id"]:
-                raise EventError("id")
+            self._check_id(event["event_id"])
             self.extractor.extract(event)
             label = event["label"]
             if label is not None:
@@ -139,8 +142,7 @@ class Oracle:
     def _label(self, value: bytes | None) -> None:
         try:
             label = self.labels.decode(value or b"")
-            if not label["event_id"]:
-                raise EventError("id")
+            self._check_id(label["event_id"])
             self.extractor.label_rule.check(label["label"])
         except Exception as exc:
             self._dead(exc)
@@ -286,7 +288,7 @@ def fuzz(settings_: Settings, oracle: Oracle, alive: Any, examples: int) -> None
             value = data.draw(_raw_or(valid))
             oracle.event(value)
             events.append((data.draw(KEYS) if value is not None else b"tomb", value))
-        targets = sorted(oracle.pending) + sorted(oracle.learned)[:3] + ["ghost", ""]
+        targets = sorted(oracle.pending) + sorted(oracle.learned)[:3] + ["ghost", "", "g" * 300]
         labels: list[tuple[bytes | None, bytes | None]] = []
         events_expected = (len(oracle.valid_events), oracle.dead_letters)
         for _ in range(data.draw(st.integers(0, 30))):

@@ -62,11 +62,12 @@ def _bad_events(codec: AvroCodec, good: dict, other_schema: AvroCodec
         ("non_finite_feature", codec.encode({**good, "loan": -math.inf})),
         ("feature_out_of_range", codec.encode({**good, "hvalue": 1e300})),
         ("missing_event_id", codec.encode({**good, "event_id": ""})),
+        ("event_id_too_long", codec.encode({**good, "event_id": "x" * 257})),
         ("decode_error", other_schema.encode({"event_id": "x", "label": True, "time": 1})),
     ]
 
 
-async def test_ten_kinds_of_bad_events_are_dead_lettered_and_the_worker_keeps_going(
+async def test_eleven_kinds_of_bad_events_are_dead_lettered_and_the_worker_keeps_going(
     example_settings: Settings, broker: object,
 ) -> None:
     settings = unique_settings(example_settings, broker.bootstrap_servers,  # type: ignore[attr-defined]
@@ -75,7 +76,7 @@ async def test_ten_kinds_of_bad_events_are_dead_lettered_and_the_worker_keeps_go
     codec = AvroCodec(load_schema("agrawal_event"))
     stream = list(events("agrawal", 1200, seed=5))
     bad = _bad_events(codec, stream[0], AvroCodec(load_schema("label")))
-    assert len({(reason, value) for reason, value in bad}) == 10
+    assert len({(reason, value) for reason, value in bad}) == 11
     records = [(b"k1", codec.encode(e)) for e in stream[:100]]
     records += [(b"k1", value) for _, value in bad]
     records += [(b"k1", codec.encode(e)) for e in stream[100:]]

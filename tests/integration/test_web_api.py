@@ -133,6 +133,7 @@ BAD = [
     ({k: v for k, v in EVENT.items() if k != "loan"}, 422, "event.loan", "decode_error"),
     ({**EVENT, "salary": 1e300}, 422, "event.salary", "feature_out_of_range"),
     ({**EVENT, "event_id": ""}, 422, "event.event_id", "missing_event_id"),
+    ({**EVENT, "event_id": "x" * 257}, 422, "event.event_id", "event_id_too_long"),
     ({**EVENT, "label": 7}, 422, "event.label", "invalid_label"),
     ([EVENT, {**EVENT, "hyears": None}], 422, "events[1].hyears", "decode_error"),
     ([], 400, "body", None),

@@ -221,14 +221,14 @@ def test_hostile_training_records_never_reach_the_model() -> None:
     sim = _Sim(SETTINGS)
     bad = [Example("bad-label", {"a": 1.0}, "oops"), Example("nan", {"a": float("nan")}, 1),
            Example("huge", {"a": 1e300}, 1), Example("list", {"a": 1.0}, [1]),
-           Example("good", {"a": 1.0}, 1)]
-    sim._append(TrainingBatch("m", tuple(bad), {"events:0": 5}, (None,) * 5))
+           Example("x" * 257, {"a": 1.0}, 1), Example("good", {"a": 1.0}, 1)]
+    sim._append(TrainingBatch("m", tuple(bad), {"events:0": 6}, (None,) * 6))
     loop, position = sim.take_over()
     before = loop.learner.model.seq
     events = loop.learn(sim.training[position:])
     learned = [e.body for e in events if isinstance(e.body, Learned)]
     assert [x.event_id for b in learned for x in b.examples] == ["good"]
-    assert loop.learner.model.seq == before + 1 and loop.invalid_examples == 4
+    assert loop.learner.model.seq == before + 1 and loop.invalid_examples == 5
 
 
 def test_a_fetch_is_learned_in_runs_of_bounded_size() -> None:
