@@ -45,6 +45,7 @@ from riverbed.streams.errors import (
     RiverbedError,
     TransactionsUnavailableError,
 )
+from riverbed.streams.features import FeatureExtractor
 from riverbed.streams.history_log import HistoryLog, SnapshotIndex
 from riverbed.streams.ingest import Batch, BatchIngest
 from riverbed.streams.models import OnlineModel
@@ -52,7 +53,12 @@ from riverbed.streams.output import BatchProducer
 from riverbed.streams.registry import RegistryClient, SchemaPrefetch
 from riverbed.streams.snapshots import snapshot_key
 from riverbed.streams.telemetry import WorkerStats
-from riverbed.streams.topics import ensure_topics, retention_warnings, riverbed_topics
+from riverbed.streams.topics import (
+    check_record_size,
+    ensure_topics,
+    retention_warnings,
+    riverbed_topics,
+)
 
 __all__ = ["Worker", "shard_name"]
 
@@ -86,12 +92,13 @@ class Worker:
         #: the lease), so the active worker fences any older one when it starts
         self.output = BatchProducer(
             settings.broker, request_timeout_s=timeout_s,
+            max_record_bytes=topics.max_record_bytes,
             transactional_id=f"{settings.worker.group_id}.batches" if self.exactly_once
             else None)
         #: writes outside a batch (claims, index markers, metrics and drift reports,
         #: expiry); the batch producer itself unless that one is transactional
-        self.control = (BatchProducer(settings.broker,
-                                      request_timeout_s=timeout_s)
+        self.control = (BatchProducer(settings.broker, request_timeout_s=timeout_s,
+                                      max_record_bytes=topics.max_record_bytes)
                         if self.exactly_once else self.output)
         #: why the broker hands out no producer ids, if it does not (streams/broker_features)
         self._broker_detail = ""
@@ -109,6 +116,11 @@ class Worker:
             models=models, stats=self.stats,
             learners=[new_learner(m) for m in models] if new_learner else None,
         )
+        check_record_size(settings, [slot.extractor.widest() for slot in self.processor.slots]
+                          or [FeatureExtractor(event_schema, settings.event, spec,
+                                               settings.limits,
+                                               binary=OnlineModel(spec).is_binary).widest()
+                              for spec in settings.models])
         #: resolves a batch's schema ids before it is processed (streams/registry.py)
         prefetch = None if registry is None else SchemaPrefetch(registry, {
             topics.events: decoder, topics.labels: self.join and self.join.decoder}, [encoder])

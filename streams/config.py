@@ -10,7 +10,8 @@ Layout of the file (every key optional except ``[[models]]``)::
                request_timeout_s, cache_size, missing_ttl_s, backoff_initial_s,
                backoff_max_s, warn_interval_s
     [topics]   events, predictions, dead_letters, labels, training, replica_state, history,
-               snapshots, metrics, partitions, replication_factor, min_insync_replicas
+               snapshots, metrics, partitions, replication_factor, min_insync_replicas,
+               max_record_bytes
     [event]    schema, id_field, key_field, timestamp_field, label_field
     [limits]   max_features, max_abs_value, max_batch_records, max_event_bytes,
                max_event_id_length, max_classes
@@ -170,6 +171,13 @@ class TopicSettings:
     #: ``min.insync.replicas`` of every topic riverbed provisions (with ``acks=all``, a
     #: write succeeds only once this many replicas hold it); <= replication_factor
     min_insync_replicas: int = 1
+    #: the largest record riverbed writes (``max.message.bytes`` of the history, pending,
+    #: training and replica-state topics it creates, and its producers' request size): one
+    #: batch's history or pending-log record holds every example's features, about
+    #: ``max_batch_records`` x features x 11 bytes (Kafka's default, 1 MiB, fits ~45
+    #: features in a batch of 2,000). A worker refuses to start when its models could
+    #: write more (``streams/topics.py: batch_record_bytes``).
+    max_record_bytes: int = 8 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -598,6 +606,7 @@ def _check_ranges(s: Settings) -> None:
         "topics.partitions": s.topics.partitions,
         "topics.replication_factor": s.topics.replication_factor,
         "topics.min_insync_replicas": s.topics.min_insync_replicas,
+        "topics.max_record_bytes": s.topics.max_record_bytes,
         "limits.max_features": s.limits.max_features,
         "limits.max_abs_value": s.limits.max_abs_value,
         "limits.max_batch_records": s.limits.max_batch_records,

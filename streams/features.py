@@ -112,6 +112,15 @@ class FeatureExtractor:
         return x
 
 
+    def widest(self) -> tuple[int, int]:
+        """(features, classes) at most in one event: a map field may fill up to
+        ``limits.max_features``; an open set of classes up to ``limits.max_classes``."""
+        features = self.max_features if self.map_fields else len(self.scalar_fields)
+        rule = self.label_rule
+        classes = 1 if rule.task == "regression" else (
+            rule.max_classes if rule.open else len(rule.allowed))
+        return features, classes
+
     def check_features(self, x: Mapping[str, Any]) -> None:
         """Validate features that were extracted elsewhere (a training record from a
         replica): see :func:`check_feature_values`."""

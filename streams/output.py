@@ -27,8 +27,10 @@ class BatchProducer(Service):
 
     def __init__(self, broker: BrokerSettings, request_timeout_s: float = 40.0,
                  idempotent: bool = False, transactional_id: str | None = None,
-                 **kwargs: Any) -> None:
+                 max_record_bytes: int = 8 * 1024 * 1024, **kwargs: Any) -> None:
         self.broker = broker
+        #: the largest record it may send (``topics.max_record_bytes``)
+        self.max_record_bytes = max_record_bytes
         #: use the idempotent producer (a retried send is never written twice, and per
         #: partition order survives retries); only where the broker offers it
         #: (``streams/broker_features.py``)
@@ -48,7 +50,7 @@ class BatchProducer(Service):
             acks="all",
             linger_ms=2,
             max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
+            max_request_size=self.max_record_bytes + 64 * 1024,  # + the request's framing
             request_timeout_ms=int(self.request_timeout_s * 1000),
             enable_idempotence=self.idempotent or self.transactional_id is not None,
             transactional_id=self.transactional_id,

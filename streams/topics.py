@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from riverbed.streams.config import BrokerSettings, Settings
-from riverbed.streams.errors import TopicError
+from riverbed.streams.errors import ConfigError, TopicError
 from riverbed.streams.kafka_clients import client_options
 
 
@@ -48,14 +48,49 @@ def riverbed_topics(settings: Settings) -> list[TopicSpec]:
     if settings.worker.scale_out == "replicas":  # a cache: the history is the record
         data.append((t.replica_state, 1, (("retention.ms", "3600000"),)))
     isr = (("min.insync.replicas", str(t.min_insync_replicas)),)
-    return [TopicSpec(n, p, t.replication_factor, c + isr) for n, p, c in data]
+    large = (("max.message.bytes", str(t.max_record_bytes)),)
+    return [TopicSpec(n, p, t.replication_factor,
+                      c + isr + (large if n in _batch_record_topics(settings) else ()))
+            for n, p, c in data]
+
+
+def _batch_record_topics(settings: Settings) -> tuple[str, ...]:
+    """The topics that take one record per batch, holding the batch's features."""
+    t = settings.topics
+    return (t.history, t.pending, t.training, t.replica_state)
+
+
+def batch_record_bytes(settings: Settings, widest: Sequence[tuple[int, int]]) -> int:
+    """An upper estimate of the largest record one batch makes, given each model's widest
+    event as (features, classes): the pending log's record holds every model's features of
+    every unlabelled event (base64 in JSON: 11 bytes a feature), its id and each model's
+    probabilities (~32 bytes a class); a history record one model's features (8 bytes)."""
+    lim = settings.limits
+    per_event = sum(features * 11 + classes * 32 + 128 for features, classes in widest)
+    return lim.max_batch_records * (per_event + lim.max_event_id_length * 4) + 64 * 1024
+
+
+def check_record_size(settings: Settings, widest: Sequence[tuple[int, int]]) -> None:
+    """ConfigError if a batch could make a record above ``topics.max_record_bytes``: the
+    broker would refuse it (``MessageSizeTooLarge``) and the worker stop on every start."""
+    bound = batch_record_bytes(settings, widest)
+    if bound > settings.topics.max_record_bytes:
+        features = sum(f for f, _ in widest)
+        raise ConfigError("limits.max_batch_records", (
+            f"a batch of {settings.limits.max_batch_records:,} events with {features} "
+            f"features makes records of up to ~{bound / 2**20:.1f} MiB, above "
+            f"topics.max_record_bytes ({settings.topics.max_record_bytes / 2**20:.1f} MiB): "
+            "lower limits.max_batch_records, or raise topics.max_record_bytes (and the "
+            "topics' max.message.bytes)"))
 
 
 async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list[str]:
     """What is wrong with the retention of topics that must keep everything (the history,
     the pending log): finite ``retention.ms``/``retention.bytes`` or compaction would
-    delete the record of what was learned. One line per problem; an empty list if all is
-    well. Checked on every start: the topics may predate riverbed or be changed later."""
+    delete the record of what was learned; and a ``max.message.bytes`` below
+    ``topics.max_record_bytes`` on a topic that takes batch records. One line per
+    problem; an empty list if all is well. Checked on every start: the topics may predate
+    riverbed or be changed later."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     t = settings.topics
@@ -64,6 +99,9 @@ async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list
     try:
         responses = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, name) for name in (t.history, t.pending)])
+        sized = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name)
+             for name in _batch_record_topics(settings)[:3]])
     finally:
         await admin.close()
     problems = []
@@ -82,6 +120,17 @@ async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list
                 problems.append(f"topic {name} is compacted (cleanup.policy="
                                 f"{configs['cleanup.policy']}): all but the newest record "
                                 "per model are DELETED (set cleanup.policy=delete)")
+    for response in sized:
+        for resource in response.resources:
+            name, configs = resource[3], {entry[0]: entry[1] for entry in resource[4]}
+            limit = configs.get("max.message.bytes")
+            if limit is not None and limit.isdigit() and \
+                    int(limit) < settings.topics.max_record_bytes:
+                problems.append(f"topic {name} takes records up to max.message.bytes={limit}, "
+                                "below topics.max_record_bytes "
+                                f"({settings.topics.max_record_bytes}): a batch record above "
+                                f"it stops the worker (set max.message.bytes="
+                                f"{settings.topics.max_record_bytes})")
     return problems
 
 

@@ -39,11 +39,13 @@ async def test_topics_get_their_partitions_and_mismatch_is_an_error(settings: Se
 async def test_a_history_topic_that_deletes_records_is_reported_at_start(
         settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     """The history is the source of truth: a pre-existing history topic with a finite
-    retention, or a compacted pending log, is reported loudly when a worker starts."""
+    retention or records capped at Kafka's default size, or a compacted pending log, is
+    reported loudly when a worker starts."""
     t = settings.topics
     specs = [s for s in riverbed_topics(settings) if s.name not in (t.history, t.pending)]
     await ensure_topics(settings.broker, specs + [
-        TopicSpec(t.history, 1, configs=(("retention.ms", "3600000"),)),
+        TopicSpec(t.history, 1, configs=(("retention.ms", "3600000"),
+                                         ("max.message.bytes", "1048588"))),
         TopicSpec(t.pending, 1, configs=(("cleanup.policy", "compact"),))])
     caplog.set_level(logging.WARNING, logger="riverbed.agents.worker")
     async with running_worker(settings) as worker:
@@ -51,6 +53,7 @@ async def test_a_history_topic_that_deletes_records_is_reported_at_start(
         page = worker.stats.snapshot()
     assert any(t.history in w and "retention.ms=3600000" in w for w in warnings), warnings
     assert any(t.pending in w and "compacted" in w for w in warnings), warnings
+    assert any(t.history in w and "max.message.bytes=1048588" in w for w in warnings)
     assert page["retention_warnings"] == warnings
     logged = [r.getMessage() for r in caplog.records if "HISTORY AT RISK" in r.getMessage()]
     assert len(logged) == len(warnings)  # (Kafka also names the compacted log's default

@@ -155,3 +155,24 @@ def test_index_keys_keep_one_entry_per_model_epoch_and_kind() -> None:
         assert index_key_model(claimed) == index_key_model(snapshot) == model
         assert index_key_model(model.encode()) == model  # entries written before
     assert index_key_model(b"\xff\xfe") is None
+
+
+def test_topics_take_the_largest_batch_record_and_a_wider_batch_is_refused() -> None:
+    from riverbed.streams.topics import batch_record_bytes, check_record_size
+
+    settings = settings_from_dict({"models": [MODEL]}, env={})
+    limit = str(settings.topics.max_record_bytes)
+    sized = {spec.name: dict(spec.configs).get("max.message.bytes")
+             for spec in riverbed_topics(settings)}
+    t = settings.topics
+    assert {sized[t.history], sized[t.pending], sized[t.training]} == {limit}
+    assert sized[t.events] is None and sized[t.predictions] is None
+    check_record_size(settings, [(256, 2)])  # the default limits' widest binary model fits
+    assert batch_record_bytes(settings, [(256, 2)]) > 256 * 11 * 2000  # features, base64
+    with pytest.raises(ConfigError) as refused:
+        check_record_size(settings, [(256, 64), (256, 2)])
+    assert refused.value.field == "limits.max_batch_records"
+    assert "lower limits.max_batch_records" in str(refused.value)
+    smaller = dataclasses.replace(settings, limits=dataclasses.replace(
+        settings.limits, max_batch_records=500))
+    check_record_size(smaller, [(256, 64), (256, 2)])
