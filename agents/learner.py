@@ -42,7 +42,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from riverbed.streams.effects import apply_effects
+from riverbed.streams.effects import ExampleCheck, apply_effects
 from riverbed.streams.history import (
     Annotated,
     Body,
@@ -54,6 +54,7 @@ from riverbed.streams.history import (
     HistoryFold,
     Learn,
     Learned,
+    Load,
     Restored,
     Snapshot,
     SnapshotChunk,
@@ -109,8 +110,13 @@ class Learner:
 
     def __init__(self, model: OnlineModel, log_: HistoryLog, index: SnapshotIndex, key: bytes,
                  *, snapshot_every_steps: int, snapshot_every_s: float, id_window: int,
-                 probe_size: int, owner: str | None = None) -> None:
+                 probe_size: int, owner: str | None = None,
+                 check: ExampleCheck | None = None) -> None:
         self.model = model
+        #: validates each example read back from the history before it is learned again
+        #: (``streams/effects.py``); what it refuses is counted in ``refused_examples``
+        self.check = check
+        self.refused_examples = 0
         self.history = log_
         self.index = index
         self.key = key
@@ -281,13 +287,20 @@ class Learner:
                 batch.append(effect)
                 steps += len(effect.examples) if isinstance(effect, Learn) else 1
                 if steps >= FOLD_STEPS or len(batch) >= 256:
-                    apply_effects(self.model, batch, self.key)
+                    self._apply(batch)
                     batch.clear()
                     steps = 0
                     await asyncio.sleep(0)  # let the worker's pages and heartbeats run
             position = event.offset + 1
-        apply_effects(self.model, batch, self.key)
+        self._apply(batch)
         return position
+
+    def _apply(self, effects: Sequence[Learn | Load]) -> None:
+        refused = apply_effects(self.model, effects, self.key, self.check)
+        if refused:
+            self.refused_examples += refused
+            log.error("%s: %d example(s) in the history refused (not learnable by this model: "
+                      "riverbed never writes them); skipped", self.model.name, refused)
 
     # -- the batch protocol ------------------------------------------------------------------
     def should_skip(self, source: str, offset: int) -> bool:

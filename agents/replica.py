@@ -183,12 +183,14 @@ class ReplicaFollower:
             learner.durable_seq = learner.fold.seq  # read from the history: durable
             if name in self.by_state:
                 if name in effects:  # a rollback: the restored version, exactly
-                    apply_effects(learner.model, effects[name], learner.key)
+                    learner.refused_examples += apply_effects(
+                        learner.model, effects[name], learner.key, learner.check)
                     learner.model.seq = learner.fold.seq
                     learner.model.lineage = learner.fold.lineage
                 self.stats.model_seq[name] = learner.model.seq
                 continue
-            apply_effects(learner.model, effects.get(name, []), learner.key)
+            learner.refused_examples += apply_effects(
+                learner.model, effects.get(name, []), learner.key, learner.check)
             learner.model.seq, learner.model.lineage = learner.fold.seq, learner.fold.lineage
             self.stats.model_seq[name] = learner.model.seq
             if name in newest:

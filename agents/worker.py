@@ -83,7 +83,7 @@ class Worker:
             registry = RegistryClient(settings.registry)
         #: the schema registry client (None: plain Avro, no registry)
         self.registry = registry
-        event_schema = load_schema(settings.event.schema, settings.base_dir)
+        event_schema = self.event_schema = load_schema(settings.event.schema, settings.base_dir)
         topics = settings.topics
         timeout_s = settings.broker.reconnect_timeout_s + 10
         self.exactly_once = settings.worker.processing_guarantee == "exactly_once"
@@ -190,9 +190,11 @@ class Worker:
                              snapshot_key(s))
         history, index, key = self._history
         h = s.history
+        extractor = FeatureExtractor(self.event_schema, s.event, model.spec, s.limits,
+                                     binary=model.is_binary)
         return Learner(model, history, index, key, snapshot_every_steps=h.snapshot_every_steps,
                        snapshot_every_s=h.snapshot_every_s, id_window=h.id_window,
-                       probe_size=h.probe_size)
+                       probe_size=h.probe_size, check=extractor.check_example)
 
     async def _assigned(self, partitions: set[int]) -> None:
         await self.ownership.on_assigned(partitions)

@@ -131,13 +131,18 @@ def replay_command(
 
     skipped = [f"undecodable history record of {model} at offset {s['offset']} skipped "
                f"({s['reason']})" for s in result.skipped]
-    failed = bool(result.mismatches) or (verify and bool(result.skipped))
+    if result.refused_examples:
+        skipped.append(f"{result.refused_examples} recorded example(s) this model cannot "
+                       "learn (riverbed never writes them) skipped")
+    failed = bool(result.mismatches) or (verify and bool(result.skipped
+                                                         or result.refused_examples))
     summary = {"ok": not failed, "model": model, "seq": result.fold.seq,
                "lineage": result.fold.lineage, "started_from": result.started_from,
                "steps_replayed": result.steps, "fingerprints_verified": result.verified,
                "snapshots_checked": result.snapshots_checked,
                "mismatches": result.mismatches[:20],
                "skipped_records": result.skipped,
+               "refused_examples": result.refused_examples,
                "warnings": result.warnings + skipped,
                "fingerprint": fingerprint(result.model.estimator, probe),
                "seconds": round(result.seconds, 3),
@@ -159,6 +164,9 @@ def replay_command(
             offsets = ", ".join(str(s["offset"]) for s in result.skipped[:10])
             problems.append(f"{len(result.skipped)} undecodable history record(s) of "
                             f"{model} at offset(s) {offsets}")
+        if verify and result.refused_examples:
+            problems.append(f"{result.refused_examples} recorded example(s) {model} cannot "
+                            "learn")
         sys.stderr.write(f"error: replay --verify of {model} failed: "
                          + "; ".join(problems) + "\n")
         return 1

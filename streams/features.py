@@ -121,6 +121,12 @@ class FeatureExtractor:
             rule.max_classes if rule.open else len(rule.allowed))
         return features, classes
 
+    def check_example(self, x: Mapping[str, Any], y: Any) -> None:
+        """Validate an example read from a record (the history, the training topic) before
+        it is learned: its features and its label; raises ValidationError."""
+        check_feature_values(x, self.max_features, self.max_abs)
+        self.label_rule.check_recorded(y)
+
     def check_features(self, x: Mapping[str, Any]) -> None:
         """Validate features that were extracted elsewhere (a training record from a
         replica): see :func:`check_feature_values`."""
@@ -244,6 +250,14 @@ class LabelRule:
             self.open = True
             #: no label field in the event schema (labels come from the labels topic only)
             self.open_types = (label_type,) if label_type is not None else (int, str)
+
+    def check_recorded(self, label: Any) -> None:
+        """ValidationError unless ``label`` is one this model may have learned: as
+        :meth:`check`, except that an open set of classes is not counted (each process's
+        rule starts empty, so a long history may hold more than ``max_classes``)."""
+        if self.open and label.__class__ in self.open_types and label != "":
+            return
+        self.check(label)
 
     def check(self, label: Any) -> Any:
         """``label`` if this model may learn from it; ValidationError otherwise."""

@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from riverbed.schemas import load_schema
 from riverbed.streams.config import ModelSettings, Settings
-from riverbed.streams.effects import apply_effects
+from riverbed.streams.effects import ExampleCheck, apply_effects
 from riverbed.streams.errors import HistoryError, UsageError
+from riverbed.streams.features import FeatureExtractor
 from riverbed.streams.history import (
     Created,
     HistoryEvent,
@@ -56,6 +58,10 @@ class ReplayResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: undecodable history records keyed with this model's name (offset, reason)
     skipped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: validates each recorded example before it is learned again (streams/effects.py)
+    check: ExampleCheck | None = None
+    #: recorded examples it refused (not learnable by this model: riverbed never writes them)
+    refused_examples: int = 0
 
     @property
     def snapshots_checked(self) -> int:
@@ -195,8 +201,11 @@ async def replay(
     if to_seq is not None and to_seq < 0:
         raise UsageError(f"--to-seq must be >= 0, got {to_seq}")
     began = time.perf_counter()
-    result = ReplayResult(OnlineModel(spec, name=model_name),
-                          HistoryFold(model_name, settings.history.id_window))
+    model = OnlineModel(spec, name=model_name)
+    extractor = FeatureExtractor(load_schema(settings.event.schema, settings.base_dir),
+                                 settings.event, spec, settings.limits, binary=model.is_binary)
+    result = ReplayResult(model, HistoryFold(model_name, settings.history.id_window),
+                          check=extractor.check_example)
     skipped: list[SkippedRecord] = []
     events = await read_model_history(settings, model_name, skipped=skipped)
     result.skipped = [{"offset": s.offset, "reason": s.reason} for s in skipped]
@@ -260,7 +269,7 @@ def _apply(result: ReplayResult, event: HistoryEvent, effect: Any, key: bytes,
             result.fold.seq = to_seq
             result.fold.fingerprint = None
     if effect is not None:
-        apply_effects(result.model, [effect], key)
+        result.refused_examples += apply_effects(result.model, [effect], key, result.check)
         if isinstance(effect, Learn):
             result.steps += len(effect.examples)
         else:  # a rollback snapshot, verified by load_snapshot

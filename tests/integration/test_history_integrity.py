@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any
@@ -15,7 +16,14 @@ from typing import Any
 import pytest
 
 from riverbed.streams.config import Settings
-from riverbed.streams.history import Annotated, Snapshot, SnapshotChunk, examples_of, fold
+from riverbed.streams.history import (
+    Annotated,
+    Learned,
+    Snapshot,
+    SnapshotChunk,
+    examples_of,
+    fold,
+)
 from riverbed.streams.history_codec import encode_event
 from riverbed.streams.output import BatchProducer
 from riverbed.streams.produce import produce
@@ -185,3 +193,36 @@ async def test_forged_claims_that_skip_epochs_neither_fence_the_owner_nor_stop_a
     state, effects = fold(name, await read_model_history(settings, name))
     assert state.seq == 1500 and state.counters.skipping_claims == 2
     assert len({x.event_id for x in examples_of(effects)}) == 1500
+
+
+async def test_a_forged_learned_record_neither_stops_a_restore_nor_poisons_the_model(
+        settings: Settings) -> None:
+    """A Learned record riverbed never wrote, in the current epoch at the next seq: a NaN
+    feature (it poisoned every later prediction) and a label the binary model cannot take
+    (River raised at restore: no worker could start). Both are checked before learn_one,
+    skipped and counted; replay --verify names them."""
+    from riverbed.streams.history import Examples, HistoryEvent
+    from tests.integration._histories import cli, last_json
+
+    settings = _settings(settings)
+    await provision(settings)
+    name = settings.models[0].name
+    stats = await _learn(settings, 500, seed=1, expect_seq=500)
+    x = dict.fromkeys(["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue",
+                       "hyears", "loan"], 1.0)
+    forged = Learned(501, 502, {}, Examples(["evil-nan", "evil-label"],
+                                            [{**x, "salary": float("nan")}, x], [1, "x"]), "f")
+    await _append(settings, settings.topics.history, [
+        (name.encode(), encode_event(HistoryEvent(name, stats["epoch"],
+                                                  int(time.time() * 1000), forged)),
+         [("riverbed.kind", b"Learned")])])
+    async with running_worker(settings) as worker:
+        learner = worker.learners[0]
+        assert learner.refused_examples == 2 and learner.fold.seq == 502
+        await produce(settings, "agrawal", 300, seed=2)
+        await until(lambda: learner.durable_seq >= 802, 60)
+        _, proba = learner.model.predict(x)
+        assert proba and all(math.isfinite(p) for p in proba.values()), proba
+    done = cli(settings, KEY, "replay", name, "--verify", "--from-genesis", "--json")
+    assert done.returncode == 1 and "2 recorded example(s)" in done.stderr, done.stderr
+    assert last_json(done)["refused_examples"] == 2
