@@ -97,7 +97,7 @@ class ReplicaFollower:
         """Read the published states from now on (a replica starts exact: restored from
         the history) and load those the history vouches for."""
         tp = TopicPartition(self.settings.topics.replica_state, 0)
-        assembler = StateAssembler()
+        assembler = StateAssembler(self.by_state)
         async with PartitionReader(self.settings.broker, [tp], start="end",
                                    fetch_max_wait_ms=FOLLOW_WAIT_MS) as reader:
             while True:

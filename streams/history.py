@@ -36,6 +36,10 @@ from typing import Any, NamedTuple, overload
 
 from riverbed.streams.id_window import IdWindow
 
+#: Snapshots whose chunks are being assembled, at most (a snapshot's chunks are appended
+#: together; a record that never completes must not hold memory for good).
+UNFINISHED_SNAPSHOTS = 4
+
 #: How many applied event ids the dedup window remembers.
 DEFAULT_ID_WINDOW = 200_000
 
@@ -318,6 +322,9 @@ class HistoryFold:
         parts = self._chunks.setdefault(chunk.snapshot_id, [])
         parts.append((event, chunk))
         if len(parts) < chunk.count:
+            if len(self._chunks) > UNFINISHED_SNAPSHOTS:  # the oldest begun is dropped
+                del self._chunks[next(iter(self._chunks))]
+                self.counters.rejected_snapshots += 1
             return
         del self._chunks[chunk.snapshot_id]
         ordered = sorted(parts, key=lambda p: p[1].index)

@@ -23,6 +23,7 @@ import json
 import pickle
 import uuid
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any
 
 from riverbed.streams.errors import DecodeError
@@ -81,7 +82,10 @@ class StateAssembler:
     #: unfinished states kept per model (the oldest begun is dropped first)
     UNFINISHED = 4
 
-    def __init__(self) -> None:
+    def __init__(self, models: Collection[str] | None = None) -> None:
+        #: the models whose states are collected (None: any); a record of another model is
+        #: skipped before anything is kept (made-up names would grow memory without bound)
+        self.models = None if models is None else frozenset(models)
         self._parts: dict[str, OrderedDict[str, dict[int, bytes]]] = {}
 
     def add(self, value: bytes) -> ModelState | None:
@@ -100,6 +104,8 @@ class StateAssembler:
         except Exception as exc:  # any bytes: the replica skips and counts them
             raise DecodeError(f"not a replica state record: {type(exc).__name__}") from exc
         model, state_id = place["model"], str(place["state_id"])
+        if self.models is not None and model not in self.models:
+            return None
         begun = self._parts.setdefault(model, OrderedDict())
         parts = begun.setdefault(state_id, {})
         parts[index] = data

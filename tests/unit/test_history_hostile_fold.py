@@ -185,3 +185,21 @@ def test_a_history_record_at_any_time_is_listed_not_raised(time_ms: int) -> None
     rows = history_rows([decode_event(encode_event(e), i) for i, e in enumerate(events)])
     assert rows and all(row["time"] == f"{time_ms} ms" for row in rows)
     assert history_rows(clean_history()[:1])[0]["time"] == "1970-01-01T00:00:01.000+00:00"
+
+
+def test_snapshots_that_never_complete_hold_no_memory_for_good() -> None:
+    """First chunks of snapshots whose other chunks never come (any epoch) were kept for
+    the fold's life; at most UNFINISHED_SNAPSHOTS are, and a complete one still lands."""
+    from riverbed.streams.history import UNFINISHED_SNAPSHOTS
+
+    state = HistoryFold(MODEL, verify=snapshot_verifier(KEY))
+    for event in clean_history()[:3]:  # created, claimed (epoch 1), 5 learned
+        state.apply(event)
+    for n in range(20):
+        big = make_chunks({"blob": os.urandom(64)}, {"seq": 5}, KEY, purpose="checkpoint",
+                          seq=5, lineage=0, model_fingerprint="f", model=MODEL, epoch=1)
+        state.apply(_event(1, dataclasses.replace(big[0], count=2, index=0)))
+    assert len(state._chunks) <= UNFINISHED_SNAPSHOTS
+    for event in _snapshot(1, 5, 0):
+        state.apply(event)
+    assert [s.seq for s in state.snapshots] == [5]

@@ -205,3 +205,13 @@ def test_a_forged_state_is_counted_even_when_it_is_not_newer() -> None:
     sim.publish()  # an authentic copy of what it has: nothing to do, nothing counted
     assert sim.replica.model.seq == 20 and sim.stats.rejected_replica_states == 1
     assert sim.probe(sim.replica.model.estimator) == sim.probe(sim.writer.model.estimator)
+
+
+def test_states_of_models_not_followed_are_never_kept() -> None:
+    """Parts under made-up model names held memory without bound."""
+    assembler = StateAssembler({"m"})
+    for n in range(50):
+        first = _state({"blob": b"x" * (CHUNK_BYTES + 1)}, model=f"made-up-{n}")[0]
+        assert assembler.add(first) is None
+    assert assembler._parts == {}
+    assert load_state(_assemble(_state()), KEY) == {"w": 1.0}
