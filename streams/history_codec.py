@@ -11,7 +11,6 @@ import array
 import contextlib
 import dataclasses
 import io
-import math
 import struct
 import sys
 from collections.abc import Mapping, Sequence
@@ -63,7 +62,8 @@ def encode_columns(examples: Sequence[Example]) -> dict[str, Any]:
     rows: list[list[int]] = []
     if dense:
         flat = [v for x in xs for v in x.values()]
-    else:
+    else:  # each row its own values, in column order: never rows x every name
+        # (events with distinct map keys would otherwise make n x n values)
         names: dict[str, None] = {}
         for x in xs:
             names.update(dict.fromkeys(x))
@@ -71,8 +71,9 @@ def encode_columns(examples: Sequence[Example]) -> dict[str, Any]:
         position = {n: i for i, n in enumerate(order)}
         flat = []
         for x in xs:
-            flat.extend([x.get(n, math.nan) for n in order])
-            rows.append([position[k] for k in x])
+            cols = [position[k] for k in x]
+            flat.extend([x[order[c]] for c in sorted(cols)])
+            rows.append(cols)
     return {"event_ids": list(columns.ids), "feature_names": order,
             "values": struct.pack(f"<{len(flat)}d", *flat), "dense": dense,
             "columns": rows, "labels": list(columns.ys)}
@@ -86,11 +87,21 @@ def decode_columns(body: Mapping[str, Any]) -> Examples:
     if sys.byteorder != "little":
         values.byteswap()
     width = len(names)
-    rows = (values[i * width : (i + 1) * width] for i in range(len(ids)))
     if body["dense"]:
+        rows = (values[i * width : (i + 1) * width] for i in range(len(ids)))
         return Examples(ids, [dict(zip(names, row)) for row in rows], labels)
-    return Examples(ids, [{names[c]: row[c] for c in cols}
-                          for row, cols in zip(rows, body["columns"])], labels)
+    if len(values) == width * len(ids):  # every row at full width (as written before
+        rows = (values[i * width : (i + 1) * width] for i in range(len(ids)))  # 2026-12-02)
+        return Examples(ids, [{names[c]: row[c] for c in cols}
+                              for row, cols in zip(rows, body["columns"])], labels)
+    xs, start = [], 0
+    for cols in body["columns"]:
+        own = dict(zip(sorted(cols), values[start : start + len(cols)]))
+        start += len(cols)
+        xs.append({names[c]: own[c] for c in cols})
+    if start != len(values):
+        raise ValueError(f"{len(values)} values for rows holding {start}")
+    return Examples(ids, xs, labels)
 
 
 def _body_dict(body: Any) -> dict[str, Any]:

@@ -114,3 +114,27 @@ def test_a_learned_whose_columns_disagree_in_length_is_refused_not_truncated() -
                                                  "body": ("riverbed.Learned", body)})
     with pytest.raises(DecodeError, match="malformed"):
         decode_event(buffer.getvalue())
+
+
+def test_rows_with_distinct_keys_cost_their_own_values_and_old_records_still_read() -> None:
+    """Sparse rows (map features) were written at the width of every name in the batch:
+    2,000 events with 256 distinct keys each made 2,000 x 512,000 floats (8 GB). Each row
+    now holds its own values; records in the old layout still read the same."""
+    import struct
+
+    from riverbed.streams.history_codec import decode_columns, encode_columns
+
+    rows = [Example(f"e{i}", {f"k{i}-{j}": float(j) for j in range(5)}, 1) for i in range(200)]
+    body = encode_columns(rows)
+    assert not body["dense"] and len(body["values"]) == 200 * 5 * 8
+    assert list(decode_columns(body)) == rows
+    mixed = [Example("a", {"y": 1.0, "x": 2.0}, 0), Example("b", {"x": 3.0}, 1),
+             Example("c", {"z": 4.0, "y": 5.0, "x": 6.0}, 0)]
+    assert list(decode_columns(encode_columns(mixed))) == mixed
+    assert [list(e.x) for e in decode_columns(encode_columns(mixed))] == [
+        ["y", "x"], ["x"], ["z", "y", "x"]]  # each row's key order, for an exact replay
+    nan = float("nan")  # the layout written before: every row at the width of all names
+    old = {"event_ids": ["a", "b", "c"], "feature_names": ["y", "x", "z"], "labels": [0, 1, 0],
+           "dense": False, "columns": [[0, 1], [1], [2, 0, 1]],
+           "values": struct.pack("<9d", 1.0, 2.0, nan, nan, 3.0, nan, 5.0, 6.0, 4.0)}
+    assert list(decode_columns(old)) == mixed
