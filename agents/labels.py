@@ -201,8 +201,7 @@ class LabelJoin:
             self._log_end = max(self._log_end, record.offset + 1)
             try:
                 events, labels = decode_pending(record.value or b"")
-                check_pending(events, labels, self.limits.max_features,
-                              self.limits.max_abs_value)
+                check_pending(events, labels)
             except Exception:  # not ours / damaged / forged: skipped and counted, never fatal
                 self.skipped_records += 1
                 continue

@@ -205,11 +205,14 @@ class Learner:
             if start is None:
                 continue
             position = await self._fold_range(start, None)
-            if entry is None or self.fold.counters.gap_writes == 0:
+            counters = self.fold.counters
+            if entry is None or (counters.gap_writes == 0 and counters.skipping_claims == 0):
                 return position
-            # the history after it does not continue from its seq: not at its place
+            # the history after it does not continue from its seq (a gap) or its epoch (a
+            # claim two epochs on: it was indexed by a zombie after the next owner claimed)
             self._refused.append((str(entry.get("snapshot_id")), "the history after it "
-                                  f"does not continue from its seq {entry['seq']}"))
+                                  f"does not continue from its seq {entry['seq']} and "
+                                  f"epoch {entry['epoch']}"))
         raise AssertionError("unreachable: genesis always returns")
 
     def _new_fold(self) -> HistoryFold:

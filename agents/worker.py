@@ -116,11 +116,12 @@ class Worker:
             models=models, stats=self.stats,
             learners=[new_learner(m) for m in models] if new_learner else None,
         )
-        check_record_size(settings, [slot.extractor.widest() for slot in self.processor.slots]
-                          or [FeatureExtractor(event_schema, settings.event, spec,
-                                               settings.limits,
-                                               binary=OnlineModel(spec).is_binary).widest()
-                              for spec in settings.models])
+        #: a record-size risk, logged at start (a certain excess refuses to start here)
+        self.record_size_warning = check_record_size(
+            settings, [slot.extractor.widest() for slot in self.processor.slots]
+            or [FeatureExtractor(event_schema, settings.event, spec, settings.limits,
+                                 binary=OnlineModel(spec).is_binary).widest()
+                for spec in settings.models])
         #: resolves a batch's schema ids before it is processed (streams/registry.py)
         prefetch = None if registry is None else SchemaPrefetch(registry, {
             topics.events: decoder, topics.labels: self.join and self.join.decoder}, [encoder])
@@ -265,6 +266,8 @@ class Worker:
                      "without it (a retried send may be written twice; reads deduplicate)",
                      features.detail)
         self.stats.retention_warnings = await retention_warnings(s.broker, s)
+        if self.record_size_warning is not None:
+            self.stats.retention_warnings.append(self.record_size_warning)
         for problem in self.stats.retention_warnings:
             log.warning("HISTORY AT RISK: %s", problem)
 

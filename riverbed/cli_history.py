@@ -19,7 +19,13 @@ from rich.table import Table
 
 from riverbed.streams.errors import HistoryError, UsageError
 from riverbed.streams.history import Learned, SnapshotChunk
-from riverbed.streams.replay import iso_time, model_spec, read_model_history, replay
+from riverbed.streams.replay import (
+    example_check,
+    iso_time,
+    model_spec,
+    read_model_history,
+    replay,
+)
 from riverbed.streams.snapshots import SnapshotIntegrityError, snapshot_key
 
 err = Console(stderr=True)
@@ -195,14 +201,16 @@ def rollback_command(settings: Any, model: str, to_seq: int, reason: str, as_jso
         await producer.start()
         try:
             h = settings.history
+            live = OnlineModel(spec, name=model)
             learner = Learner(
-                OnlineModel(spec, name=model),
+                live,
                 HistoryLog(settings.broker, settings.topics.history, producer),
                 SnapshotIndex(settings.broker, settings.topics.snapshots,
                               producer),
                 key, snapshot_every_steps=h.snapshot_every_steps,
                 snapshot_every_s=h.snapshot_every_s, id_window=h.id_window,
-                probe_size=h.probe_size, owner="riverbed-rollback")
+                probe_size=h.probe_size, owner="riverbed-rollback",
+                check=example_check(settings, live))
             try:
                 return await rollback(learner, target.model.estimator, to_seq, reason)
             except ValueError as exc:  # e.g. rolling "back" to a seq above the live one

@@ -112,19 +112,22 @@ class FeatureExtractor:
         return x
 
 
-    def widest(self) -> tuple[int, int]:
-        """(features, classes) at most in one event: a map field may fill up to
-        ``limits.max_features``; an open set of classes up to ``limits.max_classes``."""
+    def widest(self) -> tuple[int, int, int]:
+        """(features every event has, features at most, classes at most) of one event: a
+        map field may fill up to ``limits.max_features``, an open set of classes up to
+        ``limits.max_classes``."""
         features = self.max_features if self.map_fields else len(self.scalar_fields)
         rule = self.label_rule
         classes = 1 if rule.task == "regression" else (
             rule.max_classes if rule.open else len(rule.allowed))
-        return features, classes
+        return len(self.scalar_fields), features, classes
 
     def check_example(self, x: Mapping[str, Any], y: Any) -> None:
-        """Validate an example read from a record (the history, the training topic) before
-        it is learned: its features and its label; raises ValidationError."""
-        check_feature_values(x, self.max_features, self.max_abs)
+        """Validate an example read back from the history before it is learned again: what
+        would poison the model or make River raise (a feature that is not a finite float,
+        a label this model cannot take); raises ValidationError. The limits in force when it
+        was learned are not re-applied: tightening them must not change a restored model."""
+        check_recorded_features(x)
         self.label_rule.check_recorded(y)
 
     def check_features(self, x: Mapping[str, Any]) -> None:
@@ -141,6 +144,14 @@ def check_event_id(event_id: str, max_length: int) -> None:
         raise ValidationError(f"event id of {len(event_id):,} characters > limit "
                               f"{max_length} (limits.max_event_id_length)",
                               reason="event_id_too_long")
+
+
+def check_recorded_features(x: Mapping[str, Any]) -> None:
+    """ValidationError unless every feature is a finite float (a record riverbed wrote)."""
+    for name, value in x.items():
+        if value.__class__ is not float or value - value != 0.0:  # NaN and inf: not 0
+            raise ValidationError(f"recorded feature {name!r:.80} is {value!r:.40}",
+                                  reason="non_finite_feature", field=str(name))
 
 
 def check_feature_values(x: Mapping[str, Any], max_features: int, max_abs: float) -> None:

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from riverbed.streams.errors import DecodeError, ValidationError
-from riverbed.streams.features import check_feature_values
+from riverbed.streams.features import check_recorded_features
 from riverbed.streams.history import Example
 from riverbed.streams.history_codec import decode_columns, encode_columns
 from riverbed.streams.pending import EarlyLabel, PendingEvent, Prediction
@@ -78,12 +78,12 @@ def _rows(body: dict[str, Any]) -> list[Any]:
 _INT64 = 2**63
 
 
-def check_pending(events: list[PendingEvent], labels: list[EarlyLabel], max_features: int,
-                  max_abs_value: float) -> None:
+def check_pending(events: list[PendingEvent], labels: list[EarlyLabel]) -> None:
     """DecodeError unless every value of a decoded record is one riverbed writes: ids are
-    non-empty strings, times and seqs 64-bit ints, features valid for learning (finite
-    floats within ``max_abs_value``, at most ``max_features``), probabilities floats in
-    [0, 1] keyed by class labels, and an early label's origin a (topic, partition, offset)."""
+    non-empty strings, times and seqs 64-bit ints, features finite floats (the limits in
+    force when the record was written are not re-applied: tightening them must not drop
+    pending events), probabilities numbers in [0, 1] keyed by class labels, and an early
+    label's origin a (topic, partition, offset)."""
     try:
         for event in events:
             _id(event.event_id)
@@ -91,13 +91,14 @@ def check_pending(events: list[PendingEvent], labels: list[EarlyLabel], max_feat
             for made in event.predictions:
                 if not isinstance(made.model, str) or not isinstance(made.x, dict):
                     raise DecodeError("a prediction's model or features are malformed")
-                check_feature_values(made.x, max_features, max_abs_value)
+                check_recorded_features(made.x)
                 _scalar(made.prediction)
                 _ints(made.seq)
                 for label, p in made.proba.items():
                     _scalar(label)
-                    if p.__class__ is not float or not 0.0 <= p <= 1.0:
-                        raise DecodeError(f"probability {p!r:.40} is not a float in [0, 1]")
+                    # River's sigmoid returns the ints 0 and 1 once saturated
+                    if p.__class__ not in (float, int) or not 0.0 <= p <= 1.0:
+                        raise DecodeError(f"probability {p!r:.40} is not a number in [0, 1]")
         for early in labels:
             _id(early.event_id)
             _scalar(early.label)

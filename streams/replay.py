@@ -174,6 +174,15 @@ def plan(events: Sequence[HistoryEvent], model: str, *, to_seq: int | None = Non
     return _Plan(end, reached, checkpoints, rollbacks, probe.created)
 
 
+def example_check(settings: Settings, model: OnlineModel) -> ExampleCheck:
+    """The check of an example read back from ``model``'s history before it is learned
+    again (``streams/effects.py``): the model's features and label rule."""
+    extractor = FeatureExtractor(load_schema(settings.event.schema, settings.base_dir),
+                                 settings.event, model.spec, settings.limits,
+                                 binary=model.is_binary)
+    return extractor.check_example
+
+
 def iso_time(ms: int) -> str:
     """``ms`` (epoch milliseconds, as a record carries it) in ISO 8601, UTC; a time no
     calendar date has (any 64-bit value can be read from a topic) as ``<ms> ms``."""
@@ -202,10 +211,8 @@ async def replay(
         raise UsageError(f"--to-seq must be >= 0, got {to_seq}")
     began = time.perf_counter()
     model = OnlineModel(spec, name=model_name)
-    extractor = FeatureExtractor(load_schema(settings.event.schema, settings.base_dir),
-                                 settings.event, spec, settings.limits, binary=model.is_binary)
     result = ReplayResult(model, HistoryFold(model_name, settings.history.id_window),
-                          check=extractor.check_example)
+                          check=example_check(settings, model))
     skipped: list[SkippedRecord] = []
     events = await read_model_history(settings, model_name, skipped=skipped)
     result.skipped = [{"offset": s.offset, "reason": s.reason} for s in skipped]

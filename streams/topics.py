@@ -60,28 +60,45 @@ def _batch_record_topics(settings: Settings) -> tuple[str, ...]:
     return (t.history, t.pending, t.training, t.replica_state)
 
 
-def batch_record_bytes(settings: Settings, widest: Sequence[tuple[int, int]]) -> int:
+def batch_record_bytes(settings: Settings, widest: Sequence[tuple[int, int, int]]) -> int:
     """An upper estimate of the largest record one batch makes, given each model's widest
-    event as (features, classes): the pending log's record holds every model's features of
-    every unlabelled event (base64 in JSON: 11 bytes a feature), its id and each model's
-    probabilities (~32 bytes a class); a history record one model's features (8 bytes)."""
+    event (``FeatureExtractor.widest``): the pending log's record holds every model's
+    features of every unlabelled event (base64 in JSON: 11 bytes a feature), its id and
+    each model's probabilities (~32 bytes a class); a history record one model's features
+    (8 bytes a feature)."""
     lim = settings.limits
-    per_event = sum(features * 11 + classes * 32 + 128 for features, classes in widest)
-    return lim.max_batch_records * (per_event + lim.max_event_id_length * 4) + 64 * 1024
+    per_event = sum(most * 11 + classes * 32 + 128 for _, most, classes in widest)
+    return lim.max_batch_records * (per_event + lim.max_event_id_length * 6) + 64 * 1024
 
 
-def check_record_size(settings: Settings, widest: Sequence[tuple[int, int]]) -> None:
-    """ConfigError if a batch could make a record above ``topics.max_record_bytes``: the
-    broker would refuse it (``MessageSizeTooLarge``) and the worker stop on every start."""
-    bound = batch_record_bytes(settings, widest)
-    if bound > settings.topics.max_record_bytes:
-        features = sum(f for f, _ in widest)
+def check_record_size(settings: Settings, widest: Sequence[tuple[int, int, int]]
+                      ) -> str | None:
+    """ConfigError if a full batch of labelled events certainly makes a history record
+    above ``topics.max_record_bytes`` (8 bytes per feature every event has, per example):
+    the broker would refuse it (``MessageSizeTooLarge``) and the worker stop on every start.
+    A warning (returned) if only the upper estimate of :func:`batch_record_bytes` does --
+    with long ids, map features or many classes a record may exceed it. None otherwise, and
+    when the worker writes no batch records (no history, no labels, no replicas)."""
+    t, lim = settings.topics, settings.limits
+    if not (settings.history.enabled or settings.labels.enabled
+            or settings.worker.scale_out == "replicas"):
+        return None
+    fix = ("lower limits.max_batch_records, or raise topics.max_record_bytes (and the "
+           "topics' max.message.bytes)")
+    certain = lim.max_batch_records * max((every * 8 for every, _, _ in widest), default=0)
+    if settings.history.enabled and certain > t.max_record_bytes:
+        features = max(every for every, _, _ in widest)
         raise ConfigError("limits.max_batch_records", (
-            f"a batch of {settings.limits.max_batch_records:,} events with {features} "
-            f"features makes records of up to ~{bound / 2**20:.1f} MiB, above "
-            f"topics.max_record_bytes ({settings.topics.max_record_bytes / 2**20:.1f} MiB): "
-            "lower limits.max_batch_records, or raise topics.max_record_bytes (and the "
-            "topics' max.message.bytes)"))
+            f"a batch of {lim.max_batch_records:,} labelled events with {features} features "
+            f"makes a history record of {certain / 2**20:.1f} MiB, above "
+            f"topics.max_record_bytes ({t.max_record_bytes / 2**20:.1f} MiB): {fix}"))
+    bound = batch_record_bytes(settings, widest)
+    if bound > t.max_record_bytes:
+        return (f"a batch of {lim.max_batch_records:,} events may make records of up to "
+                f"~{bound / 2**20:.1f} MiB (long ids, map features, many classes), above "
+                f"topics.max_record_bytes ({t.max_record_bytes / 2**20:.1f} MiB); the "
+                f"broker refuses a larger one and the worker stops: {fix}")
+    return None
 
 
 async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list[str]:

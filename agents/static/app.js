@@ -29,7 +29,10 @@ async function api(path) {
 const state = new Map();  // model name -> {section, entries, points, versions, chart}
 
 function text(el, value) { el.textContent = value === null || value === undefined ? "" : String(value); }
-function time(ms) { return new Date(ms).toISOString().replace("T", " ").slice(0, 19); }
+function time(ms) {  // any 64-bit value can be read from the history: no date, the number
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? `${ms} ms` : date.toISOString().replace("T", " ").slice(0, 19);
+}
 function fmt(value) { return typeof value === "number" ? (Math.round(value * 1e4) / 1e4).toString() : String(value); }
 
 function metricName(model) {

@@ -226,3 +226,36 @@ async def test_a_forged_learned_record_neither_stops_a_restore_nor_poisons_the_m
     done = cli(settings, KEY, "replay", name, "--verify", "--from-genesis", "--json")
     assert done.returncode == 1 and "2 recorded example(s)" in done.stderr, done.stderr
     assert last_json(done)["refused_examples"] == 2
+    done = cli(settings, KEY, "rollback", name, "--to-seq", "100", "--reason", "forged records")
+    assert done.returncode == 0, done.stderr  # its catch-up read the history unchecked
+
+
+async def test_a_zombie_snapshot_indexed_before_the_next_claims_marker_is_not_restored(
+        settings: Settings) -> None:
+    """A fenced owner's snapshot (epoch 1) appended and indexed after the next owner's
+    claim but before its marker: the index cannot tell (docs/design.md). A fold started
+    there reads, after it, a claim two epochs on and that owner's Learned: the snapshot is
+    refused and an older one restored. (Once claims that skip epochs were ignored, the
+    fold stayed in epoch 1 and dropped the later learning.)"""
+    from riverbed.streams.history import Claimed, Examples, HistoryEvent
+
+    settings = await _history_of_2500_steps(settings, seed=7)
+    name = settings.models[0].name
+    newest, chunks = await _snapshot_chunks(settings, -1)
+    assert newest.epoch == 1 and newest.seq < 2500
+    now = int(time.time() * 1000)
+
+    def record(epoch: int, body: Any) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        return (name.encode(), encode_event(HistoryEvent(name, epoch, now, body)),
+                [("riverbed.kind", type(body).__name__.encode())])
+
+    await _append(settings, settings.topics.history, [record(2, Claimed("next-owner"))])
+    await _reappend(settings, newest, chunks, signed=True)  # the zombie's snapshot
+    x = dict.fromkeys(["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue",
+                       "hyears", "loan"], 1.0)
+    learned = Learned(2501, 2600, {}, Examples([f"z{i}" for i in range(100)], [x] * 100,
+                                               [i % 2 for i in range(100)]), "f")
+    await _append(settings, settings.topics.history,
+                  [record(3, Claimed("owner-after")), record(3, learned)])
+    stats = await _learn(settings, 100, seed=8, expect_seq=2700)
+    assert stats["epoch"] == 4 and stats["rejected"] >= 1

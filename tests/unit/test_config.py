@@ -167,12 +167,22 @@ def test_topics_take_the_largest_batch_record_and_a_wider_batch_is_refused() -> 
     t = settings.topics
     assert {sized[t.history], sized[t.pending], sized[t.training]} == {limit}
     assert sized[t.events] is None and sized[t.predictions] is None
-    check_record_size(settings, [(256, 2)])  # the default limits' widest binary model fits
-    assert batch_record_bytes(settings, [(256, 2)]) > 256 * 11 * 2000  # features, base64
+    assert check_record_size(settings, [(200, 200, 2)]) is None  # 200 features fit
+    assert batch_record_bytes(settings, [(200, 200, 2)]) > 200 * 11 * 2000  # base64 features
+    # a history record of 2,000 x 600 x 8 bytes for certain: refused, naming the fix
+    wide = dataclasses.replace(settings, limits=dataclasses.replace(
+        settings.limits, max_features=1000))
     with pytest.raises(ConfigError) as refused:
-        check_record_size(settings, [(256, 64), (256, 2)])
+        check_record_size(wide, [(600, 600, 2)])
     assert refused.value.field == "limits.max_batch_records"
     assert "lower limits.max_batch_records" in str(refused.value)
+    # only the upper estimate above it (a map field, many classes): a warning
+    warning = check_record_size(settings, [(9, 256, 64), (9, 256, 64)])
+    assert warning is not None and "may make records of up to" in warning
     smaller = dataclasses.replace(settings, limits=dataclasses.replace(
         settings.limits, max_batch_records=500))
-    check_record_size(smaller, [(256, 64), (256, 2)])
+    assert check_record_size(smaller, [(9, 256, 64), (9, 256, 64)]) is None
+    quiet = dataclasses.replace(
+        wide, history=dataclasses.replace(settings.history, enabled=False),
+        labels=dataclasses.replace(settings.labels, enabled=False))
+    assert check_record_size(quiet, [(600, 600, 2)]) is None  # writes no batch records

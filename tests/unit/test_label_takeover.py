@@ -77,7 +77,7 @@ NOW = 1_000_000
 GOOD_MADE = ["m", {"x": 1.0}, 0, [[0, 0.6], [1, 0.4]], 3]
 FORGED = {
     "nan feature": _forged(["e", [["m", {"x": math.nan}, 0, [[0, 0.6]], 3]], NOW, NOW]),
-    "huge feature": _forged(["e", [["m", {"x": 1e300}, 0, [[0, 0.6]], 3]], NOW, NOW]),
+    "inf feature": _forged(["e", [["m", {"x": math.inf}, 0, [[0, 0.6]], 3]], NOW, NOW]),
     "text feature": _forged(["e", [["m", {"x": "1"}, 0, [[0, 0.6]], 3]], NOW, NOW]),
     "text probability": _forged(["e", [["m", {"x": 1.0}, 0, [[0, "x"]], 3]], NOW, NOW]),
     "probability > 1": _forged(["e", [["m", {"x": 1.0}, 0, [[0, 7.0]], 3]], NOW, NOW]),
@@ -105,3 +105,7 @@ async def test_a_forged_pending_record_is_skipped_and_counted(
     assert added == 4 and set(join.store.events) == {"a"} and set(join.store.labels) == {"b"}
     valid = _forged(["e", [GOOD_MADE], NOW, NOW], ["o", 1, NOW, NOW, "", ["labels", 0, 1]])
     assert await LabelJoin(example_settings).rebuild(_log(valid), lambda eid: False, NOW) == 2
+    # a saturated logistic regression: River's sigmoid gives the ints 0 and 1
+    saturated = _forged(["s", [["m", {"x": 1e300}, 1, [[0, 0], [1, 1]], 3]], NOW, NOW])
+    assert await LabelJoin(example_settings).rebuild(_log(saturated), lambda eid: False,
+                                                     NOW) == 1
