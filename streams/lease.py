@@ -119,7 +119,8 @@ def spread_partitions(members: Mapping[str, tuple[Mapping[int, int], int]],
     """Deal ``partitions`` out over ``members`` (member -> (held partition -> since,
     joined)): sticky -- a partition stays with the member that acquired it last among
     those claiming it -- and balanced -- every member ends with ``n // members`` or one
-    more; a member over its share gives up its newest acquisitions, and each free
+    more; a member over its share gives up first what another member claims too (one back
+    from a freeze claims what it held before), then its newest acquisitions; each free
     partition goes to the member holding fewest (ties: joined first, then member id).
     Pure, for tests.
 
@@ -140,9 +141,10 @@ def spread_partitions(members: Mapping[str, tuple[Mapping[int, int], int]],
     # members holding most keep the larger shares (fewest moves)
     low, extra = divmod(len(wanted), len(members))
     free = [p for p in wanted if not any(p == q for held in dealt.values() for _, q in held)]
+    claimants = {p: sum(p in held for held, _ in members.values()) for p in wanted}
     for rank, member in enumerate(sorted(dealt, key=lambda m: (-len(dealt[m]), m))):
         held = dealt[member]
-        held.sort()
+        held.sort(key=lambda sp: (claimants[sp[1]] > 1, sp))  # popped first: contested, newest
         while len(held) > low + (rank < extra):
             free.append(held.pop()[1])
     joined = {member: j for member, (_, j) in members.items()}
