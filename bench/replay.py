@@ -37,7 +37,7 @@ from riverbed.streams.history import Example, examples_of, fold  # noqa: E402
 from riverbed.streams.history_log import HistoryLog, SnapshotIndex  # noqa: E402
 from riverbed.streams.models import OnlineModel  # noqa: E402
 from riverbed.streams.output import BatchProducer  # noqa: E402
-from riverbed.streams.replay import read_model_history  # noqa: E402
+from riverbed.streams.replay import example_check, read_model_history  # noqa: E402
 from riverbed.streams.topics import ensure_topics, riverbed_topics  # noqa: E402
 
 KEY = os.urandom(32)
@@ -105,7 +105,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             began = time.perf_counter()
             state, effects = fold(name, history)
             model = OnlineModel(settings.models[0])
-            apply_effects(model, effects, KEY)
+            apply_effects(model, effects, KEY, example_check(settings, model))  # as replay
             core_s = min(core_s, time.perf_counter() - began)
         results["river_learn_only_steps_per_s"] = args.steps / learn_s
         assert len(examples_of(effects)) == args.steps
@@ -118,9 +118,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         log = HistoryLog(settings.broker, settings.topics.history, producer)
         index = SnapshotIndex(settings.broker, settings.topics.snapshots,
                               producer)
-        fresh = Learner(OnlineModel(settings.models[0]), log, index, KEY,
+        restored = OnlineModel(settings.models[0])
+        fresh = Learner(restored, log, index, KEY,
                         snapshot_every_steps=10_000, snapshot_every_s=60, id_window=200_000,
-                        probe_size=16)
+                        probe_size=16, check=example_check(settings, restored))  # as a worker
         began = time.perf_counter()
         await fresh.takeover()
         results["restore_s"] = time.perf_counter() - began
