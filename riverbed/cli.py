@@ -433,7 +433,7 @@ def top(
         "JSON rows: one line with --once, else one line each time new reports arrive."))] = False,
 ) -> None:
     """Live per-model view: events/s, accuracy, model_seq, pending labels, drift, lag."""
-    from riverbed.streams.top import TopView, fetches
+    from riverbed.streams.top import Fetched, TopView, fetches
 
     settings = _settings(config, bootstrap, probe=True)
     view = TopView(settings)
@@ -442,17 +442,30 @@ def top(
         async for fetched in fetches(settings, follow=False, idle_timeout_s=10):
             view.add_fetch(fetched)
 
+    async def following() -> AsyncIterator[Fetched]:
+        """Fetches until Ctrl-C or SIGTERM (each fetch waits a second at most). The signal
+        sets a flag rather than cancelling the fetch in flight: the Kafka client can swallow
+        a cancel, and a follow then outlived its Ctrl-C."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async for fetched in fetches(settings, follow=True):
+            yield fetched
+            if stop.is_set():
+                return
+
     async def run_json() -> None:
         # the backlog is read first: a line shows the view at the topic's end, never midway
         shown = False
-        async for fetched in fetches(settings, follow=True):
+        async for fetched in following():
             view.add_fetch(fetched)
             if fetched.caught_up and (fetched.reports or not shown):
                 write_json(view.rows())
                 shown = True
 
     async def run_live(live: Live) -> None:
-        async for fetched in fetches(settings, follow=True):
+        async for fetched in following():
             view.add_fetch(fetched)
             if fetched.caught_up:
                 live.update(view.table())

@@ -50,14 +50,16 @@ async def test_a_wide_model_learns_full_batches_and_restarts_from_its_history(
                "label": None if i % 2 else (i // 2) % 2} for i in range(4000)]
     labelled = sum(e["label"] is not None for e in stream)
     name = settings.models[0].name
+    # a backlog first: the worker reads it in full batches (while the events were still
+    # being sent, its batches were as large as what had arrived)
+    await send_raw(settings, [(b"k", codec.encode(e)) for e in stream])
     async with running_worker(settings) as worker:
-        await send_raw(settings, [(b"k", codec.encode(e)) for e in stream])
         learner = worker.learners[0]
         await until(lambda: learner.durable_seq >= labelled, 120)
         assert worker.join is not None and len(worker.join.store.events) == 4000 - labelled
     history = await read_model_history(settings, name)
     sizes = [len(encode_event(e)) for e in history if isinstance(e.body, Learned)]
-    assert max(sizes) > 1.25 * 2**20, sizes  # Kafka refuses records over 1 MiB by default
+    assert max(sizes) > 2**20, sizes  # Kafka refuses records over 1 MiB by default
     async with running_worker(settings) as again:  # restores from those records
         assert again.learners[0].fold.seq == labelled
         assert again.join is not None and len(again.join.store.events) == 4000 - labelled
