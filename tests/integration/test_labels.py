@@ -262,7 +262,12 @@ async def test_top_shows_the_reports_of_a_running_worker(settings: Settings) -> 
         assert row["model_seq"] == want
     finally:
         top.send_signal(signal.SIGINT)  # Ctrl-C ends a follow quietly
-        code = await asyncio.to_thread(top.wait, 30)
+        try:
+            code = await asyncio.to_thread(top.wait, 30)
+        except subprocess.TimeoutExpired:
+            top.kill()  # never left running by a failed test
+            top.wait()
+            raise
         errors = top.stderr.read()
     assert code == 0, errors
     assert "skipped 1 records on" in errors and "Traceback" not in errors
