@@ -57,7 +57,7 @@ class LabelJoin:
         self.topic = settings.topics.labels
         self.decoder = decoder or make_codec(load_schema("label"), f"{self.topic}-value", registry)
         self.store = PendingStore(int(settings.labels.ttl_s * 1000), settings.labels.max_pending)
-        self.limits = settings.limits
+        self.max_id_length = settings.limits.max_event_id_length
         self._new_events: list[PendingEvent] = []
         self._new_labels: list[EarlyLabel] = []
         #: the source under which Learned records carry the pending log's low-water mark
@@ -93,7 +93,7 @@ class LabelJoin:
         try:
             label = self.decoder.decode(record.value or b"")
             event_id, value, label_time = label["event_id"], label["label"], label["time"]
-            check_event_id(event_id, self.limits.max_event_id_length)
+            check_event_id(event_id, self.max_id_length)
             if not self._valid_for(value, lanes):  # no model here may learn it: dead letter
                 for lane in lanes:
                     lane.label_rule.check(value)  # raises with the precise reason

@@ -441,10 +441,15 @@ def _check_password_source(from_file: Mapping[str, Any], broker: BrokerSettings)
                           "broker.sasl_password_file, or broker.allow_password_in_config = true")
 
 
-def _resolve(value: str | None, base_dir: Path) -> str | None:
+def _resolve_file(value: str, base_dir: Path) -> str:
     """A file named in the config: ``~`` expanded, a relative path taken from the config
     file's directory (not the current one, which differs between a shell and a service)."""
-    return None if value is None else str(base_dir / Path(value).expanduser())
+    return str(base_dir / Path(value).expanduser())
+
+
+def _resolve(value: str | None, base_dir: Path) -> str | None:
+    """:func:`_resolve_file` of an optional file."""
+    return None if value is None else _resolve_file(value, base_dir)
 
 
 def _resolve_broker_paths(broker: BrokerSettings, base_dir: Path) -> BrokerSettings:
@@ -470,7 +475,7 @@ def _resolve_registry_paths(registry: RegistrySettings, base_dir: Path) -> Regis
 def _resolve_history_paths(history: HistorySettings, base_dir: Path) -> HistorySettings:
     """The snapshot key file, as for the broker's files."""
     return dataclasses.replace(
-        history, snapshot_key_file=str(base_dir / Path(history.snapshot_key_file).expanduser()))
+        history, snapshot_key_file=_resolve_file(history.snapshot_key_file, base_dir))
 
 
 def _check_security(b: BrokerSettings) -> None:

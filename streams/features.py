@@ -132,8 +132,19 @@ class FeatureExtractor:
 
     def check_features(self, x: Mapping[str, Any]) -> None:
         """Validate features that were extracted elsewhere (a training record from a
-        replica): see :func:`check_feature_values`."""
-        check_feature_values(x, self.max_features, self.max_abs)
+        replica): each a finite float within ``max_abs_value``, at most
+        ``max_features``; raises ValidationError."""
+        if len(x) > self.max_features:
+            raise ValidationError(
+                f"{len(x)} features > limit {self.max_features}", reason="too_many_features"
+            )
+        m = self.max_abs
+        for name, value in x.items():
+            if value.__class__ is not float:
+                raise ValidationError(f"feature {name!r:.80} is {type(value).__name__}, not a "
+                                      "float", reason="non_numeric_feature", field=str(name))
+            if not -m <= value <= m:
+                _reject(name, value, m)
 
 
 def check_event_id(event_id: str, max_length: int) -> None:
@@ -152,21 +163,6 @@ def check_recorded_features(x: Mapping[str, Any]) -> None:
         if value.__class__ is not float or value - value != 0.0:  # NaN and inf: not 0
             raise ValidationError(f"recorded feature {name!r:.80} is {value!r:.40}",
                                   reason="non_finite_feature", field=str(name))
-
-
-def check_feature_values(x: Mapping[str, Any], max_features: int, max_abs: float) -> None:
-    """Features read from a record rather than extracted here: each a finite float within
-    ``max_abs``, at most ``max_features`` of them; raises ValidationError."""
-    if len(x) > max_features:
-        raise ValidationError(
-            f"{len(x)} features > limit {max_features}", reason="too_many_features"
-        )
-    for name, value in x.items():
-        if value.__class__ is not float:
-            raise ValidationError(f"feature {name!r:.80} is {type(value).__name__}, not a "
-                                  "float", reason="non_numeric_feature", field=str(name))
-        if not -max_abs <= value <= max_abs:
-            _reject(name, value, max_abs)
 
 
 def _coerce_slow(name: str, value: Any, limit: float) -> float:

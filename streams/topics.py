@@ -49,15 +49,11 @@ def riverbed_topics(settings: Settings) -> list[TopicSpec]:
         data.append((t.replica_state, 1, (("retention.ms", "3600000"),)))
     isr = (("min.insync.replicas", str(t.min_insync_replicas)),)
     large = (("max.message.bytes", str(t.max_record_bytes)),)
+    # the topics that take one record per batch, holding the batch's features
+    batch_records = (t.history, t.pending, t.training, t.replica_state)
     return [TopicSpec(n, p, t.replication_factor,
-                      c + isr + (large if n in _batch_record_topics(settings) else ()))
+                      c + isr + (large if n in batch_records else ()))
             for n, p, c in data]
-
-
-def _batch_record_topics(settings: Settings) -> tuple[str, ...]:
-    """The topics that take one record per batch, holding the batch's features."""
-    t = settings.topics
-    return (t.history, t.pending, t.training, t.replica_state)
 
 
 def batch_record_bytes(settings: Settings, widest: Sequence[tuple[int, int, int]]) -> int:
@@ -114,11 +110,11 @@ async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list
     admin = AIOKafkaAdminClient(**client_options(broker), request_timeout_ms=10_000)
     await admin.start()
     try:
+        # one request: the history and the pending log (kept forever), and the training
+        # topic (batch records; the replica-state topic exists with replicas only)
         responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name) for name in (t.history, t.pending)])
-        sized = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, name)
-             for name in _batch_record_topics(settings)[:3]])
+             for name in (t.history, t.pending, t.training)])
     finally:
         await admin.close()
     problems = []
@@ -126,6 +122,16 @@ async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list
         for resource in response.resources:
             name, entries = resource[3], resource[4]
             configs = {entry[0]: entry[1] for entry in entries}
+            limit = configs.get("max.message.bytes")
+            if limit is not None and limit.isdigit() and \
+                    int(limit) < settings.topics.max_record_bytes:
+                problems.append(f"topic {name} takes records up to max.message.bytes={limit}, "
+                                "below topics.max_record_bytes "
+                                f"({settings.topics.max_record_bytes}): a batch record above "
+                                f"it stops the worker (set max.message.bytes="
+                                f"{settings.topics.max_record_bytes})")
+            if name == t.training:
+                continue
             if configs.get("retention.ms") not in (None, "-1"):
                 problems.append(f"topic {name} has retention.ms={configs['retention.ms']}: "
                                 "records older than that are DELETED (set retention.ms=-1)")
@@ -137,17 +143,6 @@ async def retention_warnings(broker: BrokerSettings, settings: Settings) -> list
                 problems.append(f"topic {name} is compacted (cleanup.policy="
                                 f"{configs['cleanup.policy']}): all but the newest record "
                                 "per model are DELETED (set cleanup.policy=delete)")
-    for response in sized:
-        for resource in response.resources:
-            name, configs = resource[3], {entry[0]: entry[1] for entry in resource[4]}
-            limit = configs.get("max.message.bytes")
-            if limit is not None and limit.isdigit() and \
-                    int(limit) < settings.topics.max_record_bytes:
-                problems.append(f"topic {name} takes records up to max.message.bytes={limit}, "
-                                "below topics.max_record_bytes "
-                                f"({settings.topics.max_record_bytes}): a batch record above "
-                                f"it stops the worker (set max.message.bytes="
-                                f"{settings.topics.max_record_bytes})")
     return problems
 
 
