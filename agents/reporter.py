@@ -7,6 +7,7 @@ resolution, not totals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -63,6 +64,15 @@ class Reporter:
             "label_delay_p50_ms": p50, "label_delay_p99_ms": p99, "events_per_s": rate,
             "consumer_lag": sum(self.lag().values()),
         }
+
+    async def run(self, interval_s: float) -> None:
+        """Publish a report every ``interval_s`` until cancelled. A report that waits for
+        its acks (the broker is away) delays the next one instead of piling more up behind
+        it: the numbers are cumulative, so a late tick loses resolution, not totals."""
+        while True:
+            started = time.monotonic()
+            await self.publish()
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async def publish(self, kind: str = "report", models: list[str] | None = None) -> None:
         """Send one report per model (or the named ones) to the metrics topic."""

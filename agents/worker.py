@@ -160,10 +160,6 @@ class Worker:
         WebApi(worker_port(self), self.app).register()  # the HTTP API and page (agents/web.py)
 
     def _register_timers(self) -> None:
-        @self.app.timer(self.settings.labels.report_interval_s)
-        async def report_metrics() -> None:
-            await self.reporter.publish()
-
         @self.app.timer(1.0)
         async def expire_pending() -> None:
             if self.pending is not None:
@@ -223,6 +219,7 @@ class Worker:
         await self._check_broker()
         await self.control.start()
         await self.app.start()  # binds the web port: a port in use fails here, before a claim
+        self.supervisor.run(self.reporter.run(s.labels.report_interval_s), "metrics reports")
         await self.ownership.restore()
         await self.ownership.acquire(
             before_claim=self._start_transactions if self.exactly_once else None)
