@@ -266,12 +266,16 @@ class Learner:
             await self.history.append([self.event(Annotated(
                 self.fold.seq, "integrity", f"snapshot {sid} refused: {reason}"))
                 for sid, reason in new])
+        by_reason: dict[str, list[int]] = {}  # one line per reason, not per record
         for skipped in self.skipped:
             if skipped.offset not in self._reported_offsets and \
                     skipped.key == self.model.name.encode():
-                log.error("%s: history record at offset %d is not a valid event (%s); "
-                          "skipped", self.model.name, skipped.offset, skipped.reason)
+                by_reason.setdefault(skipped.reason, []).append(skipped.offset)
                 self._reported_offsets.add(skipped.offset)
+        for reason, offsets in by_reason.items():
+            log.error("%s: %d history record(s) skipped (%s) at offset(s) %s%s",
+                      self.model.name, len(offsets), reason,
+                      ", ".join(map(str, offsets[:10])), ", ..." if len(offsets) > 10 else "")
 
     async def _created(self) -> Created | None:
         async for event in self.history.read(0, None, skipped=self.skipped):

@@ -48,7 +48,8 @@ from riverbed.agents.training import TrainingLoop, TrainingPublisher
 from riverbed.streams.config import Settings
 from riverbed.streams.errors import DecodeError, LeaseLostError, TakeoverError
 from riverbed.streams.history import Claimed, Restored
-from riverbed.streams.history_codec import KIND_HEADER, decode_event
+from riverbed.streams.history_codec import KIND_HEADER, decode_record
+from riverbed.streams.history_log import record_key
 from riverbed.streams.ingest import BatchIngest
 from riverbed.streams.kafka_clients import PartitionReader
 from riverbed.streams.lease import Lease
@@ -450,6 +451,7 @@ class ModelOwnership:
         s = self.settings
         tp = TopicPartition(s.topics.history, 0)
         start = {tp: min(lr.history_position for lr in self._watched())}
+        verify_key = record_key(s, self._watched()[0].key)  # the learners share one key
         async with PartitionReader(s.broker, [tp], start=start, fetch_max_wait_ms=200
                                    ) as reader:
             while True:
@@ -457,9 +459,10 @@ class ModelOwnership:
                     kind = dict(record.headers or ()).get(KIND_HEADER)
                     if kind not in (b"Claimed", b"Restored"):
                         continue
-                    try:
-                        event = decode_event(record.value or b"", record.offset)
-                    except DecodeError:  # not ours or damaged: the folds skip it too
+                    try:  # signed, as every fold reads it
+                        event = decode_record(record.value, record.offset, record.headers,
+                                              verify_key)
+                    except DecodeError:  # unsigned, not ours or damaged: the folds skip it
                         continue
                     # the models written here now: one released meanwhile (replicas) is
                     # not fenced by its new learner's claim, it was handed over

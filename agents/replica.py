@@ -39,7 +39,8 @@ from riverbed.streams.config import Settings
 from riverbed.streams.effects import apply_effects
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import Learn, Learned, Load
-from riverbed.streams.history_codec import decode_event
+from riverbed.streams.history_codec import decode_record
+from riverbed.streams.history_log import record_key
 from riverbed.streams.kafka_clients import FOLLOW_WAIT_MS, PartitionReader, Record
 from riverbed.streams.replica_state import (
     ModelState,
@@ -67,6 +68,9 @@ class ReplicaFollower:
     def __init__(self, settings: Settings, learners: Sequence[Learner],
                  stats: WorkerStats) -> None:
         self.settings, self.learners, self.stats = settings, list(learners), stats
+        #: what history records must be signed with, as every fold reads them (the
+        #: learners share one key; with none, no record is folded at all)
+        self.verify_key = record_key(settings, learners[0].key) if learners else None
         #: models whose replicas load the learner's states (replica_catch_up = "state")
         self.by_state = {lr.model.name for lr in learners
                          if lr.model.spec.replica_catch_up == "state"}
@@ -153,9 +157,10 @@ class ReplicaFollower:
         newest: dict[str, int] = {}
         for record in records:
             try:
-                event = decode_event(record.value or b"", record.offset)
+                event = decode_record(record.value, record.offset, record.headers,
+                                      self.verify_key)
             except DecodeError:
-                continue  # not ours or damaged: every fold skips it too
+                continue  # unsigned, not ours or damaged: every fold skips it too
             learner = by_name.get(event.model)
             if learner is None or record.offset < learner.history_position:
                 continue

@@ -179,11 +179,13 @@ class WebApi:
         self.form = EventForm(schema, s.event)
         #: the event schema's Avro codec: a request's events take the Kafka events' path
         self.codec = AvroCodec(schema)
-        verify = snapshot_verifier(snapshot_key(s)) if s.history.enabled else None
+        key = snapshot_key(s) if s.history.enabled else None
         self.feed = HistoryFeed(s.broker, s.topics.history, s.topics.metrics,
                                 [m.name for m in s.models],
                                 max_entries=s.worker.api_history_entries,
-                                max_points=s.worker.api_series_points, verify=verify)
+                                max_points=s.worker.api_series_points,
+                                verify=snapshot_verifier(key) if key is not None else None,
+                                record_key=None if s.history.accept_unsigned_records else key)
         self.rate = _Rate()
         self.static = {p.relative_to(STATIC).as_posix(): p for p in STATIC.rglob("*")
                        if p.is_file()}

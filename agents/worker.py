@@ -182,9 +182,9 @@ class Worker:
     def _learner(self, model: OnlineModel) -> Learner:
         s = self.settings
         if self._history is None:
-            self._history = (HistoryLog(s.broker, s.topics.history, self.control),
-                             SnapshotIndex(s.broker, s.topics.snapshots, self.control),
-                             snapshot_key(s))
+            key = snapshot_key(s)
+            self._history = (HistoryLog.of(s, self.control, key),
+                             SnapshotIndex(s.broker, s.topics.snapshots, self.control), key)
         history, index, key = self._history
         h = s.history
         extractor = FeatureExtractor(self.event_schema, s.event, model.spec, s.limits,

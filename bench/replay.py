@@ -52,7 +52,7 @@ async def build_history(settings: Any, data: list[Example], batch: int) -> Learn
     """Write a history like a live learner would (Learned batches + default snapshots)."""
     producer = BatchProducer(settings.broker)
     await producer.start()
-    log = HistoryLog(settings.broker, settings.topics.history, producer)
+    log = HistoryLog.of(settings, producer, KEY)
     index = SnapshotIndex(settings.broker, settings.topics.snapshots, producer)
     h = settings.history
     learner = Learner(OnlineModel(settings.models[0]), log, index, KEY,
@@ -97,7 +97,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         name = settings.models[0].name
 
         began = time.perf_counter()
-        history = await read_model_history(settings, name)
+        history = await read_model_history(settings, name, key=KEY)
         read_s = time.perf_counter() - began
         learn_s, core_s = float("inf"), float("inf")
         for _ in range(args.repeat):  # interleaved; best of N (the machine is noisy)
@@ -115,7 +115,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
         producer = BatchProducer(settings.broker)
         await producer.start()
-        log = HistoryLog(settings.broker, settings.topics.history, producer)
+        log = HistoryLog.of(settings, producer, KEY)
         index = SnapshotIndex(settings.broker, settings.topics.snapshots,
                               producer)
         restored = OnlineModel(settings.models[0])

@@ -60,7 +60,7 @@ from riverbed.streams.datasets import events  # noqa: E402
 from riverbed.streams.effects import apply_effects  # noqa: E402
 from riverbed.streams.features import FeatureExtractor  # noqa: E402
 from riverbed.streams.history import Claimed, Example, Learn  # noqa: E402
-from riverbed.streams.history_codec import encode_event  # noqa: E402
+from riverbed.streams.history_codec import encode_event, record_headers  # noqa: E402
 from riverbed.streams.kafka_clients import PartitionReader  # noqa: E402
 from riverbed.streams.models import OnlineModel, build_estimator  # noqa: E402
 from riverbed.streams.produce import produce  # noqa: E402
@@ -196,8 +196,10 @@ def follower_costs(settings: Settings, count: int, pipeline: Any = None,
         record = type("R", (), {"offset": i, "key": MODEL.encode(), "value": encode_training(
             TrainingBatch(MODEL, tuple(examples[i:i + 500]), {"e:0": i}))})()
         for event in loop.learn([record]):
+            value = encode_event(event)
             history.append(type("H", (), {"offset": offset, "key": MODEL.encode(),
-                                          "value": encode_event(event)})())
+                                          "value": value, "headers": record_headers(
+                                              event, value, learner.key)})())
             offset += 1
         fold = learner.fold
         if fold.seq % state_every == 0:
@@ -207,7 +209,9 @@ def follower_costs(settings: Settings, count: int, pipeline: Any = None,
                 time_ms=int(time.time() * 1000))
     learn_s = time.perf_counter() - began
     claim = learner.event(Claimed("bench"))
-    head = [type("H", (), {"offset": 0, "key": MODEL.encode(), "value": encode_event(claim)})()]
+    value = encode_event(claim)
+    head = [type("H", (), {"offset": 0, "key": MODEL.encode(), "value": value,
+                           "headers": record_headers(claim, value, learner.key)})()]
     result: dict[str, Any] = {
         "model": next(iter(spec.pipeline[-1])), "steps": count,
         "learner_us_per_step": round(learn_s / count * 1e6, 2), "state_every": state_every,

@@ -19,12 +19,14 @@ from rich.table import Table
 
 from riverbed.streams.errors import HistoryError, UsageError
 from riverbed.streams.history import Learned, SnapshotChunk
+from riverbed.streams.history_log import SkippedRecord
 from riverbed.streams.replay import (
     example_check,
     iso_time,
     model_spec,
     read_model_history,
     replay,
+    unsigned_note,
 )
 from riverbed.streams.snapshots import SnapshotIntegrityError, snapshot_key
 
@@ -60,9 +62,15 @@ def _table_console() -> Console:
 def history_command(settings: Any, model: str, as_json: bool) -> None:
     """Print the history of ``model`` (HistoryError if it has none)."""
     model_spec(settings, model)
-    events = asyncio.run(read_model_history(settings, model))
+    skipped: list[SkippedRecord] = []
+    events = asyncio.run(read_model_history(settings, model, key=snapshot_key(settings),
+                                            skipped=skipped))
     if not events:
-        raise HistoryError(f"model {model!r} has no history on {settings.topics.history}")
+        raise HistoryError(f"model {model!r} has no history on {settings.topics.history}"
+                           + unsigned_note(skipped))
+    for record in skipped:
+        err.print(f"skipped offset {record.offset}: {record.reason}", markup=False,
+                  highlight=False)
     rows = history_rows(events)
     if as_json:
         for row in rows:
@@ -135,7 +143,7 @@ def replay_command(
     probe = result.fold.created.probe if result.fold.created else ()
     from riverbed.streams.snapshots import fingerprint
 
-    skipped = [f"undecodable history record of {model} at offset {s['offset']} skipped "
+    skipped = [f"history record of {model} at offset {s['offset']} skipped "
                f"({s['reason']})" for s in result.skipped]
     if result.refused_examples:
         skipped.append(f"{result.refused_examples} recorded example(s) this model cannot "
@@ -168,8 +176,8 @@ def replay_command(
                             f"seq {result.mismatches[0]['seq']}")
         if verify and result.skipped:
             offsets = ", ".join(str(s["offset"]) for s in result.skipped[:10])
-            problems.append(f"{len(result.skipped)} undecodable history record(s) of "
-                            f"{model} at offset(s) {offsets}")
+            problems.append(f"{len(result.skipped)} history record(s) of {model} "
+                            f"skipped (undecodable or unsigned) at offset(s) {offsets}")
         if verify and result.refused_examples:
             problems.append(f"{result.refused_examples} recorded example(s) {model} cannot "
                             "learn")
@@ -204,7 +212,7 @@ def rollback_command(settings: Any, model: str, to_seq: int, reason: str, as_jso
             live = OnlineModel(spec, name=model)
             learner = Learner(
                 live,
-                HistoryLog(settings.broker, settings.topics.history, producer),
+                HistoryLog.of(settings, producer, key),
                 SnapshotIndex(settings.broker, settings.topics.snapshots,
                               producer),
                 key, snapshot_every_steps=h.snapshot_every_steps,

@@ -307,11 +307,17 @@ class HistorySettings:
     id_window: int = 200_000
     #: Feature dicts in the probe set used for fingerprints.
     probe_size: int = 16
+    #: Every history record is signed with the snapshot key (header ``riverbed.sig``) and
+    #: readers skip, and count, one whose signature does not hold. True also folds unsigned
+    #: records: only for histories written before records were signed (2026-12-02), and it
+    #: lets anyone who can write to the topic teach the model.
+    accept_unsigned_records: bool = False
 
     def __repr__(self) -> str:  # never print the key
         return (f"HistorySettings(enabled={self.enabled}, snapshot_every_steps="
                 f"{self.snapshot_every_steps}, snapshot_every_s={self.snapshot_every_s}, "
-                f"snapshot_key={'<set>' if self.snapshot_key else None})")
+                f"snapshot_key={'<set>' if self.snapshot_key else None}, "
+                f"accept_unsigned_records={self.accept_unsigned_records})")
 
 
 @dataclasses.dataclass(frozen=True)

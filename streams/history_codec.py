@@ -3,6 +3,11 @@
 ``Learned`` examples are stored column-wise -- event ids, feature names once per batch,
 one packed float64 block, labels -- so that encoding on the hot path and decoding during
 replay cost a few array operations per batch instead of an Avro map per example.
+
+Every record is signed: an HMAC of its value bytes under the snapshot key travels in the
+``riverbed.sig`` header (:func:`record_headers`), and :func:`decode_record` refuses a record
+whose signature does not hold before decoding it. Whoever can write to the topic but has
+no key cannot make a record any fold applies.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import array
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import io
 import struct
 import sys
@@ -41,6 +48,12 @@ _NAMES = {Created: "riverbed.Created", Claimed: "riverbed.Claimed", Learned: "ri
 _TYPES = {v: k for k, v in _NAMES.items()}
 #: Kafka header carrying the body kind, so followers can skip payloads cheaply.
 KIND_HEADER = "riverbed.kind"
+#: Kafka header carrying the record's HMAC (:func:`record_signature`).
+SIGNATURE_HEADER = "riverbed.sig"
+#: keeps a record signature from ever equalling another signature made with the same key
+_SIGNATURE_DOMAIN = b"riverbed.history-record.v1\x00"
+#: why :func:`decode_record` refuses a record (``SkippedRecord.reason``)
+UNSIGNED_REASON = "not signed with this key"
 
 
 def kind_of(event: HistoryEvent) -> str:
@@ -153,6 +166,35 @@ def decode_event(payload: bytes, offset: int = -1, *, examples: bool = True) -> 
     except Exception as exc:  # a schema-valid record that is not a well-formed event
         raise DecodeError(f"malformed history event: {type(exc).__name__}: {exc}") from exc
     return HistoryEvent(raw["model"], raw["epoch"], raw["time"], value, offset)
+
+
+def record_signature(value: bytes, key: bytes) -> bytes:
+    """HMAC-SHA256 of a history record's value bytes under ``key`` (the snapshot key). The
+    value holds the model, epoch, time and body, so all of them are signed; a record
+    re-appended verbatim stays authentic, and the fold's rules place it (stale, duplicate)."""
+    return hmac.new(key, _SIGNATURE_DOMAIN + value, hashlib.sha256).digest()
+
+
+def record_headers(event: HistoryEvent, value: bytes, key: bytes) -> list[tuple[str, bytes]]:
+    """The headers of ``event``'s record: its kind and its signature."""
+    return [(KIND_HEADER, kind_of(event).encode()),
+            (SIGNATURE_HEADER, record_signature(value, key))]
+
+
+def decode_record(value: bytes | None, offset: int,
+                  headers: Sequence[tuple[str, bytes | None]] | None, key: bytes | None, *,
+                  examples: bool = True) -> HistoryEvent:
+    """The history event of one record read from the topic. With ``key``, a record whose
+    signature header is missing or does not hold is a DecodeError (:data:`UNSIGNED_REASON`),
+    checked before decoding; ``key`` None takes unsigned records
+    (``history.accept_unsigned_records``). Otherwise as :func:`decode_event`."""
+    payload = value or b""
+    if key is not None:
+        signature = next((v for k, v in headers or () if k == SIGNATURE_HEADER), None)
+        if not (isinstance(signature, bytes) and hmac.compare_digest(
+                signature, record_signature(payload, key))):
+            raise DecodeError(UNSIGNED_REASON)  # never a dead letter: skipped and counted
+    return decode_event(payload, offset, examples=examples)
 
 
 #: ``labels`` items: union [boolean, long, double, string] -> the branch's index byte

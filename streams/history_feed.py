@@ -27,7 +27,7 @@ from riverbed.streams.codec import AvroCodec
 from riverbed.streams.config import BrokerSettings
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import Snapshot
-from riverbed.streams.history_codec import decode_event
+from riverbed.streams.history_codec import decode_record
 from riverbed.streams.history_summary import HistorySummary
 from riverbed.streams.kafka_clients import PartitionReader
 from riverbed.streams.metrics_series import MetricsSeries
@@ -40,8 +40,11 @@ class HistoryFeed:
 
     def __init__(self, broker: BrokerSettings, history_topic: str, metrics_topic: str,
                  spec_names: Sequence[str], *, max_entries: int, max_points: int,
-                 verify: Callable[[Snapshot], bool] | None = None) -> None:
+                 verify: Callable[[Snapshot], bool] | None = None,
+                 record_key: bytes | None = None) -> None:
         self.broker = broker
+        #: history records must be signed with it (None: unsigned ones are shown too)
+        self.record_key = record_key
         self.history = TopicPartition(history_topic, 0)
         self.metrics = TopicPartition(metrics_topic, 0)
         names = "|".join(re.escape(n) for n in spec_names)
@@ -103,7 +106,8 @@ class HistoryFeed:
             self.skipped += 1
             return
         try:
-            event = decode_event(record.value or b"", record.offset, examples=False)
+            event = decode_record(record.value, record.offset, record.headers,
+                                  self.record_key, examples=False)
         except DecodeError:
             self.skipped += 1
             return

@@ -4,7 +4,9 @@ Reads stop at a known position -- the writer's own record, or the high-water mar
 reported by a fetch response (``streams/kafka_clients.py``).
 
 Delivery guarantee: :meth:`HistoryLog.append` returns only after the broker has
-acknowledged every event (``acks=all``) and returns their offsets.
+acknowledged every event (``acks=all``) and returns their offsets. Every record it writes
+is signed (``streams/history_codec.py: record_headers``); :meth:`HistoryLog.read` yields
+only records whose signature holds, unless told to accept unsigned ones.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from riverbed.streams.config import BrokerSettings
+from riverbed.streams.config import BrokerSettings, Settings
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import HistoryEvent
-from riverbed.streams.history_codec import KIND_HEADER, decode_event, encode_event, kind_of
+from riverbed.streams.history_codec import decode_record, encode_event, record_headers
 from riverbed.streams.kafka_clients import read_to_end
 from riverbed.streams.output import BatchProducer
 
@@ -37,13 +39,24 @@ class SkippedRecord:
 
 
 class HistoryLog:
-    """The ``riverbed.history`` topic (one partition, key = model)."""
+    """The ``riverbed.history`` topic (one partition, key = model), signed with ``key``
+    (the snapshot key). ``accept_unsigned``: reads also yield records whose signature does
+    not hold (``history.accept_unsigned_records``, for histories written before signing)."""
 
-    def __init__(self, broker: BrokerSettings, topic: str, producer: BatchProducer | None
-                 ) -> None:
+    def __init__(self, broker: BrokerSettings, topic: str, producer: BatchProducer | None,
+                 key: bytes, *, accept_unsigned: bool = False) -> None:
         self.broker = broker
         self.topic = topic
         self.producer = producer
+        self.key = key
+        #: what reads verify records with (None: unsigned ones are taken too)
+        self.verify_key: bytes | None = None if accept_unsigned else key
+
+    @classmethod
+    def of(cls, settings: Settings, producer: BatchProducer | None, key: bytes) -> HistoryLog:
+        """The history of ``settings``, signed and verified with ``key``."""
+        return cls(settings.broker, settings.topics.history, producer, key,
+                   accept_unsigned=record_key(settings, key) is None)
 
     async def append(self, events: Sequence[HistoryEvent], via: AIOKafkaProducer | None = None
                      ) -> list[int]:
@@ -51,9 +64,12 @@ class HistoryLog:
         producer (the transactional one, inside its open transaction)."""
         kafka = via or (self.producer.producer if self.producer is not None else None)
         assert kafka is not None, "producer not started"
-        futures = [await kafka.send(self.topic, value=encode_event(e), key=e.model.encode(),
-                                    partition=0, headers=[(KIND_HEADER, kind_of(e).encode())])
-                   for e in events]
+        futures = []
+        for event in events:
+            value = encode_event(event)
+            futures.append(await kafka.send(self.topic, value=value, key=event.model.encode(),
+                                            partition=0,
+                                            headers=record_headers(event, value, self.key)))
         return [metadata.offset for metadata in await asyncio.gather(*futures)]
 
     async def read(self, start: int = 0, until: int | None = None,
@@ -61,14 +77,22 @@ class HistoryLog:
                    skipped: list[SkippedRecord] | None = None) -> AsyncIterator[HistoryEvent]:
         """Events from ``start`` up to offset ``until`` (inclusive), else up to high-water.
 
-        Records that do not decode as history events (garbage, another producer's data,
-        an unknown kind) are not yielded; each is appended to ``skipped`` if given."""
+        Records that are not signed history events (unsigned or forged, garbage, another
+        producer's data, an unknown kind) are not yielded; each is appended to ``skipped``
+        if given."""
         async for record in read_to_end(self.broker, self.topic, start, until, idle_timeout_s):
             try:
-                yield decode_event(record.value or b"", record.offset)
+                yield decode_record(record.value, record.offset, record.headers,
+                                    self.verify_key)
             except DecodeError as exc:
                 if skipped is not None:
                     skipped.append(SkippedRecord(record.offset, record.key, str(exc)))
+
+
+def record_key(settings: Settings, key: bytes) -> bytes | None:
+    """What a reader of the history verifies records with: ``key``, or None when the
+    settings accept unsigned records (``decode_record``)."""
+    return None if settings.history.accept_unsigned_records else key
 
 
 class SnapshotIndex:

@@ -31,6 +31,7 @@ from riverbed.streams.history import (
     Snapshot,
     SnapshotChunk,
 )
+from riverbed.streams.history_codec import UNSIGNED_REASON
 from riverbed.streams.history_log import HistoryLog, SkippedRecord
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.snapshots import (
@@ -83,16 +84,31 @@ def model_spec(settings: Settings, name: str) -> ModelSettings:
 
 
 async def read_model_history(settings: Settings, model: str, start: int = 0, *,
+                             key: bytes | None = None,
                              skipped: list[SkippedRecord] | None = None) -> list[HistoryEvent]:
-    """Every history event of ``model`` from offset ``start`` to the high-water mark.
+    """Every history event of ``model`` from offset ``start`` to the high-water mark: with
+    ``key``, only records signed with it (as workers read them, unless
+    ``history.accept_unsigned_records``); without, every decodable record (inspection).
 
-    Undecodable records keyed with ``model``'s name are appended to ``skipped``."""
-    log = HistoryLog(settings.broker, settings.topics.history, None)
+    Skipped records keyed with ``model``'s name are appended to ``skipped``."""
+    if key is None:  # read only (no producer): the signing key is never used
+        log = HistoryLog(settings.broker, settings.topics.history, None, b"",
+                         accept_unsigned=True)
+    else:
+        log = HistoryLog.of(settings, None, key)
     every: list[SkippedRecord] = []
     events = [e async for e in log.read(start, None, skipped=every) if e.model == model]
     if skipped is not None:
         skipped.extend(s for s in every if s.key == model.encode())
     return events
+
+
+def unsigned_note(skipped: Sequence[SkippedRecord]) -> str:
+    """What to add to "no history" when records of the model were skipped as unsigned:
+    most likely this process has another key than the workers that wrote them."""
+    unsigned = sum(s.reason == UNSIGNED_REASON for s in skipped)
+    return (f" ({unsigned} of its records are not signed with this key: is "
+            "history.snapshot_key the workers' key?)" if unsigned else "")
 
 
 @dataclasses.dataclass
@@ -214,9 +230,13 @@ async def replay(
     result = ReplayResult(model, HistoryFold(model_name, settings.history.id_window),
                           check=example_check(settings, model))
     skipped: list[SkippedRecord] = []
-    events = await read_model_history(settings, model_name, skipped=skipped)
+    events = await read_model_history(settings, model_name, key=key, skipped=skipped)
     result.skipped = [{"offset": s.offset, "reason": s.reason} for s in skipped]
-    target = plan(events, model_name, to_seq=to_seq, to_time_ms=to_time_ms, lineage=lineage)
+    try:
+        target = plan(events, model_name, to_seq=to_seq, to_time_ms=to_time_ms,
+                      lineage=lineage)
+    except HistoryError as exc:
+        raise HistoryError(f"{exc}{unsigned_note(skipped)}") from None
     start = 0
     if verify:  # every snapshot on the way is integrity-checked, also those we skip
         on_the_way = [(i, s) for i, s, _ in target.checkpoints] + target.rollbacks

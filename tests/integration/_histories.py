@@ -16,7 +16,7 @@ from typing import Any
 
 from riverbed.streams.config import Settings
 from riverbed.streams.history import HistoryEvent
-from riverbed.streams.history_codec import encode_event
+from riverbed.streams.history_codec import encode_event, record_headers
 from riverbed.streams.output import BatchProducer
 from riverbed.streams.produce import produce
 from riverbed.streams.replay import read_model_history
@@ -86,7 +86,8 @@ async def copy_history(built: Built, suffix: str,
                        change: Callable[[HistoryEvent], HistoryEvent] | None = None,
                        extra: Sequence[tuple[bytes | None, bytes]] = ()) -> Settings:
     """A copy of ``built``'s history in a fresh topic (each event through ``change``), then
-    ``extra`` raw (key, value) records; the settings that read the copy."""
+    ``extra`` raw (key, value) records, unsigned; the settings that read the copy. The
+    events are signed with ``built.key``: the copy is as authentic as the original."""
     events = await read_model_history(built.settings, built.name)
     topic = built.settings.topics.history + suffix
     copied = dataclasses.replace(built.settings, topics=dataclasses.replace(
@@ -98,8 +99,9 @@ async def copy_history(built: Built, suffix: str,
     try:
         for event in events:
             event = change(event) if change else event
-            await (await kafka.send(topic, encode_event(event), key=event.model.encode(),
-                                    partition=0))
+            value = encode_event(event)
+            await (await kafka.send(topic, value, key=event.model.encode(), partition=0,
+                                    headers=record_headers(event, value, built.key)))
         for key, value in extra:
             await (await kafka.send(topic, value, key=key, partition=0))
     finally:

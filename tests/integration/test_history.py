@@ -13,7 +13,7 @@ import pytest
 from riverbed.agents.learner import Learner
 from riverbed.streams.config import Settings
 from riverbed.streams.history import Example, HistoryEvent, SnapshotChunk, examples_of, fold
-from riverbed.streams.history_codec import encode_event
+from riverbed.streams.history_codec import encode_event, record_headers
 from riverbed.streams.history_log import HistoryLog, SnapshotIndex
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.output import BatchProducer
@@ -27,7 +27,7 @@ KEY = os.urandom(32)
 
 
 def _learner(settings: Settings, producer: BatchProducer) -> Learner:
-    history = HistoryLog(settings.broker, settings.topics.history, producer)
+    history = HistoryLog.of(settings, producer, KEY)
     index = SnapshotIndex(settings.broker, settings.topics.snapshots, producer)
     return Learner(OnlineModel(settings.models[0]), history, index, KEY,
                    snapshot_every_steps=10**9, snapshot_every_s=1e9, id_window=1000,
@@ -121,8 +121,10 @@ async def test_replay_verifies_and_a_flipped_snapshot_byte_is_an_integrity_error
                 event = HistoryEvent(event.model, event.epoch, event.time,
                                      dataclasses.replace(body, data=bytes(data)))
                 flipped = True
-            await (await producer.producer.send(tampered_topic, encode_event(event),  # type: ignore[union-attr]
-                                                key=event.model.encode(), partition=0))
+            value = encode_event(event)  # signed: only the snapshot's own HMAC can tell
+            await (await producer.producer.send(  # type: ignore[union-attr]
+                tampered_topic, value, key=event.model.encode(), partition=0,
+                headers=record_headers(event, value, KEY)))
     finally:
         await producer.stop()
     for args in (["--verify", "--from-genesis"], ["--verify"]):

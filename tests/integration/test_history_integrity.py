@@ -24,7 +24,7 @@ from riverbed.streams.history import (
     examples_of,
     fold,
 )
-from riverbed.streams.history_codec import encode_event
+from riverbed.streams.history_codec import encode_event, record_headers
 from riverbed.streams.output import BatchProducer
 from riverbed.streams.produce import produce
 from riverbed.streams.replay import read_model_history
@@ -69,6 +69,13 @@ async def _append(settings: Settings, topic: str,
     return int(sent[0].offset)
 
 
+def _signed(event: Any, key: bytes = KEY) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """``event`` as a record signed with ``key``: a writer holding the key (the defences
+    tested with it hold for records that are authentic but out of place)."""
+    value = encode_event(event)
+    return event.model.encode(), value, record_headers(event, value, key)
+
+
 async def _history_of_2500_steps(settings: Settings, seed: int) -> Settings:
     """This test's settings, after a worker learned 2,500 events (two snapshots or more)."""
     settings = _settings(settings)
@@ -91,8 +98,7 @@ async def _reappend(settings: Settings, snapshot: Snapshot, chunks: list[Any], *
     """Append ``chunks`` to the history again and an index entry pointing at the copy."""
     name = settings.models[0].name
     offset = await _append(settings, settings.topics.history, [
-        (name.encode(), encode_event(e), [("riverbed.kind", b"SnapshotChunk")])
-        for e in chunks])
+        _signed(e) for e in chunks])
     entry = {"snapshot_id": snapshot.snapshot_id, "seq": snapshot.seq, "offset": offset,
              "chunks": len(chunks), "epoch": snapshot.epoch, "lineage": snapshot.lineage}
     if signed:
@@ -182,9 +188,8 @@ async def test_forged_claims_that_skip_epochs_neither_fence_the_owner_nor_stop_a
         await until(lambda: learner.durable_seq >= 500, 60)
         epoch = learner.epoch
         await _append(settings, settings.topics.history, [
-            (name.encode(), encode_event(HistoryEvent(name, forged, int(time.time() * 1000),
-                                                      Claimed("forged"))),
-             [("riverbed.kind", b"Claimed")]) for forged in (2**63 - 1, epoch + 5)])
+            _signed(HistoryEvent(name, forged, int(time.time() * 1000), Claimed("forged")))
+            for forged in (2**63 - 1, epoch + 5)])
         await produce(settings, "agrawal", 500, seed=2)
         await until(lambda: learner.durable_seq >= 1000, 60)
         assert learner.epoch == epoch and not learner.fenced
@@ -213,9 +218,7 @@ async def test_a_forged_learned_record_neither_stops_a_restore_nor_poisons_the_m
     forged = Learned(501, 502, {}, Examples(["evil-nan", "evil-label"],
                                             [{**x, "salary": float("nan")}, x], [1, "x"]), "f")
     await _append(settings, settings.topics.history, [
-        (name.encode(), encode_event(HistoryEvent(name, stats["epoch"],
-                                                  int(time.time() * 1000), forged)),
-         [("riverbed.kind", b"Learned")])])
+        _signed(HistoryEvent(name, stats["epoch"], int(time.time() * 1000), forged))])
     async with running_worker(settings) as worker:
         learner = worker.learners[0]
         assert learner.refused_examples == 2 and learner.fold.seq == 502
@@ -246,8 +249,7 @@ async def test_a_zombie_snapshot_indexed_before_the_next_claims_marker_is_not_re
     now = int(time.time() * 1000)
 
     def record(epoch: int, body: Any) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-        return (name.encode(), encode_event(HistoryEvent(name, epoch, now, body)),
-                [("riverbed.kind", type(body).__name__.encode())])
+        return _signed(HistoryEvent(name, epoch, now, body))
 
     await _append(settings, settings.topics.history, [record(2, Claimed("next-owner"))])
     await _reappend(settings, newest, chunks, signed=True)  # the zombie's snapshot
@@ -259,3 +261,44 @@ async def test_a_zombie_snapshot_indexed_before_the_next_claims_marker_is_not_re
                   [record(3, Claimed("owner-after")), record(3, learned)])
     stats = await _learn(settings, 100, seed=8, expect_seq=2700)
     assert stats["epoch"] == 4 and stats["rejected"] >= 1
+
+
+async def test_valid_records_without_the_key_are_neither_learned_nor_obeyed(
+        settings: Settings) -> None:
+    """Records riverbed could have written -- a Learned at the next seq with learnable
+    examples, a Claimed of the next epoch -- but not signed with the history's key (none,
+    or another key): the running owner is not fenced, no restore learns them, replay and
+    ``riverbed history`` name them. (Before records were signed, the fold learned them.)"""
+    from riverbed.streams.history import Claimed, Examples, HistoryEvent
+    from tests.integration._histories import cli, last_json
+
+    settings = _settings(settings)
+    await provision(settings)
+    name = settings.models[0].name
+    x = dict.fromkeys(["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue",
+                       "hyears", "loan"], 1.0)
+    async with running_worker(settings) as worker:
+        learner = worker.learners[0]
+        await produce(settings, "agrawal", 500, seed=1)
+        await until(lambda: learner.durable_seq >= 500, 60)
+        epoch, now = learner.epoch, int(time.time() * 1000)
+        taught = Learned(501, 502, {}, Examples(["taught-1", "taught-2"], [x, x], [1, 1]), "f")
+        unsigned = [(name.encode(), encode_event(HistoryEvent(name, epoch, now, taught)),
+                     [("riverbed.kind", b"Learned")])]
+        other_key = [_signed(HistoryEvent(name, epoch + 1, now, Claimed("usurper")),
+                             os.urandom(32))]
+        first = await _append(settings, settings.topics.history, unsigned + other_key)
+        await produce(settings, "agrawal", 300, seed=2)  # batches after the forged records
+        await until(lambda: learner.durable_seq >= 800, 60)
+        assert learner.epoch == epoch and not learner.fenced
+        assert learner.model.seq == 800
+    stats = await _learn(settings, 200, seed=3, expect_seq=1000)  # a restore folds them
+    assert stats["epoch"] == epoch + 1 and stats["skipped"] >= 2
+    done = cli(settings, KEY, "replay", name, "--verify", "--from-genesis", "--json")
+    assert done.returncode == 1 and last_json(done)["seq"] == 1000, done.stderr
+    assert [s["offset"] for s in last_json(done)["skipped_records"]] == [first, first + 1]
+    listed = cli(settings, KEY, "history", name, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert f"skipped offset {first}: not signed" in listed.stderr
+    assert all(json.loads(line)["offset"] not in (first, first + 1)
+               for line in listed.stdout.splitlines())

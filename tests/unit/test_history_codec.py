@@ -138,3 +138,39 @@ def test_rows_with_distinct_keys_cost_their_own_values_and_old_records_still_rea
            "dense": False, "columns": [[0, 1], [1], [2, 0, 1]],
            "values": struct.pack("<9d", 1.0, 2.0, nan, nan, 3.0, nan, 5.0, 6.0, 4.0)}
     assert list(decode_columns(old)) == mixed
+
+
+KEY = b"k" * 32
+
+
+@given(st.binary(min_size=1, max_size=64), st.integers(0, 200), st.binary(max_size=40))
+def test_a_record_is_taken_only_with_its_own_signature(flip: bytes, where: int,
+                                                       junk: bytes) -> None:
+    """Signed with the key: decoded. Changed anywhere, unsigned, signed with another key,
+    or carrying any header bytes as a signature: refused before decoding (reason
+    ``UNSIGNED_REASON``), never another exception. Without a key, any record decodes."""
+    import pytest
+
+    from riverbed.streams.errors import DecodeError
+    from riverbed.streams.history_codec import (
+        SIGNATURE_HEADER,
+        UNSIGNED_REASON,
+        decode_record,
+        record_headers,
+    )
+
+    event = HistoryEvent("m", 2, 5, Learned(1, 1, {"t:0": 1},
+                                            (Example("e", {"a": 1.0}, True),), "fp"), 7)
+    value = encode_event(event)
+    headers = record_headers(event, value, KEY)
+    assert decode_record(value, 7, headers, KEY) == event
+    changed = bytearray(value)
+    changed[where % len(value)] ^= flip[0] or 1
+    refused = [(bytes(changed), headers), (value, headers[:1]), (value, None),
+               (value, record_headers(event, value, b"o" * 32)),
+               (value, [(SIGNATURE_HEADER, junk)]), (value, [(SIGNATURE_HEADER, None)])]
+    for payload, given_headers in refused:
+        with pytest.raises(DecodeError) as error:
+            decode_record(payload, 7, given_headers, KEY)
+        assert str(error.value) == UNSIGNED_REASON
+    assert decode_record(value, 7, None, None) == event

@@ -18,7 +18,7 @@ from riverbed.streams import replica_state
 from riverbed.streams.config import settings_from_dict
 from riverbed.streams.errors import DecodeError
 from riverbed.streams.history import Claimed, Example, HistoryEvent
-from riverbed.streams.history_codec import encode_event
+from riverbed.streams.history_codec import encode_event, record_headers
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.replica_state import StateAssembler, encode_state, load_state
 from riverbed.streams.snapshots import CHUNK_BYTES, SnapshotIntegrityError, fingerprint
@@ -34,6 +34,7 @@ class _Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
 
 
 def _state(estimator: Any = None, **place: Any) -> list[bytes]:
@@ -135,7 +136,8 @@ class _Replica:
         self._write(self.writer.record_batch(before, examples, {"t:0": before + n}))
 
     def follow(self) -> None:
-        records = [_Record(e.offset, b"m", encode_event(e)) for e in self.history[self.read:]]
+        records = [_Record(e.offset, b"m", v, record_headers(e, v, KEY))
+                   for e, v in ((e, encode_event(e)) for e in self.history[self.read:])]
         self.read = len(self.history)
         self.follower.apply(records)
 
