@@ -21,12 +21,12 @@ from riverbed.streams.errors import HistoryError, UsageError
 from riverbed.streams.history import Learned, SnapshotChunk
 from riverbed.streams.history_log import SkippedRecord
 from riverbed.streams.replay import (
+    check_signed,
     example_check,
     iso_time,
     model_spec,
     read_model_history,
     replay,
-    unsigned_note,
 )
 from riverbed.streams.snapshots import SnapshotIntegrityError, snapshot_key
 
@@ -65,9 +65,9 @@ def history_command(settings: Any, model: str, as_json: bool) -> None:
     skipped: list[SkippedRecord] = []
     events = asyncio.run(read_model_history(settings, model, key=snapshot_key(settings),
                                             skipped=skipped))
+    check_signed(model, events, skipped)
     if not events:
-        raise HistoryError(f"model {model!r} has no history on {settings.topics.history}"
-                           + unsigned_note(skipped))
+        raise HistoryError(f"model {model!r} has no history on {settings.topics.history}")
     for record in skipped:
         err.print(f"skipped offset {record.offset}: {record.reason}", markup=False,
                   highlight=False)

@@ -103,12 +103,16 @@ async def read_model_history(settings: Settings, model: str, start: int = 0, *,
     return events
 
 
-def unsigned_note(skipped: Sequence[SkippedRecord]) -> str:
-    """What to add to "no history" when records of the model were skipped as unsigned:
-    most likely this process has another key than the workers that wrote them."""
+def check_signed(model: str, events: Sequence[HistoryEvent],
+                 skipped: Sequence[SkippedRecord]) -> None:
+    """SnapshotIntegrityError (exit 2) when ``model`` has records but none signed with this
+    key: most likely this process has another key than the workers that wrote them (or
+    the history predates signed records: ``history.accept_unsigned_records``)."""
     unsigned = sum(s.reason == UNSIGNED_REASON for s in skipped)
-    return (f" ({unsigned} of its records are not signed with this key: is "
-            "history.snapshot_key the workers' key?)" if unsigned else "")
+    if unsigned and not events:
+        raise SnapshotIntegrityError(
+            f"HMAC mismatch: none of the {unsigned} history records of {model} is signed "
+            "with this key (is history.snapshot_key the workers' key?)")
 
 
 @dataclasses.dataclass
@@ -232,11 +236,8 @@ async def replay(
     skipped: list[SkippedRecord] = []
     events = await read_model_history(settings, model_name, key=key, skipped=skipped)
     result.skipped = [{"offset": s.offset, "reason": s.reason} for s in skipped]
-    try:
-        target = plan(events, model_name, to_seq=to_seq, to_time_ms=to_time_ms,
-                      lineage=lineage)
-    except HistoryError as exc:
-        raise HistoryError(f"{exc}{unsigned_note(skipped)}") from None
+    check_signed(model_name, events, skipped)
+    target = plan(events, model_name, to_seq=to_seq, to_time_ms=to_time_ms, lineage=lineage)
     start = 0
     if verify:  # every snapshot on the way is integrity-checked, also those we skip
         on_the_way = [(i, s) for i, s, _ in target.checkpoints] + target.rollbacks
