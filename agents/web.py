@@ -54,6 +54,7 @@ from riverbed.streams.errors import ConfigError, EventError
 from riverbed.streams.evaluation import ModelMonitor
 from riverbed.streams.features import FeatureExtractor, check_event_id
 from riverbed.streams.history_feed import HistoryFeed
+from riverbed.streams.history_log import record_key
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.predict_only import WouldLearn, predict_only
 from riverbed.streams.snapshots import snapshot_key, snapshot_verifier
@@ -185,7 +186,7 @@ class WebApi:
                                 max_entries=s.worker.api_history_entries,
                                 max_points=s.worker.api_series_points,
                                 verify=snapshot_verifier(key) if key is not None else None,
-                                record_key=None if s.history.accept_unsigned_records else key)
+                                record_key=record_key(s, key) if key is not None else None)
         self.rate = _Rate()
         self.static = {p.relative_to(STATIC).as_posix(): p for p in STATIC.rglob("*")
                        if p.is_file()}
