@@ -80,7 +80,8 @@ class LearningLane(Protocol):
     def already_learned(self, event_id: str) -> bool: ...
 
     def learn(self, event_id: str, x: dict[str, float], y: Any, prediction: Any,
-              proba: dict[Any, float], delay_ms: int, timed: bool = False) -> bool: ...
+              proba: dict[Any, float], delay_ms: int, timed: bool = False,
+              extracted_now: bool = True) -> bool: ...
 
 
 @dataclasses.dataclass

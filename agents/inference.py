@@ -17,6 +17,7 @@ Python per event: one Avro decode, one feature dict, predict, learn, one Avro en
 from __future__ import annotations
 
 import dataclasses
+import struct
 import time
 from collections.abc import Container, Iterable, Mapping, Sequence
 from time import perf_counter
@@ -35,7 +36,7 @@ from riverbed.streams.config import Settings
 from riverbed.streams.errors import EventError
 from riverbed.streams.evaluation import ModelMonitor
 from riverbed.streams.features import FeatureExtractor, LabelRule, check_event_id
-from riverbed.streams.history import Examples, HistoryEvent
+from riverbed.streams.history import Examples, HistoryEvent, unpack_rows
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.prediction_codec import PredictionWriter
 from riverbed.streams.telemetry import TIMING_SAMPLE, WorkerStats
@@ -285,8 +286,9 @@ class _Lane:
     Lives for one batch (the fold is only replaced between batches, on takeover)."""
 
     __slots__ = ("batch_ids", "drifts", "extractor", "ids", "learn_s", "learner", "made",
-                 "model", "monitor", "partition", "predictions", "recent_ids", "replica",
-                 "scores", "seq_before", "writer", "xs", "ys")
+                 "model", "monitor", "names", "pack", "packed", "partition", "predictions",
+                 "recent_ids", "replica", "scores", "seq_before", "width", "writer", "xs",
+                 "ys")
 
     def __init__(self, slot: ModelSlot, writer: PredictionWriter) -> None:
         self.model, self.extractor, self.learner = slot.model, slot.extractor, slot.learner
@@ -300,6 +302,16 @@ class _Lane:
         self.ids: list[str] = []
         self.xs: list[dict[str, float]] = []
         self.ys: list[Any] = []
+        #: the examples' features packed as they are learned (:meth:`Examples.dense`),
+        #: instead of kept in ``xs``, while each row has every scalar feature: the
+        #: extractor writes them in the schema's order, so equal length means equal keys
+        #: in equal order. None: not (any more) -- ``xs`` holds every row
+        self.names = slot.extractor.scalar_fields
+        dense = (self.learner is not None and not self.replica and bool(self.names)
+                 and not slot.extractor.map_fields)
+        self.pack = struct.Struct(f"<{len(self.names)}d").pack if dense else None
+        self.width = len(self.names)
+        self.packed = bytearray()
         self.seq_before = self.model.seq
         self.batch_ids: set[str] = set()
         self.drifts: list[int] = []
@@ -328,14 +340,23 @@ class _Lane:
         return event_id in self.batch_ids or event_id in self.recent_ids
 
     def learn(self, event_id: str, x: dict[str, float], y: Any, prediction: Any,
-              proba: dict[Any, float], delay_ms: int, timed: bool = False) -> bool:
-        """Score the prediction made before learning, then learn; False if a duplicate."""
+              proba: dict[Any, float], delay_ms: int, timed: bool = False,
+              extracted_now: bool = True) -> bool:
+        """Score the prediction made before learning, then learn; False if a duplicate.
+        ``extracted_now``: ``x`` comes from this lane's extractor in this batch (not from
+        the pending store, which may hold features extracted under another schema)."""
         if self.learner is not None:
             if self.already_learned(event_id):
                 self.learner.skipped_duplicates += 1
                 return False
+            if self.pack is not None and extracted_now and len(x) == self.width:
+                self.packed += self.pack(*x.values())
+            else:
+                if self.pack is not None:  # a feature left out (null), or held features
+                    self.pack = None       # from the pending store: keep every row's dict
+                    self.xs = list(unpack_rows(self.names, self.packed, len(self.ids)))
+                self.xs.append(x)
             self.ids.append(event_id)
-            self.xs.append(x)
             self.ys.append(y)
         self.batch_ids.add(event_id)
         self.scores.append((y, prediction, proba, delay_ms))  # scored at the batch's end
@@ -352,6 +373,8 @@ class _Lane:
 
     def examples(self) -> Examples:
         """The examples recorded in this batch, in learn order."""
+        if self.pack is not None:
+            return Examples.dense(self.ids, self.names, self.packed, self.ys)
         return Examples(self.ids, self.xs, self.ys)
 
     def score(self) -> None:

@@ -144,7 +144,8 @@ class LabelJoin:
                                                         lane.model.name))
                 continue
             lane.learn(entry.event_id, prediction.x, y, prediction.prediction, prediction.proba,
-                       label_time - entry.event_time, timed=out.labels % TIMING_SAMPLE == 0)
+                       label_time - entry.event_time, timed=out.labels % TIMING_SAMPLE == 0,
+                       extracted_now=False)
 
     def end_batch(self, out: BatchOutput, now_ms: int) -> None:
         """Expire old entries (dead-letter orphan labels); encode what must be persisted."""

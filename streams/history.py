@@ -30,7 +30,9 @@ Fold rules (DESIGN section 4):
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, overload
 
@@ -52,20 +54,68 @@ class Example(NamedTuple):
     y: Any
 
 
+def unpack_rows(names: Sequence[str], packed: bytes | bytearray, rows: int
+                ) -> list[dict[str, float]]:
+    """The feature dicts of ``rows`` dense rows: ``names`` with values read from ``packed``
+    (little-endian float64, row after row)."""
+    values = array.array("d")
+    values.frombytes(packed)
+    if sys.byteorder != "little":
+        values.byteswap()
+    width = len(names)
+    if not width:
+        return [{} for _ in range(rows)]
+    return [dict(zip(names, values[i : i + width])) for i in range(0, len(values), width)]
+
+
 class Examples(Sequence[Example]):
     """One batch's examples held as columns -- event ids, feature dicts, labels -- which is
     how the learner collects them and the history stores them (``Learned``); a row is an
     :class:`Example` when read. The hot path (the fold's id window, the history encoder)
     reads the columns and never builds a row. Equal to any sequence of the same rows.
+
+    Dense examples (every row has the same features in the same order) may be held packed
+    instead (:meth:`dense`): the feature names once and every value as little-endian
+    float64, row after row -- the very bytes the history stores. The worker packs each
+    example as it learns it, so the batch's feature dicts need not be kept (nor walked
+    again, cold in the CPU's caches, to encode them); ``xs`` unpacks them on first use.
     """
 
-    __slots__ = ("ids", "xs", "ys")
+    __slots__ = ("_xs", "ids", "names", "packed", "ys")
 
     def __init__(self, ids: Sequence[str], xs: Sequence[Mapping[str, float]],
                  ys: Sequence[Any]) -> None:
         if not len(ids) == len(xs) == len(ys):
             raise ValueError(f"columns of different lengths: {len(ids)}, {len(xs)}, {len(ys)}")
-        self.ids, self.xs, self.ys = tuple(ids), tuple(xs), tuple(ys)
+        self.ids, self.ys = tuple(ids), tuple(ys)
+        self._xs: tuple[Mapping[str, float], ...] | None = tuple(xs)
+        #: the dense rows' feature names and packed values (:meth:`dense`), else None
+        self.names: tuple[str, ...] | None = None
+        self.packed: bytes | None = None
+
+    @classmethod
+    def dense(cls, ids: Sequence[str], names: Sequence[str], packed: bytes | bytearray,
+              ys: Sequence[Any]) -> Examples:
+        """Examples whose rows all have ``names`` as features, in that order, with
+        ``packed`` holding their values (little-endian float64, row after row)."""
+        if len(ids) != len(ys):
+            raise ValueError(f"columns of different lengths: {len(ids)}, {len(ys)}")
+        if len(packed) != 8 * len(names) * len(ids):
+            raise ValueError(f"{len(packed)} packed bytes for {len(ids)} rows of "
+                             f"{len(names)} features")
+        examples = cls.__new__(cls)
+        examples.ids, examples.ys = tuple(ids), tuple(ys)
+        examples.names, examples.packed = tuple(names), bytes(packed)
+        examples._xs = None
+        return examples
+
+    @property
+    def xs(self) -> tuple[Mapping[str, float], ...]:
+        """Each row's features (unpacked from :attr:`packed` on first use)."""
+        if self._xs is None:
+            assert self.names is not None and self.packed is not None
+            self._xs = tuple(unpack_rows(self.names, self.packed, len(self.ids)))
+        return self._xs
 
     @classmethod
     def of(cls, examples: Iterable[Example]) -> Examples:
