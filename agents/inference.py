@@ -286,9 +286,9 @@ class _Lane:
     Lives for one batch (the fold is only replaced between batches, on takeover)."""
 
     __slots__ = ("batch_ids", "drifts", "extractor", "ids", "learn_s", "learner", "made",
-                 "model", "monitor", "names", "pack", "packed", "partition", "predictions",
-                 "recent_ids", "replica", "scores", "seq_before", "width", "writer", "xs",
-                 "ys")
+                 "model", "monitor", "names", "p_true_only", "pack", "packed", "partition",
+                 "predictions", "recent_ids", "replica", "scores", "seq_before", "width",
+                 "writer", "xs", "ys")
 
     def __init__(self, slot: ModelSlot, writer: PredictionWriter) -> None:
         self.model, self.extractor, self.learner = slot.model, slot.extractor, slot.learner
@@ -297,7 +297,12 @@ class _Lane:
         self.made: list[Any] = []
         self.predictions = 0
         #: (label, prediction made before learning, probabilities, label delay) per learn
-        self.scores: list[tuple[Any, Any, dict[Any, float], int]] = []
+        #: (label, prediction made before learning, what the monitor reads of the class
+        #: probabilities, label delay) per learn: with Accuracy and LogLoss (the default)
+        #: P(True) alone -- a dict per event kept to the batch's end would cost memory
+        #: traffic the model's own work pays for (bench/hotpath.py, default model)
+        self.scores: list[tuple[Any, Any, Any, int]] = []
+        self.p_true_only = slot.monitor.scores_p_true
         #: the examples to record, as columns (``Examples``): no object per event
         self.ids: list[str] = []
         self.xs: list[dict[str, float]] = []
@@ -359,7 +364,8 @@ class _Lane:
             self.ids.append(event_id)
             self.ys.append(y)
         self.batch_ids.add(event_id)
-        self.scores.append((y, prediction, proba, delay_ms))  # scored at the batch's end
+        self.scores.append((y, prediction, (proba.get(True, 0.0) if proba else None)  # p_true
+                            if self.p_true_only else proba, delay_ms))  # scored at the end
         if self.replica:  # the learner learns it (streams/training.py); not this copy
             self.made.append(prediction)
             return True
@@ -382,8 +388,9 @@ class _Lane:
         is recorded at the seq of the step that fired it."""
         if self.scores:
             ys, predictions, probas, delays = zip(*self.scores, strict=True)
-            fired = self.monitor.update_many(ys, predictions, probas, delays,
-                                             self.model.lineage)
+            score = (self.monitor.update_many_p_true if self.p_true_only
+                     else self.monitor.update_many)
+            fired = score(ys, predictions, probas, delays, self.model.lineage)
             self.drifts = [self.seq_before + i for i in fired]
             self.scores = []
 

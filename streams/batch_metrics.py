@@ -18,6 +18,11 @@ from typing import Any
 _LOW, _HIGH = 1e-15, 1 - 1e-15  # River's Metric._clamp_proba bounds
 
 
+def p_true(proba: Mapping[Any, float]) -> float | None:
+    """What LogLoss reads of class probabilities: P(True) (0.0 if absent), None if empty."""
+    return proba.get(True, 0.0) if proba else None
+
+
 class BatchAccuracy:
     """River's ``metrics.Accuracy``: exact matches / scored examples."""
 
@@ -47,11 +52,15 @@ class BatchLogLoss:
 
     def update_many(self, ys: Sequence[Any], probas: Sequence[Mapping[Any, float]]) -> None:
         """Score (label, class probabilities) pairs; empty probabilities are skipped."""
+        self.update_many_p_true(ys, [p_true(proba) for proba in probas])
+
+    def update_many_p_true(self, ys: Sequence[Any], p_trues: Sequence[float | None]) -> None:
+        """Score (label, P(True)) pairs (:func:`p_true`); None (no prediction) is skipped."""
         n, mean, log = self.n, self.mean, math.log
-        for y, proba in zip(ys, probas, strict=True):
-            if not proba:
+        for y, p_y in zip(ys, p_trues, strict=True):
+            if p_y is None:
                 continue
-            p = max(min(proba.get(True, 0.0), _HIGH), _LOW)
+            p = max(min(p_y, _HIGH), _LOW)
             loss = -log(p) if y else -log(1 - p)
             n += 1.0
             mean += (1.0 / n) * (loss - mean)  # river.stats.Mean.update with w=1

@@ -16,7 +16,12 @@ from typing import Any
 from river import drift as river_drift
 from river import metrics as river_metrics
 
-from riverbed.streams.batch_metrics import BATCH_METRICS, BatchAccuracy, BatchLogLoss
+from riverbed.streams.batch_metrics import (
+    BATCH_METRICS,
+    BatchAccuracy,
+    BatchLogLoss,
+    p_true,
+)
 from riverbed.streams.errors import ModelSpecError
 
 #: ROCAUC is available (``metrics = ["Accuracy", "ROCAUC"]``) but not a default: River's
@@ -49,6 +54,7 @@ class ModelMonitor:
         #: agree until then), so the common case scores each example once, not twice.
         self.version_metrics = self.metrics
         self.lineage: int | None = None
+        self.scores_p_true = False
         self._scorers = self._make_scorers()
         detector_cls = getattr(river_drift, detector, None)
         if not isinstance(detector_cls, type):
@@ -70,6 +76,27 @@ class ModelMonitor:
         learning it); returns the positions at which the drift detector fired."""
         if lineage != self.lineage:
             self._new_version(lineage)
+        if self.scores_p_true:
+            return self.update_many_p_true(ys, predictions, list(map(p_true, probas)),
+                                           delays_ms, lineage)
+        return self._update(ys, predictions, probas, delays_ms)
+
+    def update_many_p_true(self, ys: Sequence[Any], predictions: Sequence[Any],
+                           p_trues: Sequence[float | None], delays_ms: Sequence[int],
+                           lineage: int = 0) -> list[int]:
+        """As :meth:`update_many`, given only what the metrics read of each example's
+        class probabilities (:func:`~riverbed.streams.batch_metrics.p_true`): allowed
+        while :attr:`scores_p_true`. A caller then keeps one float per example until it
+        scores, not a dict of probabilities."""
+        if lineage != self.lineage:
+            self._new_version(lineage)
+        if not self.scores_p_true:
+            raise ValueError(f"metrics {list(self.names)} need every class probability")
+        return self._update(ys, predictions, p_trues, delays_ms)
+
+    def _update(self, ys: Sequence[Any], predictions: Sequence[Any], probas: Sequence[Any],
+                delays_ms: Sequence[int]) -> list[int]:
+        """Score; ``probas`` are P(True)s when :attr:`scores_p_true`, else dicts."""
         by_proba = self.task == "classification"
         predicted_ys, predicted = ys, predictions  # label-based metrics skip "no prediction"
         if None in predictions:
@@ -79,7 +106,10 @@ class ModelMonitor:
             if isinstance(metric, BatchAccuracy):
                 metric.update_many(predicted_ys, predicted)
             elif isinstance(metric, BatchLogLoss):
-                metric.update_many(ys, probas)
+                if self.scores_p_true:
+                    metric.update_many_p_true(ys, probas)
+                else:
+                    metric.update_many(ys, probas)
             else:
                 _update_one_by_one(metric, needs_label, by_proba, ys, predictions, probas)
         self.scored += len(ys)
@@ -108,7 +138,12 @@ class ModelMonitor:
     def _make_scorers(self) -> list[tuple[Any, bool]]:
         groups = [self.metrics] + ([self.version_metrics]
                                    if self.version_metrics is not self.metrics else [])
-        return [(m, bool(m.requires_labels)) for group in groups for m in group.values()]
+        scorers = [(m, bool(m.requires_labels)) for group in groups for m in group.values()]
+        #: every metric reads at most P(True) of the class probabilities (Accuracy,
+        #: LogLoss): :meth:`update_many_p_true` may be used
+        self.scores_p_true = self.task == "classification" and all(
+            isinstance(m, BatchAccuracy | BatchLogLoss) for m, _ in scorers)
+        return scorers
 
     def values(self) -> dict[str, float]:
         """Current metric values (since the worker started)."""

@@ -51,3 +51,35 @@ def test_batch_update_equals_one_by_one_including_drift_positions() -> None:
     assert fired_one and fired_one == fired_many and fired_one[0] > 3000
     assert one.values() == many.values() and one.drifts == many.drifts == len(fired_one)
     assert list(one.delays) == list(many.delays)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(ROWS, max_size=4), st.integers(0, 2))
+def test_scoring_from_p_true_equals_scoring_from_the_probabilities(
+        batches: list[list[tuple[Any, Any, Any]]], rollback_after: int) -> None:
+    """The worker keeps only P(True) per example for the default metrics: the same values,
+    drifts and delays as from every class probability, across a rollback too."""
+    from riverbed.streams.batch_metrics import p_true
+
+    dicts, floats = ModelMonitor("classification"), ModelMonitor("classification")
+    assert floats.scores_p_true
+    for index, rows in enumerate(batches):
+        lineage = int(index >= rollback_after)
+        ys, predictions, probas = ([r[i] for r in rows] for i in range(3))
+        delays = list(range(len(rows)))
+        fired = dicts.update_many(ys, predictions, probas, delays, lineage)
+        assert floats.update_many_p_true(ys, predictions, [p_true(p) for p in probas],
+                                         delays, lineage) == fired
+        assert floats.values() == dicts.values()
+        assert floats.version_values() == dicts.version_values()
+    assert list(floats.delays) == list(dicts.delays) and floats.drifts == dicts.drifts
+
+
+def test_metrics_that_read_every_probability_are_not_scored_from_p_true() -> None:
+    import pytest
+
+    monitor = ModelMonitor("classification", ("Accuracy", "ROCAUC"))
+    assert not monitor.scores_p_true
+    with pytest.raises(ValueError, match="every class probability"):
+        monitor.update_many_p_true([True], [True], [0.9], [0])
+    assert monitor.update_many([True], [True], [{True: 0.9, False: 0.1}], [0]) == []

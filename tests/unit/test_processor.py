@@ -96,3 +96,24 @@ def test_per_partition_models_learn_only_their_partition(example_settings: Setti
     assert [slot.model for slot in processor.remove_partition(0)] == [shards[0]]
     assert [m.name for m in processor.models] == [shards[1].name]
     assert set(processor.monitors) == {shards[1].name}
+
+
+def test_scores_are_those_of_the_published_predictions(example_settings: Settings) -> None:
+    """Progressive validation scores each learned event with the probabilities it published
+    (the lane keeps only P(True) per event for Accuracy and LogLoss)."""
+    from riverbed.streams.evaluation import ModelMonitor
+
+    processor, codec, out, model = make(example_settings)
+    stream = list(events("agrawal", 400, seed=5))
+    expected = ModelMonitor(model.task, model.spec.metrics)
+    for start, stop in ((0, 250), (250, 400)):
+        chunk = stream[start:stop]
+        result = processor.process([Record(codec.encode(e), start + i)
+                                    for i, e in enumerate(chunk)])
+        published = [out.decode(v) for _, v in result.predictions[0]]
+        probas = [{k == "True": p for k, p in r["probabilities"].items()} for r in published]
+        expected.update_many([e["label"] for e in chunk], [r["prediction"] for r in published],
+                             probas, [0] * len(chunk))
+    assert processor.monitors[model.name].scores_p_true
+    assert processor.monitors[model.name].values() == expected.values()
+    assert processor.monitors[model.name].scored == 400
