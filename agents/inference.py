@@ -33,6 +33,7 @@ from riverbed.agents.batch import (
 from riverbed.agents.labels import LabelJoin
 from riverbed.streams.codec import Decoder, Encoder
 from riverbed.streams.config import Settings
+from riverbed.streams.deadletter import UnreadableRecord
 from riverbed.streams.errors import EventError
 from riverbed.streams.evaluation import ModelMonitor
 from riverbed.streams.features import FeatureExtractor, LabelRule, check_event_id
@@ -211,6 +212,8 @@ class InferenceProcessor:
         :class:`EventError` before any model is touched."""
         value = record.value
         if value is None or len(value) > self.max_bytes:
+            if isinstance(record, UnreadableRecord):
+                raise EventError(record.reason, reason="unreadable_record")
             raise EventError(
                 "empty (tombstone) value" if value is None else
                 f"{len(value)} bytes > limit {self.max_bytes}", reason="bad_size")

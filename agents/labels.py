@@ -31,6 +31,7 @@ from riverbed.agents.batch import BatchOutput, InputRecord, LearningLane, Predic
 from riverbed.schemas import load_schema
 from riverbed.streams.codec import Decoder, SchemaRegistry, make_codec
 from riverbed.streams.config import Settings
+from riverbed.streams.deadletter import UnreadableRecord
 from riverbed.streams.errors import EventError, ValidationError
 from riverbed.streams.features import check_event_id
 from riverbed.streams.history import HistoryFold
@@ -91,6 +92,8 @@ class LabelJoin:
         the record ends as a join, a held early label, a counted duplicate or a dead letter
         (reason and original bytes) -- never an exception out of the batch."""
         try:
+            if isinstance(record, UnreadableRecord):
+                raise EventError(record.reason, reason="unreadable_record")
             label = self.decoder.decode(record.value or b"")
             event_id, value, label_time = label["event_id"], label["label"], label["time"]
             check_event_id(event_id, self.max_id_length)

@@ -37,6 +37,21 @@ class DeadLetter:
         return [(f"riverbed.{k}", v.encode()) for k, v in fields.items()]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnreadableRecord:
+    """A consumed record the Kafka client could not parse (``streams/unreadable.py``),
+    standing where the record was: its topic, partition and offset and why. Its key and
+    value never reached riverbed, so a dead letter of it carries neither."""
+
+    topic: str
+    partition: int
+    offset: int
+    #: what the client raised
+    reason: str
+    key: bytes | None = None
+    value: bytes | None = None
+
+
 def parse_headers(headers: object) -> dict[str, str]:
     """Header list of a consumed dead letter -> ``{field: value}`` without the prefix."""
     result: dict[str, str] = {}

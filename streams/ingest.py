@@ -29,6 +29,7 @@ from mode import Service
 from riverbed.streams.config import Settings
 from riverbed.streams.kafka_clients import client_options
 from riverbed.streams.offsets import OffsetTracker
+from riverbed.streams.unreadable import fetch_readable
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +129,16 @@ class BatchIngest(Service):
         while not self.should_stop:
             self._apply_seeks()
             try:
-                fetched = await self.consumer.getmany(timeout_ms=500, max_records=max_records)
+                fetched, unreadable = await fetch_readable(self.consumer, 500, max_records)
             except KafkaError as exc:  # transient broker trouble: log and fetch again
                 log.warning("fetch failed: %r", exc)
                 await self.sleep(0.5)
                 continue
-            if self._apply_seeks() or not fetched:
+            if self._apply_seeks() or not (fetched or unreadable):
                 continue  # a rewind came while fetching: these records come again
+            for record in unreadable:  # where it was: the agent dead-letters it
+                fetched.setdefault(TopicPartition(record.topic, record.partition), []
+                                   ).append(record)
             records: list[Any] = []
             next_offsets = {}
             for tp, part in fetched.items():

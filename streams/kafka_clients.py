@@ -9,7 +9,8 @@ scoreboard, the tests): partitions are *assigned*, not subscribed, so reading jo
 group, commits nothing and never disturbs a deployment. Public aiokafka API only.
 
 Delivery guarantee: every record of the assigned partitions from the start position, in
-offset order per partition. "The end" is the high-water mark a fetch response reported
+offset order per partition, except a record the client cannot parse: stepped over and
+reported (``streams/unreadable.py``). "The end" is the high-water mark a fetch response reported
 (:meth:`PartitionReader.caught_up`), never ``end_offsets``, which the embedded broker
 under-reports when one batch holds several records.
 """
@@ -25,7 +26,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from riverbed.streams.config import BrokerSettings
+from riverbed.streams.deadletter import UnreadableRecord
 from riverbed.streams.security import aiokafka_security
+from riverbed.streams.unreadable import fetch_readable
 
 #: A consumed record: key and value are raw bytes (riverbed decodes them itself).
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -63,6 +66,8 @@ class PartitionReader:
         fetch_max_wait_ms: int = 100, max_partition_fetch_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.partitions = list(partitions)
+        #: the records stepped over because the client could not parse them
+        self.unreadable: list[UnreadableRecord] = []
         self._broker = broker
         self._start = start
         self._consumer = AIOKafkaConsumer(
@@ -117,8 +122,12 @@ class PartitionReader:
                 self._consumer.seek(tp, self._start.get(tp, 0))
 
     async def fetch(self, timeout_ms: int = 200) -> dict[TopicPartition, list[Record]]:
-        """Whatever arrives within ``timeout_ms`` (empty dict: nothing)."""
-        return await self._consumer.getmany(timeout_ms=timeout_ms)
+        """Whatever arrives within ``timeout_ms`` (empty dict: nothing). A record the client
+        cannot parse is stepped over, logged and kept in :attr:`unreadable`
+        (``streams/unreadable.py``)."""
+        fetched, unreadable = await fetch_readable(self._consumer, timeout_ms)
+        self.unreadable.extend(unreadable)
+        return fetched
 
     async def position(self, tp: TopicPartition) -> int:
         """The offset of the next record :meth:`fetch` returns for ``tp``."""

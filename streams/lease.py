@@ -44,6 +44,7 @@ from aiokafka.coordinator.protocol import (
 
 from riverbed.streams.config import Settings
 from riverbed.streams.kafka_clients import client_options
+from riverbed.streams.unreadable import fetch_readable
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class Lease:
         assert self._consumer is not None
         while True:
             with contextlib.suppress(Exception):  # broker trouble: the coordinator retries
-                await self._consumer.getmany(timeout_ms=1000)
+                await fetch_readable(self._consumer, 1000)  # steps over what cannot parse
             await asyncio.sleep(0)
 
     def _assigned(self, assigned: set[TopicPartition]) -> None:

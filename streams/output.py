@@ -112,10 +112,14 @@ class BatchProducer(Service):
     async def publish_dead_letters(
         self, topic: str, dead_letters: Iterable[DeadLetter]
     ) -> list[asyncio.Future[Any]]:
-        """Send dead letters (rare: one ``send`` each, original bytes + headers)."""
+        """Send dead letters (rare: one ``send`` each, original bytes + headers). One with
+        neither key nor value (a tombstone without a key, which other clients may write, or
+        an unreadable record) goes with an empty value: a Kafka client sends one of them."""
         assert self.producer is not None, "producer not started"
         return [
-            await self.producer.send(topic, value=d.value, key=d.key, headers=d.headers())
+            await self.producer.send(
+                topic, value=b"" if d.value is None and d.key is None else d.value, key=d.key,
+                headers=d.headers())
             for d in dead_letters
         ]
 
