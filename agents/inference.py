@@ -31,13 +31,14 @@ from riverbed.agents.batch import (
     dead_letter,
 )
 from riverbed.agents.labels import LabelJoin
+from riverbed.streams.batch_metrics import p_true
 from riverbed.streams.codec import Decoder, Encoder
 from riverbed.streams.config import Settings
 from riverbed.streams.deadletter import UnreadableRecord
 from riverbed.streams.errors import EventError
 from riverbed.streams.evaluation import ModelMonitor
 from riverbed.streams.features import FeatureExtractor, LabelRule, check_event_id
-from riverbed.streams.history import Examples, HistoryEvent, unpack_rows
+from riverbed.streams.history import Examples, HistoryEvent, float_values, unpack_rows
 from riverbed.streams.models import OnlineModel
 from riverbed.streams.prediction_codec import PredictionWriter
 from riverbed.streams.telemetry import TIMING_SAMPLE, WorkerStats
@@ -362,13 +363,14 @@ class _Lane:
             else:
                 if self.pack is not None:  # a feature left out (null), or held features
                     self.pack = None       # from the pending store: keep every row's dict
-                    self.xs = list(unpack_rows(self.names, self.packed, len(self.ids)))
+                    self.xs = unpack_rows(self.names, float_values(self.packed),
+                                          len(self.ids))
                 self.xs.append(x)
             self.ids.append(event_id)
             self.ys.append(y)
         self.batch_ids.add(event_id)
-        self.scores.append((y, prediction, (proba.get(True, 0.0) if proba else None)  # p_true
-                            if self.p_true_only else proba, delay_ms))  # scored at the end
+        self.scores.append((y, prediction, p_true(proba) if self.p_true_only else proba,
+                            delay_ms))  # scored at the batch's end
         if self.replica:  # the learner learns it (streams/training.py); not this copy
             self.made.append(prediction)
             return True

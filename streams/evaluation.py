@@ -76,10 +76,8 @@ class ModelMonitor:
         learning it); returns the positions at which the drift detector fired."""
         if lineage != self.lineage:
             self._new_version(lineage)
-        if self.scores_p_true:
-            return self.update_many_p_true(ys, predictions, list(map(p_true, probas)),
-                                           delays_ms, lineage)
-        return self._update(ys, predictions, probas, delays_ms)
+        return self._update(ys, predictions, list(map(p_true, probas))
+                            if self.scores_p_true else probas, delays_ms)
 
     def update_many_p_true(self, ys: Sequence[Any], predictions: Sequence[Any],
                            p_trues: Sequence[float | None], delays_ms: Sequence[int],

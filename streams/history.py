@@ -54,18 +54,21 @@ class Example(NamedTuple):
     y: Any
 
 
-def unpack_rows(names: Sequence[str], packed: bytes | bytearray, rows: int
-                ) -> list[dict[str, float]]:
-    """The feature dicts of ``rows`` dense rows: ``names`` with values read from ``packed``
-    (little-endian float64, row after row)."""
+def float_values(packed: bytes | bytearray) -> array.array[float]:
+    """The float64 values of ``packed`` (little-endian, as the history stores features)."""
     values = array.array("d")
     values.frombytes(packed)
     if sys.byteorder != "little":
         values.byteswap()
+    return values
+
+
+def unpack_rows(names: Sequence[str], values: Sequence[float], rows: int
+                ) -> list[dict[str, float]]:
+    """The feature dicts of ``rows`` dense rows: row ``i`` maps ``names`` to
+    ``values[i * len(names) : (i + 1) * len(names)]``."""
     width = len(names)
-    if not width:
-        return [{} for _ in range(rows)]
-    return [dict(zip(names, values[i : i + width])) for i in range(0, len(values), width)]
+    return [dict(zip(names, values[i * width : (i + 1) * width])) for i in range(rows)]
 
 
 class Examples(Sequence[Example]):
@@ -114,7 +117,8 @@ class Examples(Sequence[Example]):
         """Each row's features (unpacked from :attr:`packed` on first use)."""
         if self._xs is None:
             assert self.names is not None and self.packed is not None
-            self._xs = tuple(unpack_rows(self.names, self.packed, len(self.ids)))
+            self._xs = tuple(unpack_rows(self.names, float_values(self.packed),
+                                         len(self.ids)))
         return self._xs
 
     @classmethod

@@ -12,14 +12,12 @@ no key cannot make a record any fold applies.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import dataclasses
 import hashlib
 import hmac
 import io
 import struct
-import sys
 from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any
@@ -40,6 +38,8 @@ from riverbed.streams.history import (
     Learned,
     Restored,
     SnapshotChunk,
+    float_values,
+    unpack_rows,
 )
 
 _SCHEMA = parse(load_schema("history_event"))
@@ -103,14 +103,10 @@ def encode_columns(examples: Sequence[Example]) -> dict[str, Any]:
 def decode_columns(body: Mapping[str, Any]) -> Examples:
     """Inverse of :func:`encode_columns` (same key order per row, same floats)."""
     names, ids, labels = body["feature_names"], body["event_ids"], body["labels"]
-    values = array.array("d")
-    values.frombytes(body["values"])
-    if sys.byteorder != "little":
-        values.byteswap()
+    values = float_values(body["values"])
     width = len(names)
     if body["dense"]:
-        rows = (values[i * width : (i + 1) * width] for i in range(len(ids)))
-        return Examples(ids, [dict(zip(names, row)) for row in rows], labels)
+        return Examples(ids, unpack_rows(names, values, len(ids)), labels)
     if len(values) == width * len(ids):  # every row at full width (as written before
         rows = (values[i * width : (i + 1) * width] for i in range(len(ids)))  # 2026-12-02)
         return Examples(ids, [{names[c]: row[c] for c in cols}
