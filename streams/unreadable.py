@@ -10,7 +10,8 @@ the failing call are lost: their positions moved on, the call returned nothing.
 
 :func:`fetch_readable` is ``getmany`` that steps over such a record instead. It takes the
 positions before each call; on the error it puts every partition back to its position
-and reads them again one record at a time (at most ``max_records`` in all). A partition
+and reads them again one record at a time (at most ``max_records`` in all, readable or
+not). A partition
 whose next record cannot be parsed is moved one offset on, and the record comes back as
 an :class:`~riverbed.streams.deadletter.UnreadableRecord` at that offset: records are
 parsed in offset order, so no readable record lies between the position and the one that
@@ -72,7 +73,8 @@ async def _step_over(consumer: AIOKafkaConsumer, positions: dict[TopicPartition,
                           f"{exc}; a header name that is not UTF-8?)")
                 unreadable.append(UnreadableRecord(tp.topic, tp.partition, at, reason))
                 log.warning("%s:%d: skipped offset %d: %s", tp.topic, tp.partition, at, reason)
-                break
+                total += 1
+                continue  # the next ones may be unreadable too: a run costs one call
             if not got:
                 break
             fetched.setdefault(tp, []).extend(got)

@@ -89,7 +89,8 @@ async def test_an_unparseable_event_is_dead_lettered_and_the_worker_goes_on(
         settings: Settings) -> None:
     """On the events topic: a dead letter (reason ``unreadable_record``, where it was; no
     key, no value) and every other event predicted once -- also one with neither key nor
-    value (a keyless tombstone), whose dead letter a Kafka client could not send before."""
+    value (a keyless tombstone), whose dead letter a Kafka client could not send before;
+    and the same on the labels topic."""
     await provision(settings)
     codec = AvroCodec(load_schema("agrawal_event"))
     stream = list(events("agrawal", 200, seed=9))
@@ -100,15 +101,18 @@ async def test_an_unparseable_event_is_dead_lettered_and_the_worker_goes_on(
         await send_raw(settings, [(b"k", codec.encode(e)) for e in stream[100:]])
         predictions = await collect(settings, settings.topics.predictions, 4, len(stream),
                                     settle_s=0.5)
-        dead = await collect(settings, settings.topics.dead_letters, 1, 2, settle_s=0.5)
-        assert worker.stats.dead_letters["unreadable_record"] == 2
+        await send_unparseable(settings, settings.topics.labels)  # the labels topic too
+        dead = await collect(settings, settings.topics.dead_letters, 1, 3, settle_s=0.5)
+        assert worker.stats.dead_letters["unreadable_record"] == 3
         assert worker.stats.model_seq[settings.models[0].name] == len(stream)
     assert len(predictions) == len(stream)
     headers = [parse_headers(d.headers) for d in dead]
-    assert [h["reason"] for h in headers] == ["unreadable_record"] * 2
-    assert [int(h["source_offset"]) for h in headers] == [100, 101]
+    assert [h["reason"] for h in headers] == ["unreadable_record"] * 3
+    assert [(h["source_topic"], int(h["source_offset"])) for h in headers] == [
+        (settings.topics.events, 100), (settings.topics.events, 101),
+        (settings.topics.labels, 0)]
     assert all("not UTF-8" in h["detail"] for h in headers)
-    assert [(d.key, d.value) for d in dead] == [(None, b"")] * 2
+    assert [(d.key, d.value) for d in dead] == [(None, b"")] * 3
 
 
 async def test_an_unparseable_history_record_does_not_stop_a_restore(
